@@ -1,0 +1,28 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both create .venv when it is absent and install lensworks into it (editable, with dev extras).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lensworks-installed
+
+.PHONY: demo test venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lensworks heads --json out/heads.json --html out/heads.html
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_circuits.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,69 @@
+"""Helpers shared by the subcommands: loading the model, writing JSON/HTML, printing tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["add_model_argument", "model_from_args", "write_outputs", "format_table"]
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the optional positional CHECKPOINT (bundled demo model when absent) and --device."""
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="checkpoint directory, .pt/.pth file, zoo name or pretrained name (default: bundled demo)",
+    )
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+
+
+def model_from_args(args: argparse.Namespace, default: str):
+    """Load ``args.checkpoint``; a bundled zoo name, or ``default`` when none was given."""
+    from lensworks import zoo
+    from lensworks.model import load_model
+
+    name = args.checkpoint or default
+    if name in zoo.names():
+        model = zoo.load(name)
+        return model.to(args.device) if args.device else model, name
+    return load_model(name, device=args.device), name
+
+
+def write_outputs(args: argparse.Namespace, payload: dict[str, Any], figures: Sequence[Any], title: str) -> None:
+    """Write ``--json`` (payload) and ``--html`` (all figures on one self-contained page)."""
+    if getattr(args, "json", None):
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1))
+        print(f"wrote {path}")
+    if getattr(args, "html", None):
+        from lensworks.plotting import figures_to_html
+
+        path = Path(args.html)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(figures_to_html(figures, title=title))
+        print(f"wrote {path}")
+
+
+def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain fixed-width text table.
+
+    Example:
+        >>> print(format_table([("L1H2", 0.9)], ["head", "score"]))
+        head  score
+        ----  -----
+        L1H2  0.900
+    """
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(v) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)

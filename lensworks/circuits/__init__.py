@@ -1,0 +1,1 @@
+"""Circuits: composition, copying and behavioural head scores, induction-head detection."""

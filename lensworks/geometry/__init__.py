@@ -1,0 +1,2 @@
+"""Geometry: how the residual stream moves from layer to layer."""
+__all__: list[str] = []

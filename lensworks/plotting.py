@@ -1,0 +1,77 @@
+"""Plotly figure builders shared by the results. Library code imports plotly only in plotting
+modules (this one and ``lensworks/<area>/_plots.py``); nothing here calls ``.show()``."""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+__all__ = ["head_heatmap", "figures_to_html", "escape_label"]
+
+
+def escape_label(text: str) -> str:
+    """HTML-escape a token string or label for use in hover text and titles.
+
+    Example:
+        >>> escape_label("<b>")
+        '&lt;b&gt;'
+    """
+    return html.escape(str(text), quote=True)
+
+
+def head_heatmap(
+    values,
+    *,
+    title: str,
+    x_labels: Sequence[str],
+    y_labels: Sequence[str],
+    x_title: str,
+    y_title: str,
+    colorbar_title: str,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorscale: str = "Viridis",
+    hover_name: str = "score",
+) -> go.Figure:
+    """A labelled heatmap with hover text ``y, x: value``.
+
+    Example:
+        >>> fig = head_heatmap([[0.1]], title="t", x_labels=["H0"], y_labels=["L0"],
+        ...                    x_title="head", y_title="layer", colorbar_title="score")
+    """
+    z = values.tolist() if hasattr(values, "tolist") else values
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[escape_label(s) for s in x_labels],
+            y=[escape_label(s) for s in y_labels],
+            zmin=zmin,
+            zmax=zmax,
+            colorscale=colorscale,
+            colorbar=dict(title=colorbar_title),
+            hovertemplate=f"%{{y}} → %{{x}}<br>{hover_name}: %{{z:.4f}}<extra></extra>",
+        )
+    )
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, yaxis_autorange="reversed")
+    return fig
+
+
+def figures_to_html(figures: Sequence[Any], *, title: str) -> str:
+    """One self-contained HTML page (plotly.js inlined) holding the figures in order.
+
+    Example:
+        >>> page = figures_to_html([go.Figure()], title="demo")
+        >>> "<html" in page
+        True
+    """
+    parts = []
+    for i, fig in enumerate(figures):
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs="inline" if i == 0 else False))
+    body = "\n".join(f'<section class="figure">{p}</section>' for p in parts)
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{escape_label(title)}</title></head>\n<body><h1>{escape_label(title)}</h1>\n{body}\n</body></html>\n"
+    )

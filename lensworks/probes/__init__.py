@@ -1,0 +1,2 @@
+"""Probes: what each layer still knows about its input, and in which basis."""
+__all__: list[str] = []
