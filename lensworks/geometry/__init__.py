@@ -1,2 +1,19 @@
 """Geometry: how the residual stream moves from layer to layer."""
-__all__: list[str] = []
+
+from lensworks.geometry.ablation import AblationTable, BlockDecomposition, block_ablation, block_decomposition, hellinger
+from lensworks.geometry.lens import LogitLens, logit_lens
+from lensworks.geometry.stats import ResidualStats, UpdateAlignment, residual_stats, update_alignment
+
+__all__ = [
+    "residual_stats",
+    "update_alignment",
+    "block_ablation",
+    "block_decomposition",
+    "logit_lens",
+    "hellinger",
+    "ResidualStats",
+    "UpdateAlignment",
+    "AblationTable",
+    "BlockDecomposition",
+    "LogitLens",
+]

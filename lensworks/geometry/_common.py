@@ -1,0 +1,258 @@
+"""Shared plumbing for the geometry analyses: batching prompts and reading activations at one
+position per prompt, without keeping full caches."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Iterator, Sequence, Union
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lensworks.model import HookedTransformer, LensworksError, hook_name
+
+Data = Union[str, Sequence[str], Tensor, Iterable[Any]]
+
+__all__ = [
+    "Data",
+    "iter_batches",
+    "gather_at",
+    "cosine",
+    "hellinger",
+    "kl_divergence",
+    "softcap",
+    "std_or_zero",
+    "has_hook",
+    "progress_bar",
+]
+
+
+def progress_bar(iterable=None, *, total=None, desc: str = "", progress: bool | None = None):
+    """A tqdm bar that shows only on a terminal (``progress=None``), always (True) or never (False)."""
+    from tqdm.auto import tqdm
+
+    disable = None if progress is None else (not progress)
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False)
+
+
+def has_hook(model: HookedTransformer, kind: str, layer: int | None = None) -> bool:
+    """Whether the model exposes the hook point (e.g. attention-only models have no ``mlp_out``)."""
+    if model.cfg.attn_only and kind in ("mlp_out", "mlp_post", "resid_mid"):
+        return False  # TransformerLens defines hook_mlp_out there but never calls it
+    return hook_name(kind, layer) in model.hook_dict
+
+
+def _bos_id(model: HookedTransformer) -> int | None:
+    tok = model.tokenizer
+    if tok is None or tok.bos_token_id is None:
+        return None
+    return int(tok.bos_token_id)
+
+
+def _encode_strings(model: HookedTransformer, texts: Sequence[str], prepend_bos: bool, what: str) -> list[list[int]]:
+    if model.tokenizer is None:
+        raise LensworksError(f"{what}: the model has no tokenizer, so pass token ids instead of strings")
+    try:
+        ids = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    except Exception as exc:  # e.g. a character outside a vocabulary tokenizer's vocabulary
+        raise LensworksError(f"{what}: the model's tokenizer could not encode the text: {exc}") from exc
+    if prepend_bos:
+        bos = _bos_id(model)
+        if bos is None:
+            raise LensworksError(f"{what}: prepend_bos=True but the tokenizer has no BOS token")
+        ids = [[bos] + list(x) for x in ids]
+    return [list(x) for x in ids]
+
+
+def _pad(model: HookedTransformer, seqs: list[list[int]], what: str) -> tuple[Tensor, Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    if bool((lengths == 0).any()):
+        i = int((lengths == 0).nonzero()[0])
+        raise LensworksError(f"{what}: item {i} is empty after tokenization; expected at least one token")
+    longest = int(lengths.max())
+    if longest > model.cfg.n_ctx:
+        i = int(lengths.argmax())
+        raise LensworksError(
+            f"{what}: item {i} has {longest} tokens, longer than the model's n_ctx={model.cfg.n_ctx}"
+        )
+    out = torch.zeros(len(seqs), longest, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out, lengths
+
+
+def _check_token_tensor(model: HookedTransformer, toks: Tensor, what: str) -> Tensor:
+    if toks.ndim == 1:
+        toks = toks[None]
+    if toks.ndim != 2:
+        raise LensworksError(f"{what}: expected a [batch, pos] token tensor, got shape {tuple(toks.shape)}")
+    if toks.dtype.is_floating_point or toks.dtype == torch.bool:
+        raise LensworksError(f"{what}: expected integer token ids, got dtype {toks.dtype}")
+    if toks.shape[1] == 0:
+        raise LensworksError(f"{what}: token tensor of shape {tuple(toks.shape)} has no positions")
+    if toks.shape[1] > model.cfg.n_ctx:
+        raise LensworksError(
+            f"{what}: sequences of {toks.shape[1]} tokens are longer than the model's n_ctx={model.cfg.n_ctx}"
+        )
+    if toks.numel():
+        lo, hi = int(toks.min()), int(toks.max())
+        if lo < 0 or hi >= model.cfg.d_vocab:
+            raise LensworksError(f"{what}: token ids must lie in [0, {model.cfg.d_vocab}), got range [{lo}, {hi}]")
+    return toks.long()
+
+
+def _positions(lengths: Tensor, position: int, what: str) -> Tensor:
+    if not isinstance(position, int) or isinstance(position, bool):
+        raise LensworksError(f"position must be an int, got {type(position).__name__}")
+    idx = lengths + position if position < 0 else torch.full_like(lengths, position)
+    bad = (idx < 0) | (idx >= lengths)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise LensworksError(
+            f"{what}: position {position} does not exist in item {i}, which has {int(lengths[i])} tokens"
+        )
+    return idx
+
+
+def iter_batches(
+    model: HookedTransformer,
+    data: Data,
+    *,
+    batch_size: int,
+    position: int = -1,
+    prepend_bos: bool | None = None,
+    what: str = "data",
+) -> Iterator[tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]]:
+    """Yield ``(tokens, index)`` batches on the model's device; ``index`` is the position read per row.
+
+    ``data`` may be a string, a list of strings (tokenized one by one and right-padded, so each
+    prompt is read at its own last token: padding after it cannot change it in a causal model),
+    a ``[batch, pos]`` token tensor, or any iterable whose items are lists of strings or token
+    tensors (shards generated on the fly; they are never stored together). ``prepend_bos``
+    (default: the model's setting) applies to strings only. Raises when nothing comes at all.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LensworksError(f"batch_size must be a positive int, got {batch_size!r}")
+    bos = model.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+    device = model.cfg.device
+    n_seen = 0
+
+    def from_strings(texts: Sequence[str]):
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            if not all(isinstance(t, str) for t in chunk):
+                bad = next(t for t in chunk if not isinstance(t, str))
+                raise LensworksError(f"{what}: expected strings, got an item of type {type(bad).__name__}")
+            toks, lengths = _pad(model, _encode_strings(model, chunk, bos, what), what)
+            yield toks.to(device), _positions(lengths, position, what).to(device)
+
+    def from_tensor(toks: Tensor):
+        toks = _check_token_tensor(model, toks, what)
+        lengths = torch.full((toks.shape[0],), toks.shape[1], dtype=torch.long)
+        idx = _positions(lengths, position, what) if toks.shape[0] else lengths
+        for start in range(0, toks.shape[0], batch_size):
+            yield toks[start : start + batch_size].to(device), idx[start : start + batch_size].to(device)
+
+    if isinstance(data, str):
+        sources: Iterable[Any] = [[data]]
+    elif isinstance(data, Tensor):
+        sources = [data]
+    elif isinstance(data, (list, tuple)) and (len(data) == 0 or isinstance(data[0], str)):
+        sources = [data]
+    else:
+        try:
+            sources = iter(data)
+        except TypeError:
+            raise LensworksError(
+                f"{what}: expected strings, a token tensor or an iterable of batches, got {type(data).__name__}"
+            ) from None
+    for item in sources:
+        if isinstance(item, Tensor):
+            gen = from_tensor(item)
+        elif isinstance(item, str):
+            gen = from_strings([item])
+        elif isinstance(item, (list, tuple)):
+            gen = from_strings(list(item))
+        else:
+            raise LensworksError(
+                f"{what}: batches must be lists of strings or token tensors, got {type(item).__name__}"
+            )
+        for toks, idx in gen:
+            n_seen += toks.shape[0]
+            yield toks, idx
+    if n_seen == 0:
+        raise LensworksError(f"{what}: empty data set; expected at least one prompt")
+
+
+def gather_at(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    index: Int[Tensor, " batch"],
+    names: Sequence[str],
+    *,
+    logits: bool = False,
+    stop_at_layer: int | None = None,
+) -> tuple[dict[str, Float[Tensor, "batch d_model"]], Float[Tensor, "batch d_vocab"] | None]:
+    """Run the model once and keep only the activations at ``index`` (one position per row)."""
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    store: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook) -> None:
+        store[hook.name] = act[rows, index].detach().clone()
+
+    hooks = [(n, keep) for n in names]
+    with torch.inference_mode():
+        out = model.run_with_hooks(
+            tokens,
+            fwd_hooks=hooks,
+            return_type="logits" if logits and stop_at_layer is None else None,
+            stop_at_layer=stop_at_layer,
+        )
+    last = out[rows, index].float() if (logits and stop_at_layer is None) else None
+    return store, last
+
+
+def cosine(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
+    """Cosine similarity along ``dim``; 0 where either vector is zero (never NaN)."""
+    a = a.double() if a.dtype == torch.float64 or b.dtype == torch.float64 else a.float()
+    b = b.to(a.dtype)
+    num = (a * b).sum(dim)
+    den = a.norm(dim=dim) * b.norm(dim=dim)
+    return torch.where(den > 0, num / den.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(num))
+
+
+def hellinger(p: Tensor, q: Tensor) -> Tensor:
+    """Hellinger distance along the last axis; see :func:`lensworks.geometry.hellinger`."""
+    if p.shape != q.shape:
+        raise LensworksError(f"hellinger: p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+    if p.ndim == 0:
+        raise LensworksError("hellinger: expected distributions along the last axis, got scalars")
+    if bool((p < 0).any()) or bool((q < 0).any()):
+        raise LensworksError("hellinger: probabilities must be non-negative")
+    p = p.double() if p.dtype == torch.float64 else p.float()
+    q = q.to(p.dtype)
+    d = (p.sqrt() - q.sqrt()).pow(2).sum(-1).sqrt() / math.sqrt(2)
+    return d.clamp(0.0, 1.0)
+
+
+def kl_divergence(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(P || Q) along the last axis from log-probabilities (nats, >= 0)."""
+    p = logp.exp()
+    terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
+    return terms.sum(-1).clamp_min(0.0)
+
+
+def softcap(model: HookedTransformer, logits: Tensor) -> Tensor:
+    """Apply the model's output-logit soft cap (if any), as its own forward pass does."""
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
+    if cap > 0:
+        return cap * torch.tanh(logits / cap)
+    return logits
+
+
+def std_or_zero(x: Tensor, dim: int = 0) -> Tensor:
+    """Unbiased standard deviation along ``dim``, or 0 when there is a single sample."""
+    if x.shape[dim] < 2:
+        return torch.zeros_like(x.select(dim, 0))
+    return x.std(dim=dim)
