@@ -1,2 +1,5 @@
 """Probes: what each layer still knows about its input, and in which basis."""
-__all__: list[str] = []
+
+from lensworks.probes.linear import ProbeResults, probe_inputs
+
+__all__ = ["probe_inputs", "ProbeResults"]

@@ -1,0 +1,216 @@
+"""Plotly figures for the probes results (the only probes module that imports plotly)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from lensworks.plotting import escape_label
+
+__all__ = ["probe_accuracy_figure", "comparison_figure", "basis_figure", "unlikely_usage_figure"]
+
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+_SYMBOLS = {"resid_pre": "circle", "resid_mid": "diamond", "resid_post": "square", "attn_out": "x", "mlp_out": "cross"}
+
+
+def probe_accuracy_figure(res: Any) -> go.Figure:
+    """Held-out accuracy against depth along the residual stream, one colour per offset.
+
+    The x axis places ``resid_pre`` of layer ``l`` at ``l``, ``resid_mid`` at ``l + 0.5`` and
+    ``resid_post`` at ``l + 1``. Solid: the probe; dashed: random-model control; dotted:
+    shuffled-label control; grey: majority-class chance.
+    """
+    from lensworks.probes.linear import STREAM_DEPTH
+
+    fig = go.Figure()
+    points = sorted(
+        ((layer + STREAM_DEPTH[s], i, j, layer, s) for i, layer in enumerate(res.layers) for j, s in enumerate(res.streams)),
+        key=lambda t: t[0],
+    )
+    xs = [p[0] for p in points]
+    for k, offset in enumerate(res.offsets):
+        color = _COLORS[k % len(_COLORS)]
+        for name, values, dash, show in (
+            ("probe", res.accuracy, "solid", True),
+            ("random-model control", res.control_random_model, "dash", True),
+            ("shuffled-label control", res.control_shuffled, "dot", True),
+        ):
+            ys = [float(values[i, j, k]) for _, i, j, _, _ in points]
+            if all(y != y for y in ys):  # controls off: all NaN
+                continue
+            hover = [
+                f"layer {layer}, {escape_label(s)}<br>offset {offset}<br>{name}: {y:.3f}"
+                for (_, _, _, layer, s), y in zip(points, ys)
+            ]
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines+markers" if dash == "solid" else "lines",
+                    name=f"offset {offset}: {name}",
+                    line=dict(color=color, dash=dash, width=2 if dash == "solid" else 1.5),
+                    marker=dict(symbol=[_SYMBOLS.get(p[4], "circle") for p in points], size=8),
+                    text=hover,
+                    hovertemplate="%{text}<extra></extra>",
+                    visible=True if show else "legendonly",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=[min(xs), max(xs)],
+                y=[float(res.chance[k])] * 2,
+                mode="lines",
+                name=f"offset {offset}: chance (majority token)",
+                line=dict(color="grey", dash="longdashdot", width=1),
+                hovertemplate=f"offset {offset} chance: {float(res.chance[k]):.3f}<extra></extra>",
+            )
+        )
+    tickvals = sorted(set(xs))
+    ticktext = []
+    for v in tickvals:
+        names = [f"L{p[3]} {p[4]}" for p in points if p[0] == v]
+        ticktext.append("<br>".join(escape_label(n) for n in names[:2]))
+    kind = "shared probe" if res.shared else "one probe per layer/stream"
+    fig.update_layout(
+        title=f"Recovering input tokens from the residual stream ({res.method}, {kind})",
+        xaxis=dict(title="depth (block index; resid_pre at l, resid_mid at l+0.5, resid_post at l+1)", tickvals=tickvals, ticktext=ticktext),
+        yaxis=dict(title="held-out top-1 accuracy (fraction)", range=[0, 1.02]),
+        legend_title="offset: series",
+    )
+    return fig
+
+
+def comparison_figure(cmp: Any) -> go.Figure:
+    """Weight-mass share per basis component and principal-angle cosines, each against the null."""
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            f"probe weight mass per {escape_label(cmp.basis_method)} component",
+            "principal-angle cosines with W_E / W_U",
+        ),
+    )
+    k = len(cmp.basis_labels)
+    labels = [escape_label(s) for s in cmp.basis_labels]
+    x = list(range(k))
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=cmp.mass_share.tolist(),
+            name="probe",
+            text=labels,
+            hovertemplate="%{text}<br>share of probe weight: %{y:.4f}<extra></extra>",
+            marker_color="#1f77b4",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x + x[::-1],
+            y=cmp.mass_null_hi.tolist() + cmp.mass_null_lo.tolist()[::-1],
+            fill="toself",
+            fillcolor="rgba(150,150,150,0.3)",
+            line=dict(width=0),
+            name=f"random, same spectrum ({int(cmp.options['interval'] * 100)}% interval)",
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=cmp.basis_importance.tolist(),
+            mode="lines",
+            name="component importance in the basis",
+            line=dict(color="black", dash="dash"),
+            text=labels,
+            hovertemplate="%{text}<br>importance: %{y:.4f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    for name, cos, lo, hi, color in (
+        ("W_E", cmp.cosines_embed, cmp.cosines_embed_null_lo, cmp.cosines_embed_null_hi, "#d62728"),
+        ("W_U", cmp.cosines_unembed, cmp.cosines_unembed_null_lo, cmp.cosines_unembed_null_hi, "#2ca02c"),
+    ):
+        r = list(range(1, len(cos) + 1))
+        fig.add_trace(
+            go.Scatter(
+                x=r, y=cos.tolist(), mode="lines+markers", name=f"probe vs {name}", line=dict(color=color),
+                hovertemplate=f"{name} angle %{{x}}: cos %{{y:.4f}}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=r + r[::-1], y=hi.tolist() + lo.tolist()[::-1], fill="toself", line=dict(width=0),
+                fillcolor="rgba(150,150,150,0.25)", name=f"random vs {name}", hoverinfo="skip",
+            ),
+            row=1,
+            col=2,
+        )
+    fig.update_xaxes(title_text="basis component (ordered by importance, index)", row=1, col=1)
+    fig.update_yaxes(title_text="share of squared weight (fraction)", row=1, col=1)
+    fig.update_xaxes(title_text="principal angle (index, smallest first)", row=1, col=2)
+    fig.update_yaxes(title_text="cosine of principal angle (unitless)", range=[0, 1.02], row=1, col=2)
+    fig.update_layout(title="Probe weights against the embedding: closer or farther than chance?")
+    return fig
+
+
+def basis_figure(basis: Any) -> go.Figure:
+    """Importance of each basis component."""
+    labels = [escape_label(s) for s in basis.labels]
+    fig = go.Figure(
+        go.Bar(
+            x=list(range(len(labels))),
+            y=basis.importance.tolist(),
+            text=labels,
+            hovertemplate="%{text}<br>importance: %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"{escape_label(basis.method)} basis of {escape_label(basis.source)}",
+        xaxis_title="component (index, most important first)",
+        yaxis_title=f"importance ({escape_label(basis.importance_name)})",
+    )
+    return fig
+
+
+def unlikely_usage_figure(res: Any) -> go.Figure:
+    """Share of the residual in the span of the least likely tokens' unembeddings, by depth."""
+    x = list(res.depth_labels)
+    xs = [escape_label(s) for s in x]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=xs + xs[::-1],
+            y=res.random_hi.tolist() + res.random_lo.tolist()[::-1],
+            fill="toself",
+            fillcolor="rgba(150,150,150,0.3)",
+            line=dict(width=0),
+            name=f"random {res.k} tokens ({int(res.options['interval'] * 100)}% interval)",
+            hoverinfo="skip",
+        )
+    )
+    for name, ys, color in (
+        (f"{res.k} least likely tokens", res.share_unlikely, "#d62728"),
+        (f"{res.k} most likely tokens", res.share_likely, "#1f77b4"),
+        ("random tokens (mean)", res.random_mean, "grey"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=xs, y=ys.tolist(), mode="lines+markers", name=name, line=dict(color=color),
+                hovertemplate=f"%{{x}}<br>{escape_label(name)}: %{{y:.4f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title="Residual energy in the unembedding span of unlikely next tokens",
+        xaxis_title="depth (residual stream after each block)",
+        yaxis_title="share of squared residual norm (fraction)",
+    )
+    return fig
