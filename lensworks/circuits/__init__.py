@@ -1,1 +1,19 @@
-"""Circuits: composition, copying and behavioural head scores, induction-head detection."""
+"""Circuits: composition, copying and behavioural head scores, and induction-head detection."""
+
+from lensworks.circuits.composition import CompositionScores, composition_scores
+from lensworks.circuits.eigen import CopyingScores, HeadScores, copying_scores
+from lensworks.circuits.heads import BehaviourScores, head_scores, repeated_tokens
+from lensworks.circuits.induction import InductionReport, find_induction_heads
+
+__all__ = [
+    "composition_scores",
+    "copying_scores",
+    "head_scores",
+    "find_induction_heads",
+    "repeated_tokens",
+    "CompositionScores",
+    "HeadScores",
+    "CopyingScores",
+    "BehaviourScores",
+    "InductionReport",
+]

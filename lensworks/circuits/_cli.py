@@ -1,0 +1,71 @@
+"""``lensworks heads``: every head score and the induction verdict for one checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from lensworks._cli_common import add_model_argument, format_table, model_from_args, write_outputs
+
+__all__ = ["register", "run_heads"]
+
+DEFAULT_MODEL = "induction-2l"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``heads`` subcommand."""
+    p = sub.add_parser("heads", help="composition, copying and behavioural head scores, and induction heads")
+    add_model_argument(p)
+    p.add_argument("--top", type=int, default=5, help="rows per table (default 5)")
+    p.add_argument("--seq-len", type=int, default=None, help="length of the repeated random sequence")
+    p.add_argument("--n-seqs", type=int, default=32, help="number of repeated sequences (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write every score as JSON")
+    p.add_argument("--html", metavar="PATH", help="write the figures as one self-contained HTML page")
+    p.set_defaults(func=run_heads)
+
+
+def run_heads(args: argparse.Namespace) -> int:
+    """Compute and print the head scores; write JSON/HTML when asked."""
+    from lensworks.circuits import composition_scores, find_induction_heads, head_scores
+    from lensworks.model import LensworksError
+
+    if args.top < 1:
+        raise LensworksError(f"--top must be >= 1, got {args.top}")
+    model, name = model_from_args(args, DEFAULT_MODEL)
+    cfg = model.cfg
+    print(f"model: {name} ({cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_vocab {cfg.d_vocab})")
+    report = find_induction_heads(model, seq_len=args.seq_len, n_seqs=args.n_seqs, seed=args.seed)
+    dup = head_scores(
+        model, "duplicate_token", seq_len=report.thresholds["seq_len"], n_seqs=args.n_seqs, seed=args.seed,
+        prepend_bos=report.thresholds["prepend_bos"],
+    )
+    per_head = {"previous_token": report.previous, "duplicate_token": dup, "induction": report.induction, "copying": report.copying}
+    rows = []
+    for kind, res in per_head.items():
+        for label, score in res.top(args.top):
+            rows.append((kind, label, score))
+    print("\nstrongest heads per score")
+    print(format_table(rows, ["score", "head", "value"]))
+    comps = {"K": report.k_composition}
+    if cfg.n_layers > 1:
+        comps["Q"] = composition_scores(model, "Q")
+        comps["V"] = composition_scores(model, "V")
+        rows = []
+        for mode in ("Q", "K", "V"):
+            c = comps[mode]
+            for pair in c.top(args.top):
+                z = (pair.score - c.baseline.mean) / max(c.baseline.std, 1e-12)
+                rows.append((mode, pair.label, pair.score, f"{z:.1f}"))
+        print("\nstrongest composition (z: std above random factors)")
+        print(format_table(rows, ["mode", "pair", "score", "z"]))
+    print("\n" + report.summary())
+    payload = {
+        "model": name,
+        "induction_heads": [f"L{l}H{h}" for l, h in report.heads],
+        "evidence": [e.to_dict() for e in report.evidence],
+        "head_scores": {k: v.to_dict() for k, v in per_head.items()},
+        "composition": {m: c.to_dict() for m, c in comps.items()},
+    }
+    figures = [report.figure()] + [res.figure() for res in per_head.values()] + [c.figure() for c in comps.values()]
+    write_outputs(args, payload, figures, title=f"lensworks heads: {name}")
+    return 0

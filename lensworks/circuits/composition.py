@@ -1,0 +1,342 @@
+"""Q-, K- and V-composition scores between heads, computed from small factors.
+
+For heads A (layer i) and B (layer j > i), with row-vector weights ``W_OV = W_V W_O`` and
+``W_QK = W_Q W_K^T``, the composition score is
+
+    ||W_OV^A M^B||_F / (||W_OV^A||_F ||M^B||_F),   M^B = W_QK^B (Q), (W_QK^B)^T (K), W_OV^B (V).
+
+Every matrix here is d_model x d_model but of rank d_head, so nothing of that size is built.
+Write ``W_V^A = U_A R_A`` (thin QR) and split ``M^B = X_B Y_B^T`` with ``Y_B = U_B' R_B'``. Since
+multiplying by a matrix with orthonormal columns keeps the Frobenius norm,
+
+    ||W_OV^A M^B||_F = ||(R_A W_O^A) (X_B R_B'^T)||_F = ||L_A P_B||_F,
+
+a product of a ``[d_head, d_model]`` and a ``[d_model, d_head]`` factor. All left factors of the
+earlier layers are stacked into one matrix and multiplied by the right factors of a layer in a
+single GEMM, in chunks, for pairs with ``layer_a < layer_b`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lensworks._results import ResultMixin, require_finite
+from lensworks.model import HookedTransformer, LensworksError, attention_weights, head_labels, processing_state
+
+__all__ = ["composition_scores", "CompositionScores", "Baseline", "HeadPair", "random_composition_baseline"]
+
+Mode = Literal["Q", "K", "V"]
+_MODES = ("Q", "K", "V")
+
+
+class HeadPair(NamedTuple):
+    """One (earlier head -> later head) pair with its score."""
+
+    src_layer: int
+    src_head: int
+    dst_layer: int
+    dst_head: int
+    score: float
+
+    @property
+    def label(self) -> str:
+        """``"L0H1 -> L1H3"``."""
+        return f"L{self.src_layer}H{self.src_head} -> L{self.dst_layer}H{self.dst_head}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline(ResultMixin):
+    """Score distribution for random Gaussian factors of the same shapes."""
+
+    mean: float
+    std: float
+    n_samples: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CompositionScores(ResultMixin):
+    """Composition scores between all pairs of heads.
+
+    Attributes:
+        scores: ``[n_layers, n_heads, n_layers, n_heads]``, TransformerLens's layout: entry
+            ``[i, a, j, b]`` is the score of head ``a`` in layer ``i`` composing into head ``b``
+            in layer ``j``; zero where ``i >= j``.
+        mode: "Q", "K" or "V".
+        labels: Head labels ``L{layer}H{head}``, layer-major.
+        baseline: Random-factor baseline (None when not asked for).
+        processing: The model's weight-processing state when scored.
+    """
+
+    scores: Float[Tensor, "n_layers n_heads n_layers n_heads"]
+    mode: str
+    labels: list[str]
+    baseline: Baseline | None
+    processing: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.scores.ndim != 4:
+            raise LensworksError(f"scores must be [n_layers, n_heads, n_layers, n_heads], got {tuple(self.scores.shape)}")
+
+    @property
+    def n_layers(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.scores.shape[1]
+
+    def mask(self) -> Tensor:
+        """Boolean ``[n_layers, n_heads, n_layers, n_heads]``: True where layer_a < layer_b."""
+        layers = torch.arange(self.n_layers, device=self.scores.device)
+        m = layers[:, None] < layers[None, :]
+        return m[:, None, :, None].expand_as(self.scores)
+
+    def corrected(self) -> Tensor:
+        """Scores minus the random baseline's mean (zero outside layer_a < layer_b).
+
+        Raises if the result was computed with ``baseline=False``.
+        """
+        if self.baseline is None:
+            raise LensworksError("this result has no baseline; call composition_scores(..., baseline=True)")
+        return torch.where(self.mask(), self.scores - self.baseline.mean, torch.zeros_like(self.scores))
+
+    def top(self, k: int = 10) -> list[HeadPair]:
+        """The ``k`` highest-scoring pairs (layer_a < layer_b), strongest first.
+
+        Example:
+            >>> comp.top(1)[0].label  # doctest: +SKIP
+            'L0H1 -> L1H0'
+        """
+        if k < 1:
+            raise LensworksError(f"k must be >= 1, got {k}")
+        flat = torch.where(self.mask(), self.scores, torch.full_like(self.scores, -math.inf)).flatten()
+        n_valid = int(self.mask().sum())
+        vals, idx = flat.topk(min(k, n_valid))
+        out = []
+        H, L = self.n_heads, self.n_layers
+        for v, i in zip(vals.tolist(), idx.tolist()):
+            la, rem = divmod(i, H * L * H)
+            ha, rem = divmod(rem, L * H)
+            lb, hb = divmod(rem, H)
+            out.append(HeadPair(la, ha, lb, hb, v))
+        return out
+
+    def to_frame(self):
+        """One row per valid pair: ``src, dst, src_layer, src_head, dst_layer, dst_head, score``
+        (and ``corrected`` with a baseline)."""
+        import pandas as pd
+
+        rows = []
+        for p in self.top(int(self.mask().sum())) if self.n_layers > 1 else []:
+            row = dict(src=f"L{p.src_layer}H{p.src_head}", dst=f"L{p.dst_layer}H{p.dst_head}", **p._asdict())
+            if self.baseline is not None:
+                row["corrected"] = p.score - self.baseline.mean
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def figure(self):
+        """Heatmap of all head pairs (rows: earlier head, columns: later head)."""
+        from lensworks.plotting import head_heatmap
+
+        n = self.n_layers * self.n_heads
+        z = self.scores.reshape(n, n).detach().cpu()
+        z = torch.where(self.mask().reshape(n, n).cpu(), z, torch.full_like(z, float("nan")))
+        title = f"{self.mode}-composition scores"
+        if self.baseline is not None:
+            title += f" (random baseline {self.baseline.mean:.3f} ± {self.baseline.std:.3f})"
+        return head_heatmap(
+            z,
+            title=title,
+            x_labels=self.labels,
+            y_labels=self.labels,
+            x_title="later head (reads)",
+            y_title="earlier head (writes)",
+            colorbar_title="score (unitless, 0-1)",
+            zmin=0.0,
+            hover_name=f"{self.mode}-composition",
+        )
+
+
+# --------------------------------------------------------------------------- factor maths
+
+
+def _r_factor(x: Tensor) -> Tensor:
+    """R of the thin QR of ``x`` ([..., m, k] -> [..., min(m,k), k]); ||x A|| == ||R A||."""
+    return torch.linalg.qr(x, mode="r")[1]
+
+
+def _left_factors(w: dict[str, Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``L = R(W_V) W_O`` per head ([layers, heads, r, d_model]) and ``||W_OV||_F``."""
+    left = _r_factor(w["W_V"].to(dtype)) @ w["W_O"].to(dtype)
+    return left, left.flatten(-2).norm(dim=-1)
+
+
+def _right_factors(w: dict[str, Tensor], mode: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``P = X R(Y)^T`` per head ([layers, heads, d_model, r]) and ``||M||_F``."""
+    if mode == "Q":  # W_QK = W_Q W_K^T
+        x, y = w["W_Q"], w["W_K"]
+    elif mode == "K":  # W_QK^T = W_K W_Q^T
+        x, y = w["W_K"], w["W_Q"]
+    else:  # W_OV = W_V W_O = W_V (W_O^T)^T
+        x, y = w["W_V"], w["W_O"].transpose(-1, -2)
+    right = x.to(dtype) @ _r_factor(y.to(dtype)).transpose(-1, -2)
+    return right, right.flatten(-2).norm(dim=-1)
+
+
+def _pair_norms(left: Tensor, right: Tensor, chunk_heads: int) -> Tensor:
+    """``||L_a P_b||_F`` for every a in ``left`` [A, r, d] and b in ``right`` [B, d, r2]."""
+    A, r, d = left.shape
+    B, _, r2 = right.shape
+    rhs = right.permute(1, 0, 2).reshape(d, B * r2)
+    out = torch.empty(A, B, dtype=left.dtype, device=left.device)
+    for start in range(0, A, chunk_heads):
+        stop = min(A, start + chunk_heads)
+        prod = left[start:stop].reshape(-1, d) @ rhs  # [(a r), (B r2)]
+        out[start:stop] = prod.reshape(stop - start, r, B, r2).square().sum(dim=(1, 3)).sqrt()
+    return out
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in _MODES:
+        raise LensworksError(f"mode must be one of {list(_MODES)}, got {mode!r}")
+    return mode
+
+
+def random_composition_baseline(
+    d_model: int,
+    d_head: int,
+    mode: str,
+    *,
+    n_samples: int = 200,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Baseline:
+    """Mean and std of the composition score for i.i.d. Gaussian factors of the given shapes.
+
+    Composition scores are scale-free, so Gaussian factors give the "chance" level for heads of
+    these shapes; a score is "above chance" when it is several standard deviations above the mean.
+
+    Args:
+        d_model: Residual width.
+        d_head: Head width.
+        mode: "Q", "K" or "V".
+        n_samples: Number of random (left, right) pairs.
+        seed: Seed of a private generator (global RNG untouched).
+        device: Where to compute.
+
+    Returns:
+        A :class:`Baseline`.
+
+    Example:
+        >>> b = random_composition_baseline(768, 64, "Q", n_samples=50)
+        >>> 0 < b.mean < 1
+        True
+    """
+    _check_mode(mode)
+    if n_samples < 2:
+        raise LensworksError(f"n_samples must be >= 2, got {n_samples}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device)
+
+    w = {
+        "W_V": rand(n_samples, d_model, d_head),
+        "W_O": rand(n_samples, d_head, d_model),
+        "W_Q": rand(n_samples, d_model, d_head),
+        "W_K": rand(n_samples, d_model, d_head),
+    }
+    # the right head's weights must be independent of the left head's
+    w_right = {"W_V": rand(n_samples, d_model, d_head), "W_O": rand(n_samples, d_head, d_model), "W_Q": w["W_Q"], "W_K": w["W_K"]}
+    left, ln = _left_factors(w, torch.float32)
+    right, rn = _right_factors(w_right, mode, torch.float32)
+    num = (left @ right).flatten(-2).norm(dim=-1)
+    s = num / (ln * rn)
+    return Baseline(mean=float(s.mean()), std=float(s.std()), n_samples=n_samples, seed=seed)
+
+
+def composition_scores(
+    model: HookedTransformer,
+    mode: Mode,
+    *,
+    baseline: bool = True,
+    baseline_samples: int = 200,
+    chunk_heads: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool | None = None,
+) -> CompositionScores:
+    """Q-, K- or V-composition scores between every pair of heads in different layers.
+
+    Equals ``model.all_composition_scores(mode)`` (to float32 precision) without ever building a
+    ``d_model x d_model`` matrix or the masked half of the pairs; grouped-query attention
+    heads are mapped to their query heads.
+
+    Args:
+        model: The model.
+        mode: "Q", "K" or "V".
+        baseline: Also compute the random-factor baseline (see
+            :func:`random_composition_baseline`).
+        baseline_samples: Random pairs for the baseline.
+        chunk_heads: Left heads multiplied per GEMM (bounds memory; default chosen so one chunk's
+            product stays near 64 MB).
+        dtype: Compute dtype (weights are upcast; bf16/fp16 models are scored in float32).
+        progress: Show a progress bar (None: only when the work is large).
+
+    Returns:
+        :class:`CompositionScores` with ``scores[layer_a, head_a, layer_b, head_b]``.
+
+    Example:
+        >>> comp = composition_scores(model, "K")
+        >>> comp.scores.shape == (model.cfg.n_layers, model.cfg.n_heads) * 2
+        True
+        >>> comp.top(3)  # doctest: +SKIP
+    """
+    _check_mode(mode)
+    if not dtype.is_floating_point or dtype in (torch.float16, torch.bfloat16):
+        raise LensworksError(f"dtype must be float32 or float64, got {dtype}")
+    cfg = model.cfg
+    L, H, d_model = cfg.n_layers, cfg.n_heads, cfg.d_model
+    device = model.W_E.device
+    scores = torch.zeros(L, H, L, H, dtype=dtype, device=device)
+    if chunk_heads is None:
+        r = min(cfg.d_head, d_model)
+        chunk_heads = max(1, int(16e6 // max(1, r * H * r)))
+    if chunk_heads < 1:
+        raise LensworksError(f"chunk_heads must be >= 1, got {chunk_heads}")
+    if progress is None:
+        progress = (L * H) ** 2 * cfg.d_head**2 * d_model > 5e10
+    lefts: list[Tensor] = []
+    left_norms: list[Tensor] = []
+    with torch.inference_mode():
+        for j in tqdm(range(L), desc=f"{mode}-composition", disable=not progress, leave=False):
+            w = attention_weights(model, [j])
+            if j > 0:
+                right, rn = _right_factors(w, mode, dtype)
+                left_all = torch.cat(lefts)  # [(j H), r, d]
+                ln_all = torch.cat(left_norms)
+                num = _pair_norms(left_all, right[0], chunk_heads)  # [(j H), H]
+                denom = ln_all[:, None] * rn[0][None, :]
+                # a head with an all-zero W_OV or W_QK composes with nothing: score 0, not 0/0
+                s = torch.where(denom > 0, num / denom.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(num))
+                scores[:j, :, j, :] = s.reshape(j, H, H)
+            if j < L - 1:
+                left, ln = _left_factors(w, dtype)
+                lefts.append(left[0])
+                left_norms.append(ln[0])
+    require_finite(f"{mode}-composition scores", scores)
+    base = (
+        random_composition_baseline(d_model, cfg.d_head, mode, n_samples=baseline_samples, device=device)
+        if baseline
+        else None
+    )
+    return CompositionScores(
+        scores=scores, mode=mode, labels=head_labels(model), baseline=base, processing=processing_state(model)
+    )

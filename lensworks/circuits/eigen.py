@@ -1,0 +1,214 @@
+"""Copying scores: eigenvalues of each head's full OV circuit, from its d_head x d_head form.
+
+The full OV circuit of a head, ``W_E W_V W_O W_U``, is a ``d_vocab x d_vocab`` matrix of rank at
+most ``d_head``. Its non-zero eigenvalues are those of the small matrix
+
+    W_O (W_U W_E) W_V        [d_head, d_head]
+
+(eigenvalues of ``AB`` and ``BA`` agree apart from zeros). ``G = W_U W_E`` is ``d_model x d_model``
+and is computed once, streaming over the vocabulary, so no vocabulary-sized square matrix is
+ever formed. The copying score is ``sum(Re lambda) / sum(|lambda|)`` in [-1, 1]: 1 when every
+eigenvalue is positive real (the head copies the tokens it attends to), -1 when all are negative
+(it suppresses them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from jaxtyping import Complex, Float
+from torch import Tensor
+
+from lensworks._results import ResultMixin
+from lensworks.model import HookedTransformer, LensworksError, attention_weights, embedding, head_labels, processing_state, unembedding
+
+__all__ = ["copying_scores", "HeadScores", "CopyingScores", "eigen_copying_score"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadScores(ResultMixin):
+    """One number per head.
+
+    Attributes:
+        scores: ``[n_layers, n_heads]``.
+        kind: Which score ("copying", "previous_token", "duplicate_token", "induction").
+        labels: Head labels ``L{layer}H{head}``, layer-major.
+        options: The options the score was computed with.
+        processing: The model's weight-processing state.
+    """
+
+    scores: Float[Tensor, "n_layers n_heads"]
+    kind: str
+    labels: list[str]
+    options: dict[str, Any]
+    processing: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.scores.ndim != 2:
+            raise LensworksError(f"scores must be [n_layers, n_heads], got shape {tuple(self.scores.shape)}")
+        if len(self.labels) != self.scores.numel():
+            raise LensworksError(f"{len(self.labels)} labels for {self.scores.numel()} heads")
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` highest-scoring heads as ``(label, score)``, strongest first.
+
+        Example:
+            >>> scores.top(1)  # doctest: +SKIP
+            [('L1H2', 0.93)]
+        """
+        if k < 1:
+            raise LensworksError(f"k must be >= 1, got {k}")
+        vals, idx = self.scores.flatten().topk(min(k, self.scores.numel()))
+        return [(self.labels[i], v) for v, i in zip(vals.tolist(), idx.tolist())]
+
+    def to_frame(self):
+        """One row per head: ``label, layer, head, score``."""
+        import pandas as pd
+
+        n_layers, n_heads = self.scores.shape
+        flat = self.scores.detach().cpu().flatten().tolist()
+        return pd.DataFrame(
+            {"label": self.labels, "layer": [i // n_heads for i in range(len(flat))],
+             "head": [i % n_heads for i in range(len(flat))], "score": flat}
+        )
+
+    def figure(self):
+        """Heatmap of the score, layers by heads."""
+        from lensworks.plotting import head_heatmap
+
+        n_layers, n_heads = self.scores.shape
+        pretty = self.kind.replace("_", "-")
+        diverging = self.kind == "copying"
+        return head_heatmap(
+            self.scores.detach().cpu(),
+            title=f"{pretty} score per head",
+            x_labels=[f"H{h}" for h in range(n_heads)],
+            y_labels=[f"L{l}" for l in range(n_layers)],
+            x_title="head",
+            y_title="layer",
+            colorbar_title="score (-1..1)" if diverging else "mean attention (0..1)",
+            zmin=-1.0 if diverging else 0.0,
+            zmax=1.0,
+            colorscale="RdBu" if diverging else "Viridis",
+            hover_name=pretty,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyingScores(HeadScores):
+    """Copying scores with the eigenvalues behind them.
+
+    Attributes:
+        eigenvalues: ``[n_layers, n_heads, d_head]`` complex eigenvalues of ``W_O W_U W_E W_V``,
+            the non-zero spectrum of the full OV circuit.
+        positive_fraction: ``[n_layers, n_heads]`` share of the non-zero eigenvalues with
+            positive real part.
+        baseline_mean: Mean copying score of random Gaussian W_V, W_O (same shapes; the score is
+            scale-free) with the
+            model's own W_E, W_U.
+        baseline_std: Its standard deviation.
+    """
+
+    eigenvalues: Complex[Tensor, "n_layers n_heads d_head"] = None  # type: ignore[assignment]
+    positive_fraction: Float[Tensor, "n_layers n_heads"] = None  # type: ignore[assignment]
+    baseline_mean: float | None = None
+    baseline_std: float | None = None
+
+
+def eigen_copying_score(eigenvalues: Tensor, *, rel_tol: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Score ``sum(Re lambda)/sum(|lambda|)`` and positive fraction over the last axis.
+
+    Eigenvalues with modulus below ``rel_tol`` times the largest of their head count as zero.
+    A head whose eigenvalues are all zero (an all-zero OV circuit) scores 0 with a positive
+    fraction of 0.
+
+    Example:
+        >>> s, f = eigen_copying_score(torch.tensor([2.0, -1.0, 0.0]).to(torch.complex64))
+        >>> round(float(s), 3), round(float(f), 3)
+        (0.333, 0.5)
+    """
+    mod = eigenvalues.abs()
+    total = mod.sum(-1)
+    score = torch.where(total > 0, eigenvalues.real.sum(-1) / total.clamp_min(1e-300), torch.zeros_like(total))
+    nonzero = mod > rel_tol * mod.amax(-1, keepdim=True).clamp_min(1e-300)
+    n_nz = nonzero.sum(-1)
+    pos = ((eigenvalues.real > 0) & nonzero).sum(-1)
+    frac = torch.where(n_nz > 0, pos / n_nz.clamp_min(1), torch.zeros_like(total))
+    return score, frac.to(total.dtype)
+
+
+def _gram_ue(model: HookedTransformer, chunk: int) -> Tensor:
+    """``W_U W_E`` ([d_model, d_model]) accumulated over vocabulary chunks, in float64."""
+    W_E, W_U = embedding(model), unembedding(model)
+    if W_U.shape[1] != W_E.shape[0]:
+        raise LensworksError(
+            f"the full OV circuit W_E W_OV W_U is only square when d_vocab == d_vocab_out; "
+            f"got d_vocab={W_E.shape[0]}, d_vocab_out={W_U.shape[1]}"
+        )
+    compute = torch.float64 if W_E.device.type == "cpu" else torch.float32
+    G = torch.zeros(W_E.shape[1], W_E.shape[1], dtype=compute, device=W_E.device)
+    for s in range(0, W_E.shape[0], chunk):
+        G += W_U[:, s : s + chunk].to(compute) @ W_E[s : s + chunk].to(compute)
+    return G.double()
+
+
+def copying_scores(
+    model: HookedTransformer,
+    *,
+    baseline: bool = True,
+    baseline_samples: int = 20,
+    seed: int = 0,
+    vocab_chunk: int = 8192,
+) -> CopyingScores:
+    """Eigenvalue copying score of every head's full OV circuit ``W_E W_V W_O W_U``.
+
+    Computed from the ``d_head x d_head`` matrix ``W_O (W_U W_E) W_V`` (same non-zero
+    eigenvalues), in float64 / complex128, so bf16 and fp16 models work too.
+
+    Args:
+        model: The model (``d_vocab`` must equal ``d_vocab_out``).
+        baseline: Also score random Gaussian ``W_V``, ``W_O`` of the same shapes with the
+            model's own embeddings, as a chance level.
+        baseline_samples: Random heads for the baseline.
+        seed: Seed of the baseline's private generator.
+        vocab_chunk: Vocabulary rows per step when forming ``W_U W_E``.
+
+    Returns:
+        :class:`CopyingScores`: ``scores`` in [-1, 1], ``positive_fraction``, ``eigenvalues``.
+
+    Example:
+        >>> cs = copying_scores(model)
+        >>> bool((cs.scores.abs() <= 1).all())
+        True
+    """
+    if vocab_chunk < 1:
+        raise LensworksError(f"vocab_chunk must be >= 1, got {vocab_chunk}")
+    with torch.inference_mode():
+        G = _gram_ue(model, vocab_chunk)
+        w = attention_weights(model)
+        W_V, W_O = w["W_V"].double(), w["W_O"].double()
+        small = W_O @ G @ W_V  # [L, H, d_head, d_head]
+        eig = torch.linalg.eigvals(small)
+        score, frac = eigen_copying_score(eig)
+        b_mean = b_std = None
+        if baseline:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            d_model, d_head = W_V.shape[-2], W_V.shape[-1]
+            rv = torch.randn(baseline_samples, d_model, d_head, generator=gen, dtype=torch.float64).to(G.device)
+            ro = torch.randn(baseline_samples, d_head, d_model, generator=gen, dtype=torch.float64).to(G.device)
+            b_scores, _ = eigen_copying_score(torch.linalg.eigvals(ro @ G @ rv))
+            b_mean, b_std = float(b_scores.mean()), float(b_scores.std())
+    dtype = model.W_E.dtype if model.W_E.dtype in (torch.float32, torch.float64) else torch.float32
+    return CopyingScores(
+        scores=score.to(dtype),
+        kind="copying",
+        labels=head_labels(model),
+        options={"baseline_samples": baseline_samples if baseline else 0, "seed": seed},
+        processing=processing_state(model),
+        eigenvalues=eig,
+        positive_fraction=frac.to(dtype),
+        baseline_mean=b_mean,
+        baseline_std=b_std,
+    )

@@ -1,0 +1,277 @@
+"""Behavioural head scores on repeated random tokens: previous-token, duplicate-token, induction.
+
+A batch of sequences ``[BOS] s s`` (``s`` random, length ``n``; BOS optional) is run once.
+Each layer's attention pattern is reduced to per-head scores inside its hook and dropped at
+once, so memory holds one layer's pattern at a time. With the first copy starting at offset
+``o`` (1 with BOS, else 0) and ``t`` running over the second copy ``[o+n, o+2n)``:
+
+- induction  = mean ``pattern[t, t-n+1]`` (attend to the token after this token's last copy),
+- duplicate  = mean ``pattern[t, t-n]``   (attend to this token's last copy),
+- previous   = mean ``pattern[t, t-1]`` over every ``t >= o+1``.
+
+Attention to BOS, averaged over the same query positions, is reported beside each score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lensworks.circuits.eigen import HeadScores
+from lensworks.model import HookedTransformer, LensworksError, as_tokens, head_labels, hook_name, processing_state
+
+__all__ = ["head_scores", "BehaviourScores", "repeated_tokens", "behaviour_scores", "KINDS"]
+
+Kind = Literal["previous_token", "duplicate_token", "induction"]
+KINDS: tuple[str, ...] = ("previous_token", "duplicate_token", "induction")
+
+
+@dataclasses.dataclass(frozen=True)
+class BehaviourScores(HeadScores):
+    """Behavioural head scores plus attention to BOS and the chance level.
+
+    Attributes:
+        bos_attention: ``[n_layers, n_heads]`` mean attention to the BOS position over the
+            scored query positions (all zero without BOS).
+        chance: The score a head attending uniformly to every earlier position would get.
+    """
+
+    bos_attention: Float[Tensor, "n_layers n_heads"] = None  # type: ignore[assignment]
+    chance: float = 0.0
+
+
+def _special_ids(model: HookedTransformer) -> set[int]:
+    tok = model.tokenizer
+    if tok is None:
+        return set()
+    return {int(i) for i in tok.all_special_ids if i is not None}
+
+
+def _bos_id(model: HookedTransformer) -> int | None:
+    tok = model.tokenizer
+    if tok is None or tok.bos_token_id is None:
+        return None
+    return int(tok.bos_token_id)
+
+
+def _resolve_bos(model: HookedTransformer, prepend_bos: bool | None) -> bool:
+    bos = _bos_id(model)
+    if prepend_bos is None:
+        return bos is not None and bool(model.cfg.default_prepend_bos)
+    if prepend_bos and bos is None:
+        raise LensworksError("prepend_bos=True but the model has no tokenizer with a BOS token; pass prepend_bos=False or tokens")
+    return bool(prepend_bos)
+
+
+def repeated_tokens(
+    model: HookedTransformer,
+    *,
+    seq_len: int = 50,
+    n_seqs: int = 32,
+    seed: int = 0,
+    prepend_bos: bool | None = None,
+) -> Int[Tensor, "n_seqs pos"]:
+    """Sequences ``[BOS] s s`` with ``s`` random and never a special token.
+
+    Each ``s`` holds distinct tokens when the vocabulary allows (so "the previous copy" of a
+    token is unambiguous), drawn with a private generator (global RNG untouched).
+
+    Args:
+        model: The model (its vocabulary and special tokens).
+        seq_len: Length ``n`` of ``s``.
+        n_seqs: Number of sequences.
+        seed: Generator seed.
+        prepend_bos: Start each sequence with BOS (default: the model's default when it has a
+            BOS token).
+
+    Returns:
+        ``[n_seqs, o + 2 * seq_len]`` token ids on the model's device.
+
+    Example:
+        >>> repeated_tokens(model, seq_len=5, n_seqs=2, prepend_bos=False).shape
+        torch.Size([2, 10])
+    """
+    if seq_len < 2 or n_seqs < 1:
+        raise LensworksError(f"need seq_len >= 2 and n_seqs >= 1, got seq_len={seq_len}, n_seqs={n_seqs}")
+    bos = _resolve_bos(model, prepend_bos)
+    total = int(bos) + 2 * seq_len
+    if total > model.cfg.n_ctx:
+        raise LensworksError(
+            f"repeated sequences of {total} tokens (seq_len={seq_len}, twice{', plus BOS' if bos else ''}) "
+            f"are longer than the model's n_ctx={model.cfg.n_ctx}"
+        )
+    special = _special_ids(model)
+    allowed = torch.tensor([i for i in range(model.cfg.d_vocab) if i not in special])
+    if len(allowed) < 2:
+        raise LensworksError(f"the vocabulary has only {len(allowed)} non-special tokens")
+    gen = torch.Generator().manual_seed(seed)
+    if len(allowed) >= seq_len:
+        idx = torch.rand(n_seqs, len(allowed), generator=gen).argsort(dim=1)[:, :seq_len]
+    else:
+        idx = torch.randint(len(allowed), (n_seqs, seq_len), generator=gen)
+    s = allowed[idx]
+    parts = [s, s]
+    if bos:
+        parts.insert(0, torch.full((n_seqs, 1), _bos_id(model), dtype=torch.long))
+    return torch.cat(parts, dim=1).to(model.cfg.device)
+
+
+def _diag_slices(o: int, n: int) -> dict[str, tuple[int, int, int]]:
+    """(diagonal offset d, first i, last i) such that ``pattern[i + d, i]`` are the scored entries."""
+    return {
+        "previous_token": (1, o, o + 2 * n - 1),
+        "duplicate_token": (n, o, o + n),
+        "induction": (n - 1, o + 1, o + n + 1),
+    }
+
+
+def _query_range(kind: str, o: int, n: int) -> tuple[int, int]:
+    return (o + 1, o + 2 * n) if kind == "previous_token" else (o + n, o + 2 * n)
+
+
+def behaviour_scores(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    *,
+    offset: int,
+    kinds: tuple[str, ...] = KINDS,
+    batch_size: int = 32,
+    progress: bool | None = None,
+    atol: float = 1e-3,
+) -> dict[str, BehaviourScores]:
+    """Several behavioural scores in one pass over already-repeated ``tokens``.
+
+    ``tokens`` must be ``[batch, offset + 2n]`` with both copies equal; see :func:`head_scores`
+    for the definitions. Returns one :class:`BehaviourScores` per kind.
+
+    Example:
+        >>> toks = repeated_tokens(model, seq_len=10, n_seqs=4)
+        >>> out = behaviour_scores(model, toks, offset=int(toks[0, 0] == toks[0, 20]) and 0)  # doctest: +SKIP
+    """
+    for k in kinds:
+        if k not in KINDS:
+            raise LensworksError(f"kind must be one of {list(KINDS)}, got {k!r}")
+    if batch_size < 1:
+        raise LensworksError(f"batch_size must be >= 1, got {batch_size}")
+    B, T = tokens.shape
+    n = (T - offset) // 2
+    cfg = model.cfg
+    L, H = cfg.n_layers, cfg.n_heads
+    slices = _diag_slices(offset, n)
+    sums = {k: torch.zeros(L, H, dtype=torch.float64) for k in kinds}
+    bos_sums = {k: torch.zeros(L, H, dtype=torch.float64) for k in kinds}
+    seen: set[int] = set()
+    names = {hook_name("pattern", l): l for l in range(L)}
+
+    def hook(pattern: Tensor, hook) -> None:
+        layer = names[hook.name]
+        seen.add(layer)
+        p = pattern.detach()
+        rows = p.sum(-1)
+        if not torch.allclose(rows, torch.ones_like(rows), atol=atol):
+            worst = float((rows - 1).abs().max())
+            raise LensworksError(
+                f"attention pattern rows of layer {layer} do not sum to 1 (max deviation {worst:.2e}); "
+                "the pattern hook did not see a normal softmax pattern"
+            )
+        for k in kinds:
+            d, lo, hi = slices[k]
+            diag = p.diagonal(offset=-d, dim1=-2, dim2=-1)[..., lo:hi]  # [b, H, n_scored]
+            sums[k][layer] += diag.double().mean(-1).sum(0).cpu()
+            if offset:
+                q0, q1 = _query_range(k, offset, n)
+                bos_sums[k][layer] += p[:, :, q0:q1, 0].double().mean(-1).sum(0).cpu()
+        return None
+
+    if progress is None:
+        progress = B * T * T * L * H > 5e8
+    with torch.inference_mode():
+        for start in tqdm(range(0, B, batch_size), desc="head scores", disable=not progress, leave=False):
+            batch = tokens[start : start + batch_size]
+            model.run_with_hooks(batch, return_type=None, fwd_hooks=[(lambda name: name in names, hook)])
+    missing = sorted(set(range(L)) - seen)
+    if missing:
+        raise LensworksError(f"attention patterns of layers {missing} were not captured (is the pattern hook bypassed?)")
+    labels = head_labels(model)
+    out = {}
+    for k in kinds:
+        q0, q1 = _query_range(k, offset, n)
+        chance = float(torch.mean(1.0 / (torch.arange(q0, q1, dtype=torch.float64) + 1)))
+        out[k] = BehaviourScores(
+            scores=(sums[k] / B).to(torch.float32),
+            kind=k,
+            labels=labels,
+            options={"seq_len": n, "n_seqs": B, "offset": offset},
+            processing=processing_state(model),
+            bos_attention=(bos_sums[k] / B).to(torch.float32),
+            chance=chance,
+        )
+    return out
+
+
+def _check_repeated(model: HookedTransformer, tokens: Tensor, prepend_bos: bool | None) -> int:
+    bos = _bos_id(model)
+    if prepend_bos is None:
+        o = int(bos is not None and bool((tokens[:, 0] == bos).all()) and tokens.shape[1] % 2 == 1)
+    else:
+        o = int(prepend_bos)
+    rest = tokens.shape[1] - o
+    if rest < 4 or rest % 2:
+        raise LensworksError(
+            f"tokens must be [batch, o + 2*seq_len] with o={o} ({'with' if o else 'without'} BOS) and seq_len >= 2; "
+            f"got {tokens.shape[1]} positions"
+        )
+    n = rest // 2
+    if not torch.equal(tokens[:, o : o + n], tokens[:, o + n :]):
+        raise LensworksError(f"tokens must repeat: positions [{o}, {o + n}) and [{o + n}, {o + 2 * n}) differ")
+    return o
+
+
+def head_scores(
+    model: HookedTransformer,
+    kind: Kind,
+    *,
+    tokens: Int[Tensor, "batch pos"] | None = None,
+    seq_len: int = 50,
+    n_seqs: int = 32,
+    seed: int = 0,
+    prepend_bos: bool | None = None,
+    batch_size: int = 32,
+) -> BehaviourScores:
+    """Previous-token, duplicate-token or induction score of every head.
+
+    Args:
+        model: The model.
+        kind: "previous_token", "duplicate_token" or "induction".
+        tokens: Optional ``[batch, o + 2*seq_len]`` repeated sequences (``o`` = 1 with BOS).
+            ``seq_len`` is then inferred. Default: :func:`repeated_tokens`.
+        seq_len: Length of the random sequence that is repeated.
+        n_seqs: Number of sequences.
+        seed: Seed for the random sequences.
+        prepend_bos: Whether a BOS comes first (default: the model's default if it has BOS;
+            with ``tokens``, detected from the first column).
+        batch_size: Sequences per forward pass.
+
+    Returns:
+        :class:`BehaviourScores` with ``scores[layer, head]`` = mean attention to the target
+        position, ``bos_attention`` and the uniform-attention ``chance`` level.
+
+    Example:
+        >>> ind = head_scores(model, "induction", seq_len=20, n_seqs=8)
+        >>> ind.top(1)  # doctest: +SKIP
+        [('L1H3', 0.91)]
+    """
+    if kind not in KINDS:
+        raise LensworksError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    if tokens is None:
+        tokens = repeated_tokens(model, seq_len=seq_len, n_seqs=n_seqs, seed=seed, prepend_bos=prepend_bos)
+        offset = int(_resolve_bos(model, prepend_bos))
+    else:
+        tokens = as_tokens(model, tokens, what="tokens")
+        offset = _check_repeated(model, tokens, prepend_bos)
+    return behaviour_scores(model, tokens, offset=offset, kinds=(kind,), batch_size=batch_size)[kind]
