@@ -123,12 +123,12 @@ def comparison_figure(cmp: Any) -> go.Figure:
     fig.add_trace(
         go.Scatter(
             x=x,
-            y=cmp.basis_importance.tolist(),
+            y=cmp.embed_mass_share.tolist(),
             mode="lines",
-            name="component importance in the basis",
+            name="W_E's own share",
             line=dict(color="black", dash="dash"),
             text=labels,
-            hovertemplate="%{text}<br>importance: %{y:.4f}<extra></extra>",
+            hovertemplate="%{text}<br>share of W_E weight: %{y:.4f}<extra></extra>",
         ),
         row=1,
         col=1,

@@ -1,0 +1,194 @@
+"""Do middle layers use the unembedding directions of tokens the model rules out?
+
+Hypothesis (research note 002): directions of tokens that are near-impossible in context are
+free real estate, so a model may use them for intermediate computation in the middle layers
+and remove them before the unembedding. ``unlikely_token_usage`` measures, at each prompt's
+last position and at every depth, the share of the residual's squared norm that lies in the
+span of the unembedding columns of the ``k`` tokens the model finds least likely next,
+against random sets of ``k`` tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence, Union
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lensworks._results import ResultMixin, require_finite
+from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, unembedding
+
+__all__ = ["UnlikelyTokenUsage", "unlikely_token_usage"]
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlikelyTokenUsage(ResultMixin):
+    """Share of the residual in the span of the least likely tokens' unembedding directions.
+
+    Attributes:
+        k: Tokens per set.
+        depth_labels: ``"embed"`` (``resid_pre`` of layer 0) then ``"L{l} out"``
+            (``resid_post`` of each layer).
+        share_unlikely: Mean over prompts, per depth.
+        share_likely: The same for the ``k`` most likely tokens.
+        random_mean / random_lo / random_hi: Mean and interval over random ``k``-token sets
+            (each draw averaged over prompts).
+        per_prompt_unlikely: ``[n_prompts, n_depth]``.
+        unlikely_tokens: ``[n_prompts, k]`` ids of the least likely next tokens.
+        options: Options used.
+        processing: The model's weight-processing state.
+    """
+
+    k: int
+    depth_labels: tuple[str, ...]
+    share_unlikely: Float[Tensor, "n_depth"]
+    share_likely: Float[Tensor, "n_depth"]
+    random_mean: Float[Tensor, "n_depth"]
+    random_lo: Float[Tensor, "n_depth"]
+    random_hi: Float[Tensor, "n_depth"]
+    per_prompt_unlikely: Float[Tensor, "n_prompts n_depth"]
+    unlikely_tokens: Int[Tensor, "n_prompts k"]
+    options: dict[str, Any]
+    processing: dict[str, Any]
+
+    def to_frame(self):
+        """One row per depth.
+
+        Example:
+            >>> list(usage.to_frame().columns)[:2]
+            ['depth', 'share_unlikely']
+        """
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "depth": list(self.depth_labels),
+                "share_unlikely": self.share_unlikely.tolist(),
+                "share_likely": self.share_likely.tolist(),
+                "random_mean": self.random_mean.tolist(),
+                "random_lo": self.random_lo.tolist(),
+                "random_hi": self.random_hi.tolist(),
+            }
+        )
+
+    def figure(self):
+        """Share against depth, with the random-set band.
+
+        Example:
+            >>> fig = usage.figure()
+        """
+        from lensworks.probes._plots import unlikely_usage_figure
+
+        return unlikely_usage_figure(self)
+
+
+def _span_share(x: Tensor, dirs: Tensor) -> Tensor:
+    """``||Q^T x||^2 / ||x||^2`` with ``Q`` an orthonormal basis of the columns of ``dirs``.
+
+    x: ``[..., depth, d]``; dirs: ``[..., d, k]``. Returns ``[..., depth]``.
+    """
+    q, _ = torch.linalg.qr(dirs)
+    proj = x @ q
+    return (proj**2).sum(-1) / (x**2).sum(-1).clamp_min(1e-300)
+
+
+def unlikely_token_usage(
+    model: HookedTransformer,
+    prompts: Union[Sequence[str], Tensor],
+    *,
+    k: int = 10,
+    n_random: int = 20,
+    seed: int = 0,
+    batch_size: int = 16,
+    interval: float = 0.95,
+    progress: bool | None = None,
+) -> UnlikelyTokenUsage:
+    """Per layer, how much of the residual lies along the least likely tokens' unembeddings.
+
+    For each prompt, take its last position, the model's final logits there, and the ``k``
+    tokens with the lowest logits. At every depth (``resid_pre`` of layer 0, then
+    ``resid_post`` of each layer) compute ``||Q^T x||^2 / ||x||^2`` where ``Q`` is an
+    orthonormal basis of those tokens' ``W_U`` columns. The same share for the ``k`` most
+    likely tokens and for ``n_random`` random ``k``-token sets (uniform without replacement)
+    is reported beside it; a random ``k``-dimensional subspace holds about ``k / d_model`` of
+    an isotropic vector. Under the hypothesis, the unlikely share rises above the random band
+    in the middle layers and falls back at the end.
+
+    Args:
+        model: The model.
+        prompts: Strings (tokenized one by one) or a ``[batch, pos]`` token tensor.
+        k: Tokens per set, ``1 <= k < d_model`` and ``k <= d_vocab``.
+        n_random: Random sets drawn.
+        seed: Seed of the random sets.
+        batch_size: Prompts per forward pass.
+        interval: Central probability of the random band.
+        progress: Show a progress bar (None: only on a terminal).
+
+    Returns:
+        An :class:`UnlikelyTokenUsage`.
+
+    Example:
+        >>> usage = unlikely_token_usage(model, ["def f(x):", "import os"], k=5)
+        >>> usage.share_unlikely.shape[0] == model.cfg.n_layers + 1
+        True
+    """
+    from lensworks.probes.linear import model_tokens
+
+    d, V = model.cfg.d_model, model.cfg.d_vocab_out
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise LensworksError(f"k must be a positive int, got {k!r}")
+    if k > V:
+        raise LensworksError(f"k={k} is larger than the vocabulary ({V} tokens)")
+    if k >= d:
+        raise LensworksError(f"k={k} must be smaller than d_model={d}, or the span of k directions is the whole residual stream")
+    if not isinstance(n_random, int) or n_random < 2:
+        raise LensworksError(f"n_random must be an int >= 2, got {n_random!r}")
+    if not 0 < interval < 1:
+        raise LensworksError(f"interval must lie in (0, 1), got {interval}")
+    toks, lengths = model_tokens(model, prompts, what="prompts")
+    n_layers = model.cfg.n_layers
+    names = [hook_name("resid_pre", 0)] + [hook_name("resid_post", l) for l in range(n_layers)]
+    wu = unembedding(model).double()
+    gen = torch.Generator().manual_seed(seed)
+    shares_u, shares_l, shares_r, lows = [], [], [], []
+    disable = None if progress is None else not progress
+    for s in tqdm(range(0, toks.shape[0], batch_size), desc="unlikely-token usage", disable=disable, leave=False):
+        batch, lens = toks[s : s + batch_size], lengths[s : s + batch_size]
+        rows = torch.arange(len(batch), device=batch.device)
+        store: dict[str, Tensor] = {}
+
+        def grab(act: Tensor, hook: Any) -> None:
+            store[hook.name] = act[rows, lens - 1].double()
+
+        with torch.inference_mode():
+            logits = model.run_with_hooks(batch, fwd_hooks=[(lambda n: n in names, grab)], return_type="logits")
+        last = logits[rows, lens - 1].double()  # [b, V]
+        x = torch.stack([store[n] for n in names], dim=1)  # [b, depth, d]
+        low = last.topk(k, dim=-1, largest=False).indices
+        high = last.topk(k, dim=-1).indices
+        shares_u.append(_span_share(x, wu.T[low].transpose(1, 2)))
+        shares_l.append(_span_share(x, wu.T[high].transpose(1, 2)))
+        rand = torch.stack([torch.stack([torch.randperm(V, generator=gen)[:k] for _ in range(n_random)]) for _ in range(len(batch))])
+        dirs = wu.T[rand.to(wu.device)].transpose(-1, -2)  # [b, n_random, d, k]
+        shares_r.append(_span_share(x[:, None], dirs))  # [b, n_random, depth]
+        lows.append(low.cpu())
+    per_prompt = torch.cat(shares_u)
+    rnd = torch.cat(shares_r).mean(0)  # [n_random, depth], each draw averaged over prompts
+    a = (1 - interval) / 2
+    require_finite("unlikely-token share", per_prompt)
+    return UnlikelyTokenUsage(
+        k=k,
+        depth_labels=("embed",) + tuple(f"L{l} out" for l in range(n_layers)),
+        share_unlikely=per_prompt.mean(0).float().cpu(),
+        share_likely=torch.cat(shares_l).mean(0).float().cpu(),
+        random_mean=rnd.mean(0).float().cpu(),
+        random_lo=torch.quantile(rnd, a, dim=0).float().cpu(),
+        random_hi=torch.quantile(rnd, 1 - a, dim=0).float().cpu(),
+        per_prompt_unlikely=per_prompt.float().cpu(),
+        unlikely_tokens=torch.cat(lows),
+        options={"n_random": n_random, "seed": seed, "interval": interval, "batch_size": batch_size},
+        processing=processing_state(model),
+    )
