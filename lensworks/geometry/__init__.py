@@ -2,6 +2,7 @@
 
 from lensworks.geometry.ablation import AblationTable, BlockDecomposition, block_ablation, block_decomposition, hellinger
 from lensworks.geometry.lens import LogitLens, logit_lens
+from lensworks.geometry.neighbours import NeighbourApproximation
 from lensworks.geometry.stats import ResidualStats, UpdateAlignment, residual_stats, update_alignment
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "block_decomposition",
     "logit_lens",
     "hellinger",
+    "NeighbourApproximation",
     "ResidualStats",
     "UpdateAlignment",
     "AblationTable",
