@@ -1,0 +1,137 @@
+"""``lensworks probes``: per-layer input-token probes on a text file (argument parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lensworks._cli_common import add_model_argument, format_table, model_from_args, write_outputs
+
+__all__ = ["register", "text_windows"]
+
+DEFAULT_MODEL = "char-mlp"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``probes`` subcommand."""
+    p = subparsers.add_parser(
+        "probes",
+        help="linear probes: which input tokens each layer still holds",
+        description=(
+            "Fit a linear probe per layer, stream and offset that recovers the input token from the "
+            "residual stream; print held-out accuracy beside chance and the random-model and "
+            "shuffled-label controls. Without arguments: the bundled char-mlp model on Python "
+            "standard-library source text."
+        ),
+    )
+    add_model_argument(p)
+    p.add_argument("--text", default=None, help="text file to probe on (default: standard-library source text)")
+    p.add_argument("--max-tokens", type=int, default=25_000, help="tokens of text to use (default 25000)")
+    p.add_argument("--method", choices=("ridge", "logistic"), default="ridge")
+    p.add_argument("--offsets", default="0,-1,-2", help="comma-separated offsets (default 0,-1,-2)")
+    p.add_argument("--streams", default=None, help="comma-separated streams (default resid_pre,resid_mid,resid_post)")
+    p.add_argument("--shared", action="store_true", help="one probe per offset shared by every layer and stream")
+    p.add_argument("--no-controls", action="store_true", help="skip the random-model and shuffled-label controls")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--html", default=None, metavar="PATH", help="write the figures as one HTML page")
+    p.set_defaults(func=run)
+
+
+def text_windows(model: Any, text: str, *, max_tokens: int) -> torch.Tensor:
+    """Chop ``text`` into consecutive ``n_ctx``-token windows (BOS first when the model uses one).
+
+    Characters a vocabulary-only tokenizer cannot encode are dropped first.
+
+    Example:
+        >>> text_windows(model, "abc" * 100, max_tokens=1000).shape[1] <= model.cfg.n_ctx
+        True
+    """
+    from lensworks.model import LensworksError, model_vocab
+    from lensworks.probes.linear import _bos_id
+
+    if model.tokenizer is None:
+        raise LensworksError("the model has no tokenizer, so it cannot read a text file")
+    if not text:
+        raise LensworksError("the text is empty; expected some text to probe on")
+    try:
+        ids = model.to_tokens(text, prepend_bos=False, truncate=False)[0]
+    except Exception:
+        vocab = model_vocab(model) or []
+        singles = {s for s in vocab if len(s) == 1}
+        kept = "".join(c for c in text if c in singles)
+        try:
+            ids = model.to_tokens(kept, prepend_bos=False, truncate=False)[0]
+        except Exception as exc:
+            raise LensworksError(f"the model's tokenizer could not encode the text: {exc}") from exc
+    ids = ids[:max_tokens]
+    bos = _bos_id(model) if model.cfg.default_prepend_bos else None
+    width = model.cfg.n_ctx - (1 if bos is not None else 0)
+    n = len(ids) // width
+    if n < 2:
+        raise LensworksError(f"the text gives {len(ids)} tokens, fewer than two windows of {width}; pass more text")
+    windows = ids[: n * width].reshape(n, width)
+    if bos is not None:
+        windows = torch.cat([torch.full((n, 1), bos, dtype=windows.dtype, device=windows.device), windows], dim=1)
+    return windows
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the probes subcommand."""
+    from lensworks._results import to_jsonable
+    from lensworks.model import LensworksError
+    from lensworks.probes import compare_to_embedding, probe_inputs
+    from lensworks.probes.linear import DEFAULT_STREAMS
+
+    model, name = model_from_args(args, DEFAULT_MODEL)
+    if args.text:
+        path = Path(args.text)
+        if not path.is_file():
+            raise LensworksError(f"--text {args.text!r}: no such file")
+        text = path.read_text(errors="replace")
+    else:
+        from lensworks import zoo
+
+        text = zoo.corpus(args.max_tokens * 4)
+    try:
+        offsets = tuple(int(o) for o in args.offsets.split(",") if o.strip())
+    except ValueError:
+        raise LensworksError(f"--offsets must be comma-separated integers, got {args.offsets!r}") from None
+    streams = DEFAULT_STREAMS if not args.streams else tuple(s.strip() for s in args.streams.split(",") if s.strip())
+    windows = text_windows(model, text, max_tokens=args.max_tokens)
+    res = probe_inputs(
+        model,
+        windows,
+        streams=streams,
+        offsets=offsets,
+        method=args.method,
+        shared=args.shared,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        controls=not args.no_controls,
+    )
+    frame = res.to_frame()
+    cols = [c for c in frame.columns]
+    print(f"{name}: {windows.shape[0]} windows of {windows.shape[1]} tokens, method={res.method}, shared={res.shared}")
+    print(format_table([tuple(r) for r in frame.itertuples(index=False)], cols))
+    last = (res.layers[-1], res.streams[-1], res.offsets[0])
+    cmp = compare_to_embedding(res.weights(*last), model, tokens=res.classes, n_random=100, seed=args.seed)
+    summary = cmp.summary()
+    print(
+        f"probe at layer {last[0]} {last[1]} offset {last[2]} vs W_E: overlap {summary['overlap_embed']['value']:.3f} "
+        f"(random {summary['overlap_embed']['null_lo']:.3f}..{summary['overlap_embed']['null_hi']:.3f}: "
+        f"{summary['overlap_embed']['verdict']})"
+    )
+    payload = {
+        "model": name,
+        "windows": list(windows.shape),
+        "table": to_jsonable(frame.to_dict(orient="records")),
+        "results": res.to_dict(),
+        "comparison": {"probe": {"layer": last[0], "stream": last[1], "offset": last[2]}, "summary": summary},
+    }
+    write_outputs(args, payload, [res.figure(), cmp.figure()], title=f"lensworks probes: {name}")
+    return 0
