@@ -1,0 +1,38 @@
+"""`lensworks heads` end to end on a saved checkpoint: table, verdict, JSON and HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from helpers import planted_induction_model
+from lensworks import save_model
+from lensworks.cli import main
+
+
+def test_heads_cli_on_planted_checkpoint(tmp_path, capsys):
+    ckpt = save_model(planted_induction_model(), tmp_path / "planted")
+    out_json, out_html = tmp_path / "h.json", tmp_path / "h.html"
+    code = main(["heads", str(ckpt), "--seq-len", "15", "--n-seqs", "4", "--top", "2",
+                 "--json", str(out_json), "--html", str(out_html)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "induction heads: L1H0" in text
+    assert re.search(r"previous_token +L0H0 +1\.000", text)
+    data = json.loads(out_json.read_text())
+    assert data["induction_heads"] == ["L1H0"]
+    assert data["head_scores"]["copying"]["scores"][1][0] == pytest.approx(1.0)
+    assert set(data["composition"]) == {"Q", "K", "V"}
+    page = out_html.read_text()
+    assert page.count("<script") >= 1 and "Induction heads" in page and "https://cdn" not in page
+
+
+def test_heads_cli_errors(tmp_path, capsys):
+    assert main(["heads", str(tmp_path / "missing.pt")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["heads", str(tmp_path), "--top", "0"]) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["heads", "--no-such-flag"])
