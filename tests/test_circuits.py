@@ -55,10 +55,11 @@ def test_composition_equals_transformer_lens(request, fixture, mode):
 
 
 def test_composition_wide_heads_and_chunking():
-    # d_head > d_model exercises the non-square R factor; chunk_heads=1 the chunk loop
+    # d_head > d_model exercises the non-square R factor; chunk_heads=1 the chunk loop;
+    # max_cache_bytes=0 the path that recomputes earlier layers' factors instead of caching them
     model = tiny_model(d_model=16, d_head=24, n_heads=3, n_layers=4)
     for mode in "QKV":
-        ours = composition_scores(model, mode, chunk_heads=1, baseline=False, dtype=torch.float64)
+        ours = composition_scores(model, mode, chunk_heads=1, baseline=False, dtype=torch.float64, max_cache_bytes=0)
         torch.testing.assert_close(ours.scores.float(), model.all_composition_scores(mode), atol=1e-5, rtol=1e-4)
 
 

@@ -270,6 +270,7 @@ def composition_scores(
     baseline: bool = True,
     baseline_samples: int = 200,
     chunk_heads: int | None = None,
+    max_cache_bytes: int = 2**30,
     dtype: torch.dtype = torch.float32,
     progress: bool | None = None,
 ) -> CompositionScores:
@@ -287,6 +288,10 @@ def composition_scores(
         baseline_samples: Random pairs for the baseline.
         chunk_heads: Left heads multiplied per GEMM (bounds memory; default chosen so one chunk's
             product stays near 64 MB).
+        max_cache_bytes: The left factors of all earlier layers are kept between layers when
+            they fit in this many bytes; otherwise each earlier layer's factors are recomputed
+            for every later layer (a few percent more work, memory of one layer's factors).
+            Peak extra memory is about ``min(cache, 2 layers of factors) + chunk product``.
         dtype: Compute dtype (weights are upcast; bf16/fp16 models are scored in float32).
         progress: Show a progress bar (None: only when the work is large).
 
@@ -313,24 +318,34 @@ def composition_scores(
         raise LensworksError(f"chunk_heads must be >= 1, got {chunk_heads}")
     if progress is None:
         progress = (L * H) ** 2 * cfg.d_head**2 * d_model > 5e10
-    lefts: list[Tensor] = []
-    left_norms: list[Tensor] = []
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    cache = (L - 1) * H * min(cfg.d_head, d_model) * d_model * itemsize <= max_cache_bytes
+    lefts: list[tuple[Tensor, Tensor]] = []
+
+    def left_of(i: int) -> tuple[Tensor, Tensor]:
+        if cache:
+            return lefts[i]
+        left, ln = _left_factors(attention_weights(model, [i]), dtype)
+        return left[0], ln[0]
+
     with torch.inference_mode():
         for j in tqdm(range(L), desc=f"{mode}-composition", disable=not progress, leave=False):
             w = attention_weights(model, [j])
             if j > 0:
                 right, rn = _right_factors(w, mode, dtype)
-                left_all = torch.cat(lefts)  # [(j H), r, d]
-                ln_all = torch.cat(left_norms)
-                num = _pair_norms(left_all, right[0], chunk_heads)  # [(j H), H]
-                denom = ln_all[:, None] * rn[0][None, :]
-                # a head with an all-zero W_OV or W_QK composes with nothing: score 0, not 0/0
-                s = torch.where(denom > 0, num / denom.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(num))
-                scores[:j, :, j, :] = s.reshape(j, H, H)
-            if j < L - 1:
+                groups = [list(range(j))] if cache else [[i] for i in range(j)]
+                for group in groups:
+                    parts = [left_of(i) for i in group]
+                    left_all = torch.cat([p[0] for p in parts])  # [(g H), r, d]
+                    ln_all = torch.cat([p[1] for p in parts])
+                    num = _pair_norms(left_all, right[0], chunk_heads)  # [(g H), H]
+                    denom = ln_all[:, None] * rn[0][None, :]
+                    # a head with an all-zero W_OV or W_QK composes with nothing: score 0, not 0/0
+                    s = torch.where(denom > 0, num / denom.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(num))
+                    scores[group[0] : group[-1] + 1, :, j, :] = s.reshape(len(group), H, H)
+            if cache and j < L - 1:
                 left, ln = _left_factors(w, dtype)
-                lefts.append(left[0])
-                left_norms.append(ln[0])
+                lefts.append((left[0], ln[0]))
     require_finite(f"{mode}-composition scores", scores)
     base = (
         random_composition_baseline(d_model, cfg.d_head, mode, n_samples=baseline_samples, device=device)
