@@ -1,0 +1,89 @@
+"""``lensworks report``: every analysis that applies to one checkpoint, on one offline HTML page."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from lensworks._cli_common import add_model_argument, model_from_args
+
+__all__ = ["register", "run_report", "default_model"]
+
+
+def default_model() -> str:
+    """``"char-mlp"`` when its bundled checkpoint exists (it has MLPs, so every section applies),
+    else ``"induction-2l"``.
+
+    Example:
+        >>> default_model() in ("char-mlp", "induction-2l")
+        True
+    """
+    try:
+        from lensworks import zoo
+
+        if (zoo.path("char-mlp") / "model.safetensors").is_file():
+            return "char-mlp"
+    except Exception:  # zoo missing or broken: fall back to the attention-only demo
+        pass
+    return "induction-2l"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``report`` subcommand."""
+    p = subparsers.add_parser(
+        "report",
+        help="one self-contained HTML report (circuits, geometry, probes) for a checkpoint",
+        description=(
+            "Run the circuits, geometry and probe analyses that apply to one checkpoint and write them "
+            "to a single HTML file that opens offline (plotly.js is inlined). Without a checkpoint: "
+            "the bundled char-mlp demo model on held-out Python standard-library source text."
+        ),
+    )
+    add_model_argument(p)
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument("--text", default=None, metavar="FILE", help="text the geometry and probes read")
+    p.add_argument("--positive", default=None, metavar="FILE", help="prompts, one per line: first data set for the residual statistics")
+    p.add_argument("--negative", default=None, metavar="FILE", help="prompts, one per line: second data set")
+    p.add_argument("--corpus", default=None, metavar="FILE", help="fallback text when --text is not given")
+    p.add_argument("--n-prompts", type=int, default=32, help="text windows read by geometry (probes read 4x; default 32)")
+    p.add_argument("--prompt-len", type=int, default=64, help="tokens per window (default 64)")
+    p.add_argument("--title", default=None, help="page title (default: lensworks report: CHECKPOINT)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_report)
+
+
+def _read(path: str | None, flag: str) -> str | None:
+    from lensworks.model import LensworksError
+
+    if path is None:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise LensworksError(f"{flag} {path!r}: no such file")
+    text = file.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise LensworksError(f"{flag} {path!r} is empty; expected text")
+    return text
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Run the analyses and write the report; prints where it wrote."""
+    from lensworks import report
+    from lensworks.model import LensworksError
+
+    if (args.positive is None) != (args.negative is None):
+        raise LensworksError("give both --positive FILE and --negative FILE, or neither")
+    text = _read(args.text, "--text")
+    corpus = _read(args.corpus, "--corpus")
+    positive = _read(args.positive, "--positive")
+    negative = _read(args.negative, "--negative")
+    model, name = model_from_args(args, default_model())
+    results = report.analyse(
+        model, text=text, corpus=corpus, positive=positive, negative=negative,
+        n_prompts=args.n_prompts, prompt_len=args.prompt_len, seed=args.seed, progress=not args.no_progress,
+    )
+    out = report.build(results, args.output, title=args.title or f"lensworks report: {name}", model=model, model_name=name)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser: file://{out.resolve()}")
+    return 0

@@ -1,0 +1,242 @@
+"""The offline HTML report: self-contained, every section, escaped tokens, CLI, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from helpers import CHAR_VOCAB, tiny_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lensworks import report
+from lensworks.cli import main
+from lensworks.model import LensworksError, save_model
+
+HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
+HOSTILE_VOCAB = CHAR_VOCAB + HOSTILE
+#: Text made only of vocabulary entries, so the hostile tokens survive tokenization.
+HOSTILE_TEXT = ("def f x return x 1 " + HOSTILE[0] + " and " + HOSTILE[1] + " end.\n") * 80
+
+
+def hostile_model():
+    return tiny_model(seed=5, n_layers=2, attn_only=False, d_mlp=32, n_ctx=32, vocab=HOSTILE_VOCAB)
+
+
+def figures_json(page: str):
+    m = re.search(r"<script type='application/json' id='lw-figures'>(.*?)</script>", page, re.S)
+    assert m, "no figure JSON block"
+    return json.loads(m.group(1))
+
+
+def all_strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from all_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from all_strings(v)
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    model = hostile_model()
+    results = report.analyse(model, text=HOSTILE_TEXT, n_prompts=4, prompt_len=32, progress=False)
+    return model, results
+
+
+@pytest.fixture(scope="module")
+def page(hostile, tmp_path_factory):
+    model, results = hostile
+    path = report.build(results, tmp_path_factory.mktemp("report") / "r.html", model=model, model_name=HOSTILE[0])
+    return path.read_text(encoding="utf-8")
+
+
+def test_analyse_runs_every_section(hostile):
+    _, results = hostile
+    assert list(results) == ["circuits", "geometry", "probes"]
+    names = {s: [type(r[0] if isinstance(r, tuple) else r).__name__ for r in v] for s, v in results.items()}
+    assert names["circuits"].count("CompositionScores") == 3
+    assert sorted(r.mode for r in results["circuits"] if type(r).__name__ == "CompositionScores") == ["K", "Q", "V"]
+    assert {"InductionReport", "CopyingScores", "BehaviourScores"} <= set(names["circuits"])
+    kinds = {r.kind for r in results["circuits"] if type(r).__name__ == "BehaviourScores"}
+    assert kinds == {"previous_token", "duplicate_token", "induction"}
+    assert names["geometry"] == ["ResidualStats", "AblationTable", "BlockDecomposition", "LogitLens"]
+    assert names["probes"] == ["ProbeResults", "Comparison", "Basis"]
+
+
+def test_page_is_self_contained(page):
+    assert page.startswith("<!DOCTYPE html>")
+    scripts = re.findall(r"<script[^>]*>", page)
+    assert scripts and all("src" not in s for s in scripts)
+    assert not re.search(r"<(link|img|iframe)\b", page, re.I)
+    assert page.count("plotly.js v") <= 2  # plotly.js's banner: the library is inlined once
+    assert len(page) > 3_000_000  # plotly.js itself is ~4.8 MB
+
+
+def test_page_has_every_section_and_toc(page, hostile):
+    _, results = hostile
+    for sid in ("model", "section-circuits", "section-geometry", "section-probes"):
+        assert f"id='{sid}'" in page
+        assert f"href='#{sid}'" in page
+    n = sum(len(v) for v in results.values())
+    specs = figures_json(page)
+    assert len(specs) == n
+    for spec in specs:
+        assert f"id='{spec['id']}'" in page
+        assert spec["figure"]["layout"]["title"]["text"]  # every figure has a title
+    assert page.count("<figcaption>") == n
+    assert page.count("<details>") >= n - 1  # data tables
+
+
+def test_numbers_in_page_are_the_results(page, hostile):
+    """Each figure in the page carries exactly the numbers of the result it came from."""
+    _, results = hostile
+    specs = figures_json(page)
+    comp = next(r for r in results["circuits"] if type(r).__name__ == "CompositionScores")
+    i = [type(r).__name__ for r in results["circuits"]].index("CompositionScores")
+    z = specs[i]["figure"]["data"][0]["z"]
+    n = comp.n_layers * comp.n_heads
+    expected = comp.scores.reshape(n, n)
+    for a in range(n):
+        for b in range(n):
+            got = z[a][b]
+            if a // comp.n_heads < b // comp.n_heads:
+                assert got == pytest.approx(float(expected[a, b]), rel=1e-6)
+            else:
+                assert got is None or math.isnan(got)
+
+
+class _Elements(HTMLParser):
+    """Every element and attribute of a page, and its text, as a browser's parser sees them."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.attrs, self.text, self.scripts = [], [], [], 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += [name for name, _ in attrs]
+        self.scripts += tag == "script"
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_hostile_tokens_only_escaped(page):
+    assert "<script>alert(1)" not in page
+    assert "alert(1)</script>" not in page
+    assert not re.search(r"<img\b", page, re.I)
+    parsed = _Elements()
+    parsed.feed(page)
+    assert "img" not in parsed.tags
+    assert parsed.scripts == 4  # error recorder, plotly.js, figure JSON, renderer
+    assert not [a for a in parsed.attrs if a.lower().startswith("on")]  # no event-handler attribute anywhere
+    text = "".join(parsed.text)
+    assert HOSTILE[0] in text and HOSTILE[1] in text  # shown as text
+    # The tokens are shown, escaped, in the model's vocabulary list and as its name.
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    for s in all_strings(figures_json(page)):
+        assert "<script" not in s and "<img" not in s, s
+
+
+def test_head_picker_lists_every_head(page, hostile):
+    model, _ = hostile
+    assert "id='lw-head-picker'" in page
+    for label in ("L0H0", f"L{model.cfg.n_layers - 1}H{model.cfg.n_heads - 1}"):
+        assert f"<option value='{label}'>{label}</option>" in page
+    assert page.count(' data-kind="composition" data-mode=') == 3
+
+
+def test_plain_figures_are_sanitised(tmp_path):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(x=HOSTILE, y=[1, 2], hovertext=HOSTILE, text=["</script><script>alert(2)</script>", "b"]))
+    fig.update_layout(title="<b>bold</b> " + HOSTILE[1], xaxis_title="token", yaxis_title="count")
+    path = report.build({"my <section>": [(fig, "caption " + HOSTILE[0])]}, tmp_path / "p.html", title=HOSTILE[0])
+    page = path.read_text()
+    assert "<script>alert" not in page and "alert(2)</script>" not in page and "<img" not in page
+    assert "My &lt;section&gt;" in page
+    assert "caption &lt;script&gt;" in page
+    spec = figures_json(page)[0]["figure"]
+    assert spec["data"][0]["x"][0] == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert spec["layout"]["title"]["text"].startswith("<b>bold</b> ")  # plotly's own tags are kept
+    assert "&lt;img" in spec["layout"]["title"]["text"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(list("<>/ab =\"'&;") + ["<br>", "<b>", "</b>", "<script>", "<img ", "<extra>"]), max_size=30).map("".join))
+def test_safe_markup_property(text):
+    out = report.safe_markup(text)
+    assert report.safe_markup(out) == out  # idempotent
+    stripped = re.sub(r"</?(?:b|i|em|sup|sub|s|u|extra)>|<br\s*/?>", "", out, flags=re.I)
+    assert "<" not in stripped and ">" not in stripped
+
+
+def test_safe_markup_examples():
+    assert report.safe_markup("a<br>b") == "a<br>b"
+    assert report.safe_markup("&lt;b&gt;") == "&lt;b&gt;"
+    assert report.safe_markup(HOSTILE[0]) == "&lt;script&gt;alert(1)&lt;/script&gt;"
+
+
+def test_bad_input(tmp_path, attn_model):
+    with pytest.raises(LensworksError, match="empty"):
+        report.build([], tmp_path / "x.html")
+    with pytest.raises(LensworksError, match="figure"):
+        report.build([object()], tmp_path / "x.html")
+    with pytest.raises(LensworksError, match="list or a dict"):
+        report.build("not results", tmp_path / "x.html")
+    with pytest.raises(LensworksError, match="positive and negative"):
+        report.analyse(attn_model, positive=["a", "b"], progress=False)
+    with pytest.raises(LensworksError, match="HookedTransformer"):
+        report.analyse("gpt2", progress=False)
+    with pytest.raises(LensworksError, match="tokenizer"):
+        report.analyse(attn_model, text="some text", progress=False)
+
+
+def test_attention_only_model_without_tokenizer(attn_model, tmp_path):
+    before = {k: v.clone() for k, v in attn_model.state_dict().items()}
+    results = report.analyse(attn_model, n_prompts=4, prompt_len=24, progress=False)
+    assert set(results) == {"circuits", "geometry", "probes"}
+    path = report.build(results, tmp_path / "a.html", model=attn_model)
+    assert "section-geometry" in path.read_text()
+    after = attn_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model is untouched
+
+
+def test_contrastive_datasets(hostile):
+    model, _ = hostile
+    pos = "\n".join(["the cat sat on the mat.", "a dog ran far away.", "birds fly south."])
+    neg = "\n".join(["12 34 56 78", "90 12 34", "5 6 7 8 9 0"])
+    results = report.analyse(model, text=HOSTILE_TEXT, positive=pos, negative=neg, n_prompts=2, prompt_len=16,
+                             progress=False)
+    stats = results["geometry"][0]
+    assert list(stats.datasets) == ["positive", "negative"]
+
+
+def test_cli_writes_report(tmp_path, capsys):
+    model = hostile_model()
+    ckpt = save_model(model, tmp_path / "ckpt", vocab=HOSTILE_VOCAB)
+    text = tmp_path / "t.txt"
+    text.write_text(HOSTILE_TEXT)
+    out = tmp_path / "out" / "report.html"
+    rc = main(["report", str(ckpt), "-o", str(out), "--text", str(text), "--n-prompts", "3", "--prompt-len", "24",
+               "--no-progress"])
+    assert rc == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    page = out.read_text()
+    assert "section-probes" in page and "<script>alert(1)" not in page
+
+
+def test_cli_bad_input(tmp_path, capsys):
+    assert main(["report", "--positive", str(tmp_path / "p.txt"), "-o", str(tmp_path / "r.html")]) == 2
+    assert "negative" in capsys.readouterr().err
+    assert main(["report", "--text", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "r.html")]) == 2
+    assert "no such file" in capsys.readouterr().err
