@@ -150,6 +150,14 @@ def test_token_id_corpus_and_prompts(model, corpus):
     torch.testing.assert_close(pa.model_probs, pb.model_probs)
 
 
+def test_fast_character_encoding_matches_tokenizer(model, corpus):
+    fast = nb_mod.corpus_tokens(model, corpus)
+    slow = torch.tensor(model.tokenizer(corpus, add_special_tokens=False)["input_ids"])
+    assert torch.equal(fast, slow)
+    with pytest.raises(LensworksError, match="not in the model's vocabulary"):
+        nb_mod.corpus_tokens(model, "abc?")
+
+
 def test_bad_input(model, corpus):
     with pytest.raises(LensworksError, match="longer than the corpus"):
         NeighbourApproximation.fit(model, "abc", window=5)

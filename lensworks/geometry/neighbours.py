@@ -52,6 +52,9 @@ def corpus_tokens(model: HookedTransformer, corpus: Union[str, Tensor, Sequence[
     if isinstance(corpus, str):
         if model.tokenizer is None:
             raise LensworksError("corpus: the model has no tokenizer, so pass token ids instead of a string")
+        fast = _char_lookup(model)
+        if fast is not None:
+            return _encode_chars(corpus, fast)
         pieces, start = [], 0
         while start < len(corpus):
             end = min(len(corpus), start + chunk_chars)
@@ -74,6 +77,37 @@ def corpus_tokens(model: HookedTransformer, corpus: Union[str, Tensor, Sequence[
         raise LensworksError(f"corpus: token ids must lie in [0, {model.cfg.d_vocab}), got range "
                              f"[{int(toks.min())}, {int(toks.max())}]")
     return toks.long().cpu()
+
+
+def _char_lookup(model: HookedTransformer) -> Tensor | None:
+    """For a lensworks vocabulary of single characters (plus BOS): code point -> id table."""
+    tok = model.tokenizer
+    if getattr(tok, "name_or_path", "") != "lensworks-vocab":
+        return None
+    from lensworks.model import BOS_NAMES, model_vocab
+
+    vocab = model_vocab(model) or []
+    chars = {s: i for i, s in enumerate(vocab) if s not in BOS_NAMES}
+    if not chars or any(len(s) != 1 for s in chars):
+        return None
+    table = torch.full((max(ord(c) for c in chars) + 1,), -1, dtype=torch.long)
+    for c, i in chars.items():
+        table[ord(c)] = i
+    return table
+
+
+def _encode_chars(text: str, table: Tensor) -> Tensor:
+    import numpy as np
+
+    codes = torch.from_numpy(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64))
+    inside = codes < table.numel()
+    ids = torch.full_like(codes, -1)
+    ids[inside] = table[codes[inside]]
+    bad = (ids < 0).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        raise LensworksError(f"corpus: character {text[i]!r} at offset {i} is not in the model's vocabulary")
+    return ids
 
 
 def _pack(windows: Tensor, d_vocab: int) -> Tensor:
