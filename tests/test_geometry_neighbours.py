@@ -76,9 +76,9 @@ def test_index_matches_python_dict(approx, naive, corpus):
     assert float(approx.unigram_.sum()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("chunk_size,dense", [(None, True), (7, True), (11, False)])
-def test_predict_matches_naive_dense(approx, naive, model, corpus, monkeypatch, chunk_size, dense):
-    if not dense:
+@pytest.mark.parametrize("chunk_size,mode", [(None, "dense"), (7, "dense"), (11, "scatter"), (None, "scatter")])
+def test_predict_matches_naive_dense(approx, naive, model, corpus, monkeypatch, chunk_size, mode):
+    if mode == "scatter":  # the large-vocabulary path: scatter only the matched windows' count rows
         monkeypatch.setattr(nb_mod, "DENSE_VOCAB_LIMIT", 0)
     prompts = [corpus[i : i + WINDOW] for i in range(0, 600, 23)] + ["zzzzz", "the c"]
     thr, w = [0.9, 0.8, 0.7], [0.5, 1.0, 2.0]
@@ -89,6 +89,13 @@ def test_predict_matches_naive_dense(approx, naive, model, corpus, monkeypatch, 
     ref = total[matched] / total[matched].sum(-1, keepdim=True)
     torch.testing.assert_close(pred.probs[matched], ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(pred.model_probs, model_probs, atol=1e-5, rtol=1e-4)
+    _, _, outs = naive
+    toks = model.to_tokens(prompts)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
+    for b in range(3):
+        qb = F.normalize(cache[f"blocks.{b}.hook_mlp_out"][:, -1], dim=-1)
+        assert torch.equal(pred.n_similar[b], (qb @ outs[b].T > thr[b]).sum(1))
     ev = approx.evaluate(prompts, thr, w, chunk_size=chunk_size)
     h_ref = ((pred.probs.sqrt() - model_probs.sqrt()) ** 2).sum(-1).sqrt() / math.sqrt(2)
     torch.testing.assert_close(ev.hellinger, h_ref, atol=1e-5, rtol=1e-4)

@@ -30,7 +30,7 @@ __all__ = [
 #: Hooks whose per-block outputs can index the corpus.
 INDEX_HOOKS = ("mlp_out", "attn_out", "resid_pre", "resid_mid", "resid_post")
 
-#: Above this vocabulary size the per-chunk count matrix is used in sparse form.
+#: Above this vocabulary size matched counts are scattered instead of multiplied densely.
 DENSE_VOCAB_LIMIT = 1024
 
 Thresholds = Union[float, Sequence[float], Tensor]
@@ -455,47 +455,49 @@ class NeighbourApproximation:
 
     # ------------------------------------------------------------------ streaming search
 
-    def _dense_counts(self, start: int, stop: int, device: torch.device) -> Tensor:
+    def _dense_counts(self, start: int, stop: int, device: torch.device, with_ones: bool = False) -> Tensor:
         lo, hi = int(self.next_ptr_[start]), int(self.next_ptr_[stop])
         rows = torch.repeat_interleave(torch.arange(stop - start), self.next_ptr_[start + 1 : stop + 1] - self.next_ptr_[start:stop])
-        c = torch.zeros(stop - start, self.d_vocab, dtype=torch.float32)
+        c = torch.zeros(stop - start, self.d_vocab + int(with_ones), dtype=torch.float32)
         c[rows, self.next_token_[lo:hi].long()] = self.next_count_[lo:hi].float()
+        if with_ones:
+            c[:, -1] = 1.0
         return c.to(device)
 
-    def _sparse_counts_t(self, start: int, stop: int, device: torch.device) -> Tensor:
-        lo, hi = int(self.next_ptr_[start]), int(self.next_ptr_[stop])
-        rows = torch.repeat_interleave(torch.arange(stop - start), self.next_ptr_[start + 1 : stop + 1] - self.next_ptr_[start:stop])
-        idx = torch.stack([self.next_token_[lo:hi].long(), rows])
-        return torch.sparse_coo_tensor(idx, self.next_count_[lo:hi].float(), (self.d_vocab, stop - start),
-                                       check_invariants=False).coalesce().to(device)
-
-    def _search(self, queries: Tensor, thresholds: Tensor, *, chunk_size: int | None, progress: bool | None,
-                dense: bool | None = None) -> tuple[Tensor, Tensor]:
+    def _search(self, queries: Tensor, thresholds: Tensor, *, chunk_size: int | None,
+                progress: bool | None) -> tuple[Tensor, Tensor]:
         """Summed next-token counts ``[block, T, prompt, vocab]`` and match counts ``[block, T, prompt]``.
 
         ``thresholds`` is ``[block, T]``: several thresholds per block share one similarity pass.
-        The similarity block held at once is ``[prompt_chunk, window_chunk]``.
+        Only a ``[prompt_chunk, window_chunk]`` block of similarities exists at a time. The
+        matched counts are added as a matrix product ``mask @ [counts | 1]`` (the extra column
+        counts the matches) when the vocabulary is small; for a large vocabulary only the matched
+        windows' compressed count rows are scattered (cost proportional to the matches).
         """
         device = self.outputs_.device
         n_blocks, n_prompts, _ = queries.shape
         n_t = thresholds.shape[1]
+        V = self.d_vocab
         budget = _default_budget(device)
         p_chunk = max(1, min(n_prompts, 4096))
         if chunk_size is None:
-            chunk_size = max(256, budget // (4 * p_chunk * (1 + n_t)))
+            chunk_size = max(256, budget // (4 * p_chunk * 2))
         chunk_size = int(min(chunk_size, max(1, self.n_windows)))
-        dense = self.d_vocab <= DENSE_VOCAB_LIMIT if dense is None else dense
-        counts = torch.zeros(n_blocks, n_t, n_prompts, self.d_vocab, dtype=torch.float32, device=device)
+        counts = torch.zeros(n_blocks, n_t, n_prompts, V, dtype=torch.float32, device=device)
         n_sim = torch.zeros(n_blocks, n_t, n_prompts, dtype=torch.long, device=device)
         q = queries.to(device=device, dtype=self.outputs_.dtype)
-        thr = thresholds.to(device)
         thr_cpu = thresholds.cpu()
+        ptr = self.next_ptr_.to(device)
+        tok = self.next_token_.to(device).long()
+        cnt = self.next_count_.to(device).float()
+        use_dense = V <= DENSE_VOCAB_LIMIT
+        flat = torch.empty(p_chunk * chunk_size if use_dense else 0, dtype=torch.float32, device=device)
         with torch.inference_mode():
             for start in progress_bar(range(0, self.n_windows, chunk_size),
                                       total=math.ceil(self.n_windows / chunk_size),
                                       desc="NeighbourApproximation search", progress=progress):
                 stop = min(self.n_windows, start + chunk_size)
-                c = self._dense_counts(start, stop, device) if dense else self._sparse_counts_t(start, stop, device)
+                dense_c = None
                 for b in range(n_blocks):
                     keys = self.outputs_[b, start:stop]
                     for p0 in range(0, n_prompts, p_chunk):
@@ -504,12 +506,28 @@ class NeighbourApproximation:
                         for t in range(n_t):
                             if float(thr_cpu[b, t]) >= 1.0:
                                 continue  # a cosine never exceeds 1 (rounding may say 1 + 1e-7)
-                            mask = (sims > thr[b, t]).to(torch.float32)
-                            n_sim[b, t, p0:p1] += mask.sum(1).long()
-                            if dense:
-                                counts[b, t, p0:p1] += mask @ c
-                            else:
-                                counts[b, t, p0:p1] += torch.sparse.mm(c, mask.T).T
+                            th = float(thr_cpu[b, t])
+                            target = counts[b, t, p0:p1]
+                            if use_dense:
+                                if dense_c is None:
+                                    dense_c = self._dense_counts(start, stop, device, with_ones=True)
+                                mask = flat[: sims.numel()].view(sims.shape)
+                                torch.gt(sims, th, out=mask)  # 1.0 / 0.0 in one pass
+                                both = mask @ dense_c  # [p, V + 1]: counts, then the number of matches
+                                target += both[:, :V]
+                                n_sim[b, t, p0:p1] += both[:, V].round().long()
+                                continue
+                            hit = sims > th
+                            pi, wi = hit.nonzero(as_tuple=True)
+                            if pi.numel() == 0:
+                                continue
+                            n_sim[b, t, p0:p1] += torch.bincount(pi, minlength=p1 - p0)
+                            g = wi + start
+                            first, lens = ptr[g], ptr[g + 1] - ptr[g]
+                            rows = torch.repeat_interleave(pi, lens)
+                            base = torch.repeat_interleave(first - (torch.cumsum(lens, 0) - lens), lens)
+                            entry = base + torch.arange(rows.numel(), device=device)
+                            target.view(-1).index_add_(0, rows * V + tok[entry], cnt[entry])
         return counts, n_sim
 
     # ------------------------------------------------------------------ public queries
