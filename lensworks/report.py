@@ -57,14 +57,17 @@ def safe_markup(text: str) -> str:
     """Make a string safe for plotly.js text: escape every ``<`` and ``>`` that is not part of
     one of plotly's formatting tags (``<b>``, ``<i>``, ``<br>``, ``<sup>``, ``<sub>``, ``<extra>``, ...).
 
-    Idempotent; already-escaped labels (``&lt;b&gt;``) pass through unchanged.
+    Idempotent; already-escaped labels (``&lt;b&gt;``) pass through unchanged, except that
+    ``&quot;`` and ``&#x27;`` become ``&#34;`` and ``&#39;``, which plotly.js shows as quotes.
 
     Example:
         >>> safe_markup('a<br>"><img src=x onerror=alert(1)>')
         'a<br>"&gt;&lt;img src=x onerror=alert(1)&gt;'
     """
     parts = _ALLOWED_TAG.split(str(text))
-    return "".join(p if i % 2 else p.replace("<", "&lt;").replace(">", "&gt;") for i, p in enumerate(parts))
+    out = "".join(p if i % 2 else p.replace("<", "&lt;").replace(">", "&gt;") for i, p in enumerate(parts))
+    # plotly.js decodes numeric entities but not &quot; (which html.escape writes): same text, numeric form
+    return out.replace("&quot;", "&#34;").replace("&#x27;", "&#39;")
 
 
 def _sanitize(value: Any) -> Any:
