@@ -88,6 +88,19 @@ def _plain(text: str) -> str:
     return html.unescape(re.sub(r"<[^>]*>", " ", str(text))).strip()
 
 
+def _wrap(title: str, width: int = 90) -> str:
+    """Break a long figure title into lines of about ``width`` characters (plotly does not wrap)."""
+    lines, line = [], ""
+    for word in title.split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "<br>".join(lines)
+
+
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -450,10 +463,13 @@ def build(
             fig_dict.setdefault("layout", {})
             title_obj = fig_dict["layout"].get("title")
             fig_title = title_obj.get("text", "") if isinstance(title_obj, dict) else (title_obj or "")
+            if fig_title and len(fig_title) > 95 and "<br" not in fig_title:
+                fig_dict["layout"]["title"] = dict(title_obj if isinstance(title_obj, dict) else {}, text=_wrap(fig_title))
             fid = f"fig-{n}"
             n += 1
             caption = caption if caption is not None else _default_caption(item)
             label = _plain(fig_title) or type(item).__name__
+            short = label if len(label) <= 60 else label[:57].rstrip() + "…"
             extra = ""
             if type(item).__name__ == "CompositionScores":
                 extra = f' data-kind="composition" data-mode="{_esc(item.mode)}"'
@@ -461,7 +477,7 @@ def build(
                 f"<figure id='{fid}'><div class='plot' id='{fid}-plot' role='img' aria-label='{_esc(label)}'{extra}></div>"
                 f"<figcaption>{_esc(caption)}</figcaption>{_summary_html(item)}{_table_html(item, max_table_rows)}</figure>"
             )
-            toc_items.append(f"<li><a href='#{fid}'>{_esc(label)}</a></li>")
+            toc_items.append(f"<li><a href='#{fid}' title='{_esc(label)}'>{_esc(short)}</a></li>")
             specs.append({"id": f"{fid}-plot", "figure": fig_dict})
         picker = ""
         if compositions:
@@ -567,8 +583,9 @@ def analyse(
         model: The model (not modified).
         text: Text the geometry and probes read.
         positive: Prompts (a list, or one prompt per line) for the residual statistics; with
-            ``negative``, the two data sets compared. Default: the text windows against the same
-            windows with their tokens shuffled.
+            ``negative``, the two data sets compared. Default: the geometry CLI's built-in lines
+            of Python against lines of English when the vocabulary can spell them, else the
+            text windows against the same windows with their tokens shuffled.
         negative: The second data set.
         corpus: Fallback text when ``text`` is None (e.g. a corpus file's contents).
         n_prompts: Windows read by geometry and probes (probes use 4x as many).
@@ -644,15 +661,25 @@ def analyse(
     def run_stats():
         if positive is not None:
             data = {"positive": _read_prompts(positive, "positive"), "negative": _read_prompts(negative, "negative")}
-        else:
-            w = state["windows"]
-            gen = torch.Generator().manual_seed(seed)
-            shuffled = w.clone()
-            start = 1 if (model.tokenizer is not None and cfg.default_prepend_bos) else 0
-            for i in range(shuffled.shape[0]):
-                perm = torch.randperm(shuffled.shape[1] - start, generator=gen) + start
-                shuffled[i, start:] = w[i, perm]
-            data = {"text": w, "shuffled text": shuffled}
+            out["geometry"].append(geometry.residual_stats(model, data, streams=_streams(model), progress=False))
+            return
+        if model.tokenizer is not None:
+            from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
+
+            data = {"Python code": list(BUILTIN_POSITIVE), "English prose": list(BUILTIN_NEGATIVE)}
+            try:
+                out["geometry"].append(geometry.residual_stats(model, data, streams=_streams(model), progress=False))
+                return
+            except LensworksError:  # the vocabulary cannot spell them: compare text with shuffled text
+                pass
+        w = state["windows"]
+        gen = torch.Generator().manual_seed(seed)
+        shuffled = w.clone()
+        start = 1 if (model.tokenizer is not None and cfg.default_prepend_bos) else 0
+        for i in range(shuffled.shape[0]):
+            perm = torch.randperm(shuffled.shape[1] - start, generator=gen) + start
+            shuffled[i, start:] = w[i, perm]
+        data = {"text": w, "shuffled text": shuffled}
         out["geometry"].append(geometry.residual_stats(model, data, streams=_streams(model), progress=False))
 
     def run_ablation():
