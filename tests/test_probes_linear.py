@@ -166,3 +166,30 @@ def test_bad_input(mlp_model):
     res = probe_inputs(mlp_model, toks, offsets=(0,), layers=[0], streams=("resid_pre",), controls=False)
     with pytest.raises(LensworksError, match="not probed"):
         res.weights(1, "resid_pre", 0)
+
+
+def test_lda_matches_sklearn():
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from lensworks.probes.linear import lda_from_moments
+
+    g = torch.Generator().manual_seed(5)
+    centers = torch.randn(4, 6, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, 4, (200,), generator=g)
+    x = centers[y] + torch.randn(200, 6, generator=g, dtype=torch.float64) + 10.0
+    n, sx, G, B, cnt, _ = _moments(x, y, 4)
+    w, b, _ = lda_from_moments(n, sx, G, B, cnt, alpha=0.0)
+    ref = LinearDiscriminantAnalysis(solver="lsqr").fit(x.numpy(), y.numpy())
+    ours = (x @ w + b).numpy()
+    theirs = ref.decision_function(x.numpy())
+    diff = ours - theirs  # equal up to a constant per row
+    assert (diff - diff[:, :1]).__abs__().max() < 1e-6
+    assert (ours.argmax(1) == ref.predict(x.numpy())).all()
+
+
+def test_lda_method_planted_and_shift_invariant():
+    m = _planted(d_vocab=40)  # more classes than least squares ranks well
+    toks = torch.randint(0, 40, (30, 12), generator=torch.Generator().manual_seed(6))
+    res = probe_inputs(m, toks, streams=("resid_pre",), layers=[0], offsets=(0,), method="lda", controls=False)
+    assert res.accuracy[0, 0, 0] == 1.0
+    assert res.options["lda_alpha"] == 1e-3
