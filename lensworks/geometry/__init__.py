@@ -3,6 +3,7 @@
 from lensworks.geometry.ablation import AblationTable, BlockDecomposition, block_ablation, block_decomposition, hellinger
 from lensworks.geometry.lens import LogitLens, logit_lens
 from lensworks.geometry.neighbours import NeighbourApproximation
+from lensworks.geometry.subspaces import Alignment, TokenSubspaces, alignment, token_subspaces
 from lensworks.geometry.stats import ResidualStats, UpdateAlignment, residual_stats, update_alignment
 
 __all__ = [
@@ -13,9 +14,13 @@ __all__ = [
     "logit_lens",
     "hellinger",
     "NeighbourApproximation",
+    "token_subspaces",
+    "alignment",
     "ResidualStats",
     "UpdateAlignment",
     "AblationTable",
     "BlockDecomposition",
     "LogitLens",
+    "TokenSubspaces",
+    "Alignment",
 ]
