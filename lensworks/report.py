@@ -619,18 +619,20 @@ def analyse(
 
     def windows(n: int) -> torch.Tensor:
         source = text if text is not None else corpus
+        if source is not None:
+            if model.tokenizer is None:
+                raise LensworksError("the model has no tokenizer, so it cannot read text; leave text/corpus out")
+            return _text_windows(model, source, n, prompt_len)
         if model.tokenizer is not None:
-            if source is None:
-                from lensworks import zoo
+            from lensworks import zoo
 
-                source = zoo.corpus(1_000_000 + 40 * n * prompt_len)[1_000_000:]
-                if len(source) < 4 * n * prompt_len:  # short standard library: fall back to all of it
-                    source = zoo.corpus(None)
-            w = _text_windows(model, source, n, prompt_len)
-            if w.shape[0] >= 2:
-                return w
-        if source is not None and model.tokenizer is None:
-            raise LensworksError("the model has no tokenizer, so it cannot read text; leave text/corpus out")
+            source = zoo.corpus(1_000_000 + 40 * n * prompt_len)[1_000_000:]
+            if len(source) < 4 * n * prompt_len:  # short standard library: use all of it
+                source = zoo.corpus(None)
+            try:
+                return _text_windows(model, source, n, prompt_len)
+            except LensworksError:  # a vocabulary that cannot spell Python source: random tokens instead
+                pass
         half = (prompt_len - 1) // 2
         bos = cfg.default_prepend_bos and model.tokenizer is not None
         return repeated_tokens(model, seq_len=max(2, half), n_seqs=n, seed=seed, prepend_bos=bool(bos))
