@@ -21,8 +21,8 @@ copying = copying_scores(model)
 print("most copying heads:", copying.top(3))
 
 # Behaviour on repeated random tokens.
-prev = head_scores(model, "previous_token")
-induction = head_scores(model, "induction")
+prev = head_scores(model, "previous_token", seq_len=30)  # 1 + 2 x 30 tokens fit n_ctx = 64
+induction = head_scores(model, "induction", seq_len=30)
 print("previous-token heads:", prev.top(2))
 print("induction heads (behaviour):", induction.top(2))
 
