@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/lensworks heads --json out/heads.json --html out/heads.html
+	$(VENV)/bin/lensworks report -o out/report.html
+	@echo "demo report: $(CURDIR)/out/report.html (open it in a browser; it works offline)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_circuits.py
+	$(PY) benchmarks/bench_geometry.py
+	$(PY) benchmarks/bench_probes.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
