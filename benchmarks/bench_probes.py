@@ -5,8 +5,8 @@ stdlib text windows with the same train/held-out split; printed side by side: wa
 held-out top-1 accuracy. The scikit-learn time includes extracting the features with
 ``run_with_cache`` (one forward pass) and standardising them; the lensworks time is the whole
 ``probe_inputs`` call (its own forward passes included), controls off, for both closed-form
-methods: ``ridge`` (least squares onto one-hot targets) and ``lda`` (same moments, linear
-discriminant rule).
+methods: ``ridge`` (least squares onto one-hot targets), ``lda`` (same moments, linear
+discriminant rule) and ``auto`` (per probe, the better of the two on a validation slice).
 
 Usage: python benchmarks/bench_probes.py [--windows 200] [--offsets 0,-1]
 """
@@ -51,6 +51,9 @@ def main() -> None:
     t0 = time.perf_counter()
     res_lda = probe_inputs(model, windows, offsets=offsets, method="lda", controls=False, progress=False)
     t_lda = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res_auto = probe_inputs(model, windows, offsets=offsets, method="auto", controls=False, progress=False)
+    t_auto = time.perf_counter() - t0
 
     # ---- scikit-learn, same split, layer by layer
     from sklearn.linear_model import LogisticRegression
@@ -79,16 +82,19 @@ def main() -> None:
                     )
                 acc = float(clf.score(scaler.transform(acts[te].numpy()), plan.target[k][te].numpy()))
                 t_fit += time.perf_counter() - t1
-                rows.append((layer, stream, off, float(res.accuracy[layer, j, k]), float(res_lda.accuracy[layer, j, k]), acc))
+                rows.append(
+                    (layer, stream, off, float(res.accuracy[layer, j, k]), float(res_lda.accuracy[layer, j, k]),
+                     float(res_auto.accuracy[layer, j, k]), acc)
+                )
     t_sk = t_features + t_fit
 
-    print(f"\n{'layer':>5} {'stream':>10} {'offset':>6} {'ridge':>8} {'lda':>8} {'sklearn':>8}  (held-out accuracy)")
-    for layer, stream, off, a, b, c in rows:
-        print(f"{layer:>5} {stream:>10} {off:>6} {a:>8.4f} {b:>8.4f} {c:>8.4f}")
+    print(f"\n{'layer':>5} {'stream':>10} {'offset':>6} {'ridge':>8} {'lda':>8} {'auto':>8} {'sklearn':>8}  (held-out accuracy)")
+    for layer, stream, off, a, b, c, e in rows:
+        print(f"{layer:>5} {stream:>10} {off:>6} {a:>8.4f} {b:>8.4f} {c:>8.4f} {e:>8.4f}")
     print(f"\nprobes fitted: {len(rows)} (train rows per probe {res.n_train}, held-out {res.n_test})")
     print(f"scikit-learn LogisticRegression: {t_sk:8.2f} s  (features {t_features:.2f} s + fits {t_fit:.2f} s)")
-    for name, t, col in (("ridge", t_ridge, 3), ("lda", t_lda, 4)):
-        diffs = np.array([100 * (r[col] - r[5]) for r in rows])
+    for name, t, col in (("ridge", t_ridge, 3), ("lda", t_lda, 4), ("auto", t_auto, 5)):
+        diffs = np.array([100 * (r[col] - r[6]) for r in rows])
         print(f"lensworks {name:<5} (probe_inputs): {t:8.2f} s  speed-up {t_sk / t:5.1f}x; accuracy minus sklearn "
               f"(points): mean {diffs.mean():+.2f}, worst {diffs.min():+.2f}, best {diffs.max():+.2f}")
 

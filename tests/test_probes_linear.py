@@ -193,3 +193,20 @@ def test_lda_method_planted_and_shift_invariant():
     res = probe_inputs(m, toks, streams=("resid_pre",), layers=[0], offsets=(0,), method="lda", controls=False)
     assert res.accuracy[0, 0, 0] == 1.0
     assert res.options["lda_alpha"] == 1e-3
+
+
+def test_auto_method_chooses_and_refits(mlp_model):
+    toks = torch.randint(1, mlp_model.cfg.d_vocab, (20, 12), generator=torch.Generator().manual_seed(8))
+    res = probe_inputs(mlp_model, toks, offsets=(0, -1), layers=[0, 1], method="auto")
+    choices = res.options["auto_choices"]
+    assert len(choices) == 2 * 3 * 2 and {c[3] for c in choices} <= {"lda", "ridge"}
+    # the refit uses every training row: equal to the chosen method fitted directly
+    for layer, stream, offset, chosen in choices[:3]:
+        direct = probe_inputs(mlp_model, toks, offsets=(0, -1), layers=[layer], streams=(stream,), method=chosen, controls=False)
+        a, b = res.weights(layer, stream, offset), direct.weights(layer, stream, offset)
+        assert float((a - b).norm() / b.norm()) < 1e-2  # float32 batch products, shifted differently
+    assert torch.isfinite(res.control_shuffled).all()
+    m = _planted(d_vocab=40)
+    planted = torch.randint(0, 40, (30, 12), generator=torch.Generator().manual_seed(6))
+    exact = probe_inputs(m, planted, streams=("resid_pre",), layers=[0], offsets=(0,), method="auto", controls=False)
+    assert exact.accuracy[0, 0, 0] == 1.0

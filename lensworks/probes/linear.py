@@ -11,6 +11,8 @@ from the activation at this layer and stream?". Two fitting methods share one da
 * ``"lda"``: the same moments, classified by linear discriminant analysis (shared, shrunk
   within-class covariance). Same cost as ``"ridge"``; with many classes it ranks them much
   better than least squares onto one-hot targets does (see ``docs/probes.md``).
+* ``"auto"``: per probe, whichever of ``"lda"`` and ``"ridge"`` scores better on a
+  validation slice of the training sequences, refitted on all of them.
 * ``"logistic"``: multinomial logistic regression on the same features, fitted full batch
   with L-BFGS in torch (standardised features, scikit-learn's default penalty ``C = 1``).
   It keeps the activations of every probed stream in memory.
@@ -239,7 +241,7 @@ class ProbeResults(ResultMixin):
         probe_bias: ``[n_layers, n_streams, n_offsets, n_classes]``.
         n_train: Training rows per offset.
         n_test: Held-out rows per offset.
-        method: ``"ridge"``, ``"lda"`` or ``"logistic"``.
+        method: ``"ridge"``, ``"lda"``, ``"auto"`` or ``"logistic"``.
         shared: Whether one probe per offset was shared by every layer and stream.
         options: The other options used.
         processing: The model's weight-processing state.
@@ -453,6 +455,38 @@ def _plan(tokens: Tensor, lengths: Tensor, offsets: Sequence[int], bos: int | No
     return plan
 
 
+#: Closed-form rules ``method="auto"`` chooses between, per probe, on validation accuracy.
+AUTO_CANDIDATES: tuple[str, ...] = ("lda", "ridge")
+
+
+def _validation_rows(plan: _Plan, seed: int, fraction: float = 0.2) -> list[Tensor]:
+    """A validation subset of each offset's training rows: whole training sequences when
+    there are at least two of them, else random positions."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    train_any = torch.stack([t.any(1) for t in plan.train]).any(0)
+    seqs = torch.nonzero(train_any).flatten().cpu()
+    n, P = plan.tokens.shape
+    dev = plan.tokens.device
+    if len(seqs) >= 2:
+        n_val = min(len(seqs) - 1, max(1, round(fraction * len(seqs))))
+        pick = seqs[torch.randperm(len(seqs), generator=gen)[:n_val]]
+        rows = torch.zeros(n, dtype=torch.bool)
+        rows[pick] = True
+        mask = rows.to(dev)[:, None].expand(n, P)
+    else:
+        mask = (torch.rand(n, P, generator=gen) < fraction).to(dev)
+    out = []
+    for k, t in enumerate(plan.train):
+        v = t & mask
+        if int(v.sum()) == 0 or int((t & ~v).sum()) == 0:
+            raise LensworksError(
+                f"method='auto' needs training rows for both fitting and validation; offset index {k} has "
+                f"{int(t.sum())} training rows; pass more data or use method='lda' or 'ridge'"
+            )
+        out.append(v)
+    return out
+
+
 def _random_copy(model: HookedTransformer, seed: int) -> HookedTransformer:
     """A freshly initialised model with the same config; global RNG state is left untouched."""
     cfg = copy.deepcopy(model.cfg)
@@ -622,7 +656,7 @@ def probe_inputs(
     *,
     streams: Sequence[str] = DEFAULT_STREAMS,
     offsets: Sequence[int] = (0, -1, -2),
-    method: Literal["ridge", "lda", "logistic"] = "ridge",
+    method: Literal["ridge", "lda", "auto", "logistic"] = "ridge",
     shared: bool = False,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -647,7 +681,10 @@ def probe_inputs(
         the penalty is chosen per probe by generalised cross-validation unless ``alpha``
         fixes it. ``"lda"`` uses the same moments with the linear-discriminant decision rule
         (see :func:`lda_from_moments`; ``alpha`` is its covariance shrinkage, default
-        :data:`LDA_ALPHA`); as cheap as ridge and usually as accurate as logistic. ``"logistic"`` fits multinomial logistic regression by full-batch L-BFGS
+        :data:`LDA_ALPHA`); as cheap as ridge and usually as accurate as logistic. ``"auto"``
+        fits both closed forms on 80% of the training sequences, keeps for each probe the one
+        with the higher accuracy on the other 20% (``options["auto_choices"]``), and refits it
+        on all training rows; same single forward pass. ``"logistic"`` fits multinomial logistic regression by full-batch L-BFGS
         (scikit-learn's objective with ``C = 1`` on standardised features) and also reports
         held-out cross-entropy; it keeps all activations of the probed streams in memory.
 
@@ -665,7 +702,7 @@ def probe_inputs(
             MLPs, and asking for it explicitly there is an error). ``attn_out`` and
             ``mlp_out`` also work.
         offsets: Which input token to recover, relative to the position (0, -1, -2, ...).
-        method: ``"ridge"``, ``"lda"`` or ``"logistic"``.
+        method: ``"ridge"``, ``"lda"``, ``"auto"`` or ``"logistic"``.
         shared: Fit one probe per offset on the pooled activations of every probed layer and
             stream (then scored at each of them), instead of one per (layer, stream, offset).
         test_fraction: Share of sequences held out (of positions for a single sequence).
@@ -685,8 +722,8 @@ def probe_inputs(
         >>> res = probe_inputs(model, tokens, offsets=(0, -1))
         >>> res.to_frame().head()  # doctest: +SKIP
     """
-    if method not in ("ridge", "lda", "logistic"):
-        raise LensworksError(f"method must be 'ridge', 'lda' or 'logistic', got {method!r}")
+    if method not in ("ridge", "lda", "auto", "logistic"):
+        raise LensworksError(f"method must be 'ridge', 'lda', 'auto' or 'logistic', got {method!r}")
     if not 0.0 < float(test_fraction) < 1.0:
         raise LensworksError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -725,7 +762,7 @@ def probe_inputs(
     stop_at = None if stop_at >= model.cfg.n_layers else stop_at
     device = tokens.device
 
-    train_seqs = torch.nonzero(torch.stack([t.any(1) for t in plan.train]).any(0)).flatten()
+    val_rows = _validation_rows(plan, seed) if method == "auto" else []
     test_seqs = torch.nonzero(torch.stack([t.any(1) for t in plan.test]).any(0)).flatten()
 
     def run(m: HookedTransformer, label: str) -> dict[str, Tensor]:
@@ -739,11 +776,12 @@ def probe_inputs(
     def _fit_ridge(m: HookedTransformer, label: str) -> dict[str, Tensor]:
         moments: dict[tuple, _Moments] = {}
         want_shuffled = controls and label == "model"
+        fit_rows = plan.train if method != "auto" else [t & ~v for t, v in zip(plan.train, val_rows)]
 
-        def accumulate(idx: Tensor, store: dict[tuple[int, str], Tensor]) -> None:
+        def accumulate_rows(idx: Tensor, store: dict[tuple[int, str], Tensor], rows: list[Tensor]) -> None:
             for (l, s), act in store.items():
                 for k in range(O):
-                    mask = plan.train[k][idx]
+                    mask = rows[k][idx]
                     if not bool(mask.any()):
                         continue
                     key = key_of(l, s, k)
@@ -753,13 +791,47 @@ def probe_inputs(
                         act[mask], plan.target[k][idx][mask], plan.shuffled[k][idx][mask] if want_shuffled else None
                     )
 
-        _run_batches(m, tokens, train_seqs, hooks, stop_at, batch_size, f"probe fit ({label})", progress, accumulate)
+        seqs = torch.nonzero(torch.stack([t.any(1) for t in fit_rows]).any(0)).flatten()
+        _run_batches(
+            m, tokens, seqs, hooks, stop_at, batch_size, f"probe fit ({label})", progress,
+            lambda idx, store: accumulate_rows(idx, store, fit_rows),
+        )
+        chosen: dict[tuple, str] = {}
+        if method == "auto":
+            # candidates fitted on the fit rows, scored on the validation rows, which are then
+            # added to the moments so that the final probe uses every training row
+            cands = {
+                key: {c: (mom.solve(c, alpha), mom.solve(c, alpha, shuffled=True) if want_shuffled else None) for c in AUTO_CANDIDATES}
+                for key, mom in moments.items()
+            }
+            hits = {key: {c: [0.0, 0.0] for c in AUTO_CANDIDATES} for key in moments}
+
+            def validate(idx: Tensor, store: dict[tuple[int, str], Tensor]) -> None:
+                for (l, s), act in store.items():
+                    for k in range(O):
+                        mask = val_rows[k][idx]
+                        key = key_of(l, s, k)
+                        if not bool(mask.any()) or key not in cands:
+                            continue
+                        x = act[mask].to(torch.float64)
+                        y, ys = plan.target[k][idx][mask], plan.shuffled[k][idx][mask]
+                        for c, (sol_c, shuf_c) in cands[key].items():
+                            hits[key][c][0] += float(((x @ sol_c[0] + sol_c[1]).argmax(-1) == y).sum())
+                            if shuf_c is not None:
+                                hits[key][c][1] += float(((x @ shuf_c[0] + shuf_c[1]).argmax(-1) == ys).sum())
+                accumulate_rows(idx, store, val_rows)
+
+            vseqs = torch.nonzero(torch.stack([t.any(1) for t in val_rows]).any(0)).flatten()
+            _run_batches(m, tokens, vseqs, hooks, stop_at, batch_size, f"probe validation ({label})", progress, validate)
+            for key in moments:
+                chosen[key] = max(AUTO_CANDIDATES, key=lambda c: hits[key][c][0])  # ties: first candidate
+                chosen[("shuffled",) + key] = max(AUTO_CANDIDATES, key=lambda c: hits[key][c][1])
         sol: dict[tuple, tuple[Tensor, Tensor, float]] = {}
         sol_shuf: dict[tuple, tuple[Tensor, Tensor, float]] = {}
         for key, mom in moments.items():
-            sol[key] = mom.solve(method, alpha)
-            if controls and label == "model":
-                sol_shuf[key] = mom.solve(method, alpha, shuffled=True)
+            sol[key] = mom.solve(chosen.get(key, method), alpha)
+            if want_shuffled:
+                sol_shuf[key] = mom.solve(chosen.get(("shuffled",) + key, method), alpha, shuffled=True)
         correct = torch.zeros(L, S, O, dtype=torch.float64)
         correct_shuf = torch.zeros(L, S, O, dtype=torch.float64)
 
@@ -791,6 +863,10 @@ def probe_inputs(
                         w, b, a = sol[key_of(l, s, k)]
                         W[i, j, k], B[i, j, k], A[i, j, k] = w.float().cpu(), b.float().cpu(), a
             out.update(weights=W, bias=B, alpha=A)
+            if chosen:
+                out["choices"] = [
+                    [l, st, offsets[k], chosen[key_of(l, st, k)]] for l in layer_list for st in streams for k in range(O)
+                ]
         return out
 
     # ---------------- logistic: collect features, fit full batch
@@ -872,7 +948,8 @@ def probe_inputs(
             "n_sequences": int(tokens.shape[0]),
             "max_iter": max_iter if method == "logistic" else None,
             "ridge_grid": list(RIDGE_GRID) if method == "ridge" and alpha is None else None,
-            "lda_alpha": (LDA_ALPHA if alpha is None else alpha) if method == "lda" else None,
+            "lda_alpha": (LDA_ALPHA if alpha is None else alpha) if method in ("lda", "auto") else None,
+            "auto_choices": main.get("choices"),
         },
         processing=processing_state(model),
     )
