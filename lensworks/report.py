@@ -283,6 +283,52 @@ def _summary_html(obj: Any) -> str:
     return f"<pre class='summary'>{_esc(text)}</pre>" if isinstance(text, str) else ""
 
 
+def _highlight(obj: Any) -> str | None:
+    """One plain-text line with the headline of a known result, or None."""
+    name = type(obj).__name__
+    if name == "InductionReport":
+        heads = ", ".join(f"L{l}H{h}" for l, h in obj.heads)
+        return f"Induction heads: {heads}." if heads else "No induction heads (behaviour and mechanism do not agree on any head)."
+    if name == "CompositionScores" and obj.n_layers > 1:
+        p = obj.top(1)[0]
+        base = f" (random factors: {obj.baseline.mean:.3f} ± {obj.baseline.std:.3f})" if obj.baseline is not None else ""
+        return f"Strongest {obj.mode}-composition: {p.label}, {p.score:.3f}{base}."
+    if name == "CopyingScores":
+        label, score = obj.top(1)[0]
+        n_pos = int((obj.scores > 0.5).sum())
+        return f"Most copying head: {label} ({score:+.3f}); {n_pos} of {obj.scores.numel()} heads score above 0.5."
+    if name == "AblationTable":
+        attn, mlp = obj.drop_attn_hellinger.mean(1), obj.drop_mlp_hellinger.mean(1)
+        which, values = ("attention", attn) if float(attn.max()) >= float(mlp.max()) else ("MLP", mlp)
+        b = int(values.argmax())
+        line = (f"Largest single ablation: dropping block {b}'s {which} moves the next-token distribution by "
+                f"Hellinger {float(values[b]):.3f} on average")
+        if float(mlp.abs().sum()) == 0.0:  # attention-only model
+            return line + "."
+        return line + f" (summed over blocks: attention {float(attn.sum()):.3f}, MLP {float(mlp.sum()):.3f})."
+    if name == "ProbeResults" and 0 in obj.offsets:
+        k = obj.offsets.index(0)
+        first, last = obj.accuracy[0, 0, k], obj.accuracy[-1, -1, k]
+        return (f"Current input token read back linearly: {float(first):.0%} at layer {obj.layers[0]} {obj.streams[0]}, "
+                f"{float(last):.0%} at layer {obj.layers[-1]} {obj.streams[-1]} (chance {float(obj.chance[k]):.0%}).")
+    return None
+
+
+def _highlights_html(sections: Mapping[str, Sequence[tuple[Any, str | None]]]) -> str:
+    lines = []
+    for items in sections.values():
+        for item, _ in items:
+            try:
+                line = _highlight(item)
+            except Exception:  # a headline is a bonus; never fail the report over it
+                line = None
+            if line:
+                lines.append(f"<li>{_esc(line)}</li>")
+    if not lines:
+        return ""
+    return f"<section id='highlights'><h2>At a glance</h2><ul class='highlights'>{''.join(lines)}</ul></section>"
+
+
 def _model_html(model: Any, name: str | None) -> str:
     if model is None:
         return ""
@@ -292,7 +338,7 @@ def _model_html(model: Any, name: str | None) -> str:
     rows = [("model", name or getattr(cfg, "model_name", "")),
             ("layers", cfg.n_layers), ("heads per layer", cfg.n_heads), ("d_model", cfg.d_model),
             ("d_head", cfg.d_head), ("d_mlp", None if cfg.attn_only else cfg.d_mlp), ("n_ctx", cfg.n_ctx),
-            ("d_vocab", cfg.d_vocab), ("attention only", cfg.attn_only),
+            ("d_vocab", cfg.d_vocab),
             ("parameters", sum(p.numel() for p in model.parameters()))]
     for k, v in processing_state(model).items():
         rows.append((k.replace("_", " "), v))
@@ -331,6 +377,7 @@ table.model th{width:170px}code.tok{background:#eef1f5;padding:0 3px;margin:1px;
 .picker ul{margin:6px 0 0;font-size:.88em}
 #lw-errors{display:none;background:#fde2e2;border:1px solid #c33;padding:8px;white-space:pre-wrap}
 .note{color:#777;font-size:.85em}
+ul.highlights{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 10px 10px 30px;line-height:1.5}
 """
 
 # Runs before plotly loads: records script errors (shown in a red box) so a broken figure is visible.
@@ -499,8 +546,11 @@ def build(
     from lensworks import __version__
 
     model_section = _model_html(model, model_name)
+    highlights = _highlights_html(sections)
     if model_section:
         toc.insert(0, "<li><a href='#model'>Model</a></li>")
+    if highlights:
+        toc.insert(0, "<li><a href='#highlights'>At a glance</a></li>")
     # Plotly's JSON writer escapes <, > and / (so "</script>" cannot end the block); check it anyway.
     payload = _figures_json(specs)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -515,7 +565,7 @@ def build(
         "<div id='lw-errors' role='alert'></div>\n"
         f"<div class='layout'><nav aria-label='contents'><strong>Contents</strong><ul>{''.join(toc)}</ul>"
         f"<p class='note' id='lw-status'>rendering…</p></nav>\n"
-        f"<main>{model_section}{''.join(body)}</main></div>\n"
+        f"<main>{highlights}{model_section}{''.join(body)}</main></div>\n"
         f"<script type='application/json' id='lw-figures'>{payload}</script>\n"
         f"<script>{_RENDER_JS}</script>\n</body></html>\n"
     )

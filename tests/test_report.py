@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -82,7 +83,7 @@ def test_page_is_self_contained(page):
 
 def test_page_has_every_section_and_toc(page, hostile):
     _, results = hostile
-    for sid in ("model", "section-circuits", "section-geometry", "section-probes"):
+    for sid in ("highlights", "model", "section-circuits", "section-geometry", "section-probes"):
         assert f"id='{sid}'" in page
         assert f"href='#{sid}'" in page
     n = sum(len(v) for v in results.values())
@@ -93,6 +94,20 @@ def test_page_has_every_section_and_toc(page, hostile):
         assert spec["figure"]["layout"]["title"]["text"]  # every figure has a title
     assert page.count("<figcaption>") == n
     assert page.count("<details>") >= n - 1  # data tables
+
+
+def test_highlights_quote_the_results(page, hostile):
+    _, results = hostile
+    verdict = next(r for r in results["circuits"] if type(r).__name__ == "InductionReport")
+    if verdict.heads:
+        assert "Induction heads: " + ", ".join(f"L{l}H{h}" for l, h in verdict.heads) in page
+    else:
+        assert "No induction heads" in page
+    k = next(r for r in results["circuits"] if type(r).__name__ == "CompositionScores" and r.mode == "K")
+    best = k.top(1)[0]
+    assert f"Strongest K-composition: {html.escape(best.label)}, {best.score:.3f}" in page
+    probes = results["probes"][0]
+    assert f"(chance {float(probes.chance[0]):.0%})" in page
 
 
 def test_numbers_in_page_are_the_results(page, hostile):
