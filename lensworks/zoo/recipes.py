@@ -1,0 +1,496 @@
+"""The recipes that trained the bundled demo models, and the measurements stored beside them.
+
+Each recipe is seeded and runs on CPU; with the same seed, thread count and torch version it
+produces the same weights. ``python -m lensworks.zoo train NAME --out DIR`` runs one and
+writes the checkpoint (with :func:`lensworks.model.save_model`) plus ``recipe.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lensworks.model import HookedTransformer, LensworksError, hook_name, save_model
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from transformer_lens import HookedTransformerConfig
+
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "INDUCTION_VOCAB",
+    "CHAR_VOCAB",
+    "train",
+    "train_and_save",
+    "induction_batch",
+    "repeated_tokens",
+    "induction_metrics",
+    "char_tokens",
+    "char_loss",
+    "char_heldout",
+]
+
+# --------------------------------------------------------------------------- vocabularies
+
+_CONSONANTS = "bdfghjklmprstvz"
+_VOWELS = "aeiou"
+_CODAS = ("", "n")
+
+#: ``induction-2l``'s vocabulary: ``"<bos>"`` then 150 syllables (one of 15 consonants, a
+#: vowel, optionally a final "n": ``ba, ban, be, ben, ...``). "n" never starts a syllable, so
+#: concatenated syllables split back into the same tokens under greedy longest match.
+INDUCTION_VOCAB: list[str] = ["<bos>"] + [c + v + k for c in _CONSONANTS for v in _VOWELS for k in _CODAS]
+
+#: ``char-mlp``'s vocabulary: ``"<bos>"``, newline, then printable ASCII from space to ``~``.
+CHAR_VOCAB: list[str] = ["<bos>", "\n"] + [chr(i) for i in range(32, 127)]
+
+# --------------------------------------------------------------------------- recipes
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Hyper-parameters of one demo model and how to train it.
+
+    Attributes:
+        name: The zoo name.
+        cfg: HookedTransformerConfig fields.
+        steps, batch_size, lr, warmup, weight_decay, seed: Optimisation settings (AdamW,
+            linear warm-up then cosine decay to 10% of ``lr``, gradient norm clipped at 1).
+        summary, training_data, learned: Prose for :func:`lensworks.zoo.describe`.
+        fold_ln: Fold LayerNorm weights (and centre writing weights / unembedding) into the
+            neighbouring matrices before saving, so weight-based scores see the real circuit.
+        save_dtype: dtype the weights are written in (``load_model`` upcasts float16).
+    """
+
+    name: str
+    cfg: dict[str, Any]
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+    weight_decay: float
+    seed: int
+    summary: str
+    training_data: str
+    learned: str
+    fold_ln: bool = False
+    save_dtype: str = "float32"
+
+    def hyper_parameters(self) -> dict[str, Any]:
+        """All settings as a JSON-ready dict."""
+        out = dict(self.cfg)
+        out.update(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup=self.warmup,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            optimizer="AdamW(betas=(0.9, 0.99)), cosine decay to 0.1*lr, grad-norm clip 1.0",
+            fold_ln_before_saving=self.fold_ln,
+            save_dtype=self.save_dtype,
+        )
+        return out
+
+
+INDUCTION = Recipe(
+    name="induction-2l",
+    cfg=dict(
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        d_head=16,
+        n_ctx=64,
+        d_vocab=len(INDUCTION_VOCAB),
+        attn_only=True,
+        normalization_type=None,
+        positional_embedding_type="standard",
+        act_fn="gelu",
+    ),
+    steps=3000,
+    batch_size=32,
+    lr=3e-3,
+    warmup=100,
+    weight_decay=0.0,
+    seed=0,
+    summary="2-layer attention-only transformer (no LayerNorm) with previous-token heads in layer 0 and induction heads in layer 1.",
+    training_data=(
+        "Synthetic sequences of 64 tokens: <bos> then 63 syllable tokens drawn uniformly from 150. Even rows "
+        "repeat a random block of 4-31 tokens until the context is full, after a random prefix of 0-15 tokens; "
+        "odd rows are uniform random tokens into which 1-3 random spans of 4-21 tokens were copied from "
+        "earlier positions. Next-token cross-entropy on every position."
+    ),
+    learned=(
+        "Layer-0 heads attend to the previous token; layer-1 heads attend to the token after the "
+        "previous occurrence of the current token (induction) and copy it, so on a repeated random "
+        "sequence the loss on the second copy falls far below the loss on the first (uniform guessing: "
+        "log 150 = 5.01 nats)."
+    ),
+)
+
+CHAR_MLP = Recipe(
+    name="char-mlp",
+    cfg=dict(
+        n_layers=4,
+        d_model=128,
+        n_heads=4,
+        d_head=32,
+        d_mlp=512,
+        n_ctx=128,
+        d_vocab=len(CHAR_VOCAB),
+        attn_only=False,
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        act_fn="gelu",
+    ),
+    steps=2000,
+    batch_size=32,
+    lr=2e-3,
+    warmup=100,
+    weight_decay=0.05,
+    seed=0,
+    summary="4-layer character-level transformer with MLPs, trained on Python standard-library source.",
+    training_data=(
+        "lensworks.zoo.corpus(1_000_000): the first 1,000,000 characters of the stdlib corpus. Each example is "
+        "<bos> followed by a 127-character window at a uniformly random offset; next-character cross-entropy. "
+        "Held out: the corpus characters after the first 1,000,000 (other stdlib modules)."
+    ),
+    learned=(
+        "Python's surface statistics: indentation after ':' lines, keywords, identifiers repeated from "
+        "context (copying through attention), matching quotes and brackets, docstring English."
+    ),
+    save_dtype="float16",
+)
+
+#: Recipes by zoo name.
+RECIPES: dict[str, Recipe] = {r.name: r for r in (INDUCTION, CHAR_MLP)}
+
+# --------------------------------------------------------------------------- data
+
+
+def induction_batch(
+    generator: torch.Generator, batch_size: int, seq_len: int = 128, n_tokens: int = len(INDUCTION_VOCAB) - 1
+) -> Int[Tensor, "batch pos"]:
+    """A training batch for ``induction-2l``: BOS (id 0) then ``seq_len - 1`` tokens in ``1..n_tokens``.
+
+    Half the rows repeat a random block (length 4-40) after a random prefix (0-20 tokens); the
+    other half are random with 1-3 spans (length 4-24) copied from earlier positions.
+
+    Example:
+        >>> toks = induction_batch(torch.Generator().manual_seed(0), 2, 16)
+        >>> toks.shape, int(toks[0, 0])
+        (torch.Size([2, 16]), 0)
+    """
+    body = seq_len - 1
+    g = generator
+
+    def randint(lo: int, hi: int) -> int:  # inclusive bounds
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    rows = torch.randint(1, n_tokens + 1, (batch_size, body), generator=g)
+    for i in range(batch_size):
+        if i % 2 == 0:
+            prefix = randint(0, min(20, body // 4))
+            n = randint(4, max(4, min(40, (body - prefix) // 2)))
+            block = rows[i, prefix : prefix + n].clone()
+            reps = math.ceil((body - prefix) / n)
+            rows[i, prefix:] = block.repeat(reps)[: body - prefix]
+        else:
+            for _ in range(randint(1, 3)):
+                m = randint(4, min(24, body // 3))
+                src = randint(0, body - 2 * m)
+                dst = randint(src + m, body - m)
+                rows[i, dst : dst + m] = rows[i, src : src + m].clone()
+    bos = torch.zeros(batch_size, 1, dtype=torch.long)
+    return torch.cat([bos, rows], dim=1)
+
+
+def repeated_tokens(
+    generator: torch.Generator, batch_size: int, n: int, n_tokens: int = len(INDUCTION_VOCAB) - 1
+) -> Int[Tensor, "batch pos"]:
+    """BOS then a random sequence of ``n`` non-BOS tokens, repeated once: ``[batch, 1 + 2n]``.
+
+    Example:
+        >>> repeated_tokens(torch.Generator().manual_seed(0), 3, 5).shape
+        torch.Size([3, 11])
+    """
+    seq = torch.randint(1, n_tokens + 1, (batch_size, n), generator=generator)
+    return torch.cat([torch.zeros(batch_size, 1, dtype=torch.long), seq, seq], dim=1)
+
+
+def char_tokens(text: str) -> Int[Tensor, "n_chars"]:
+    """Token ids of ``text`` in ``char-mlp``'s vocabulary (no BOS). Raises on unknown characters.
+
+    Example:
+        >>> char_tokens("a\\n").tolist()
+        [67, 1]
+    """
+    index = {c: i for i, c in enumerate(CHAR_VOCAB)}
+    try:
+        return torch.tensor([index[c] for c in text], dtype=torch.long)
+    except KeyError as exc:
+        raise LensworksError(f"character {exc.args[0]!r} is not in char-mlp's vocabulary (newline and printable ASCII)") from None
+
+
+def _char_batch(data: Tensor, generator: torch.Generator, batch_size: int, n_ctx: int) -> Tensor:
+    starts = torch.randint(0, len(data) - (n_ctx - 1), (batch_size,), generator=generator)
+    windows = torch.stack([data[s : s + n_ctx - 1] for s in starts.tolist()])
+    return torch.cat([torch.zeros(batch_size, 1, dtype=torch.long), windows], dim=1)
+
+
+def char_heldout(n_chars: int = 100_000) -> str:
+    """The held-out text for ``char-mlp``: corpus characters after the first 1,000,000.
+
+    Example:
+        >>> len(char_heldout(500))
+        500
+    """
+    from lensworks.zoo import corpus
+
+    text = corpus(1_000_000 + n_chars)[1_000_000:]
+    if len(text) < n_chars:
+        raise LensworksError(f"the stdlib corpus has only {len(text)} held-out characters, {n_chars} asked for")
+    return text
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def induction_metrics(model: HookedTransformer, *, n: int = 25, batch_size: int = 64, seed: int = 1234) -> dict[str, Any]:
+    """Attention and loss on repeated random sequences (BOS + random n tokens, repeated once).
+
+    previous-token score of a head: mean attention from position t to t-1 over t = 1..2n;
+    induction score: mean attention from t to t-n+1 over the second copy (t = n+1..2n);
+    loss on each copy: next-token cross-entropy predicting copy positions 2..n (the first
+    token of each copy is unpredictable).
+
+    Example:
+        >>> induction_metrics(model)["loss_second_copy"] < 1.0  # doctest: +SKIP
+        True
+    """
+    g = torch.Generator().manual_seed(seed)
+    toks = repeated_tokens(g, batch_size, n, model.cfg.d_vocab - 1).to(model.cfg.device)
+    logits, cache = model.run_with_cache(toks, names_filter=lambda h: h.endswith("hook_pattern"))
+    logp = logits.float().log_softmax(-1)
+    nll = -logp[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]  # nll[:, t] predicts token t+1
+    first = nll[:, 1:n].mean().item()  # predicts positions 2..n
+    second = nll[:, n + 1 : 2 * n].mean().item()  # predicts positions n+2..2n
+    pos = torch.arange(1, 2 * n + 1, device=toks.device)
+    sec = torch.arange(n + 1, 2 * n + 1, device=toks.device)
+    prev, induct = [], []
+    for layer in range(model.cfg.n_layers):
+        pat = cache[hook_name("pattern", layer)].float()  # batch head q k
+        prev.append(pat[:, :, pos, pos - 1].mean(dim=(0, 2)).tolist())
+        induct.append(pat[:, :, sec, sec - n + 1].mean(dim=(0, 2)).tolist())
+    return {
+        "n": n,
+        "batch_size": batch_size,
+        "seed": seed,
+        "loss_first_copy": first,
+        "loss_second_copy": second,
+        "loss_uniform": math.log(model.cfg.d_vocab - 1),
+        "previous_token_score": prev,
+        "induction_score": induct,
+    }
+
+
+@torch.inference_mode()
+def char_loss(model: HookedTransformer, text: str, *, n_windows: int = 64, seed: int = 0) -> float:
+    """Mean next-character loss (nats/char) of ``model`` on ``n_windows`` BOS-prefixed windows of ``text``.
+
+    Windows of ``n_ctx - 1`` characters start at evenly spaced offsets; every character after
+    the BOS is predicted.
+
+    Example:
+        >>> char_loss(model, char_heldout(10_000), n_windows=8) < 2.0  # doctest: +SKIP
+        True
+    """
+    data = char_tokens(text)
+    width = model.cfg.n_ctx - 1
+    if len(data) < width + 1:
+        raise LensworksError(f"need at least {width + 1} characters of text, got {len(data)}")
+    starts = torch.linspace(0, len(data) - width, n_windows).long()
+    windows = torch.stack([data[s : s + width] for s in starts.tolist()])
+    toks = torch.cat([torch.zeros(n_windows, 1, dtype=torch.long), windows], dim=1).to(model.cfg.device)
+    logits = model(toks)
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1)).item()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _build_model(recipe: Recipe) -> HookedTransformer:
+    cfg = HookedTransformerConfig(**recipe.cfg, device="cpu", seed=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = HookedTransformer(cfg, move_to_device=False)
+    return model
+
+
+def _lr_at(recipe: Recipe, step: int, steps: int) -> float:
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    frac = (step - recipe.warmup) / max(1, steps - recipe.warmup)
+    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def train(
+    name: str,
+    *,
+    steps: int | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    recipe: Recipe | None = None,
+    threads: int | None = 1,
+) -> tuple[HookedTransformer, dict[str, Any]]:
+    """Train one zoo model from scratch on CPU, deterministically.
+
+    Global torch RNG state is left untouched (all randomness comes from seeded generators).
+    Training runs with ``threads`` torch threads (restored afterwards): with one thread the
+    weights are identical run after run; with more, CPU kernels (the embedding backward
+    among them) add in a varying order and the weights drift apart by about 1e-8.
+
+    Args:
+        name: ``"induction-2l"`` or ``"char-mlp"``.
+        steps: Override the recipe's number of optimisation steps (the learning-rate schedule
+            is stretched to fit).
+        progress: Show a tqdm bar (None: only on a terminal).
+        log: Called with a line every few hundred steps.
+        recipe: Train this variant of the named recipe instead (e.g. made with
+            ``dataclasses.replace(RECIPES[name], lr=3e-3)``).
+        threads: torch CPU threads while training (None: leave the current setting).
+
+    Returns:
+        ``(model, info)``: the trained model in eval mode (LayerNorm folded when the recipe
+        says so) and a JSON-ready dict with hyper-parameters, ``final_loss`` (mean training
+        loss over the last 50 steps), ``metrics``, ``train_time_s``, ``torch_version``.
+
+    Example:
+        >>> model, info = train("induction-2l", steps=20)
+        >>> info["steps"]
+        20
+    """
+    if not isinstance(name, str) or name not in RECIPES:
+        raise LensworksError(f"unknown zoo model {name!r}; the recipes are {list(RECIPES)}")
+    recipe = RECIPES[name] if recipe is None else recipe
+    steps = recipe.steps if steps is None else int(steps)
+    if steps < 1:
+        raise LensworksError(f"steps must be at least 1, got {steps}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise LensworksError(f"threads must be a positive int or None, got {threads!r}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(name, recipe, steps, progress, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    name: str, recipe: Recipe, steps: int, progress: bool | None, log: Callable[[str], None] | None
+) -> tuple[HookedTransformer, dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    model = _build_model(recipe)
+    model.train()
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    n_ctx = recipe.cfg["n_ctx"]
+    if name == "char-mlp":
+        from lensworks.zoo import corpus
+
+        data = char_tokens(corpus(1_000_000))
+        make_batch = lambda: _char_batch(data, gen, recipe.batch_size, n_ctx)  # noqa: E731
+    else:
+        make_batch = lambda: induction_batch(gen, recipe.batch_size, n_ctx, recipe.cfg["d_vocab"] - 1)  # noqa: E731
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+        betas=(0.9, 0.99),
+    )
+    losses: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=f"train {name}", disable=progress is False if progress is not None else None)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(recipe, step, steps)
+        toks = make_batch()
+        loss = model(toks, return_type="loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if log is not None and (step % 250 == 0 or step == steps - 1):
+            log(f"step {step} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} elapsed {time.perf_counter() - start:.1f}s")
+    wall = time.perf_counter() - start
+    model.eval()
+    if recipe.fold_ln:
+        model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    tail = losses[-50:]
+    info: dict[str, Any] = {
+        "name": name,
+        "steps": steps,
+        "hyper_parameters": {**recipe.hyper_parameters(), "steps": steps},
+        "training_data": recipe.training_data,
+        "final_loss": sum(tail) / len(tail),
+        "loss_curve": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, steps, 50)],
+        "train_time_s": round(wall, 1),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+    if name == "induction-2l":
+        info["metrics"] = induction_metrics(model)
+    else:
+        held = char_heldout(100_000)
+        info["metrics"] = {
+            "heldout_loss": char_loss(model, held, n_windows=256),
+            "train_text_loss": char_loss(model, corpus(1_000_000), n_windows=256),
+            "uniform_loss": math.log(len(CHAR_VOCAB) - 1),
+            "heldout": "corpus(None)[1_000_000:1_100_000], 256 evenly spaced windows of 127 characters",
+        }
+    return model, info
+
+
+def train_and_save(
+    name: str,
+    out: str | Path,
+    *,
+    steps: int | None = None,
+    threads: int | None = 1,
+    log: Callable[[str], None] | None = print,
+) -> Path:
+    """Train a zoo model and write it to ``out`` (``save_model`` files plus ``recipe.json``).
+
+    Example:
+        >>> train_and_save("induction-2l", "out/zoo/induction-2l")  # doctest: +SKIP
+    """
+    model, info = train(name, steps=steps, log=log, threads=threads)
+    recipe = RECIPES[name]
+    if recipe.save_dtype == "float16":
+        model = model.to(torch.float16)
+    out = save_model(model, out, vocab=INDUCTION_VOCAB if name == "induction-2l" else CHAR_VOCAB)
+    cfg_file = out / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["dtype"] = "float32"  # stored weights may be float16; load_model upcasts to this
+    cfg_file.write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    (out / "recipe.json").write_text(json.dumps(info, indent=1))
+    return out
