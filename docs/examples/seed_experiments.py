@@ -16,7 +16,7 @@ from lensworks import zoo
 from lensworks.circuits import find_induction_heads
 from lensworks.geometry import NeighbourApproximation, block_ablation, block_decomposition, residual_stats
 from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
-from lensworks.probes import probe_inputs
+from lensworks.probes import compare_to_embedding, probe_inputs
 from lensworks.probes._cli import text_windows
 
 
@@ -101,6 +101,15 @@ def main() -> None:
     print(df[["layer", "stream", "offset", "accuracy", "chance", "control_random_model", "control_shuffled"]]
           .round(3).to_string(index=False))
     print()
+    rows = []
+    for layer, stream, offset in ((pr.layers[0], "resid_pre", 0), (pr.layers[-1], "resid_post", 0),
+                                  (pr.layers[-1], "resid_post", -1)):
+        cmp = compare_to_embedding(pr.weights(layer, stream, offset), char, tokens=pr.classes, seed=0)
+        for stat, v in cmp.summary().items():
+            rows.append([f"L{layer} {stream} offset {offset}", stat, v["value"], f"{v['null_lo']:.3f}..{v['null_hi']:.3f}",
+                         v["verdict"]])
+    print("probe weights against the embedding (null: random matrices with the same singular values, 95%)\n")
+    table(["probe", "statistic", "value", "null interval", "verdict"], rows)
 
     # Seed 003: induction heads.
     for name in ("induction-2l", "char-mlp"):
