@@ -41,15 +41,18 @@ def _last_acts(model, prompts, hook):
 
 def test_streaming_stats_equal_two_pass(mlp_model):
     stats = residual_stats(mlp_model, {"code": CODE, "prose": PROSE}, batch_size=4)
+    caches = {name: [mlp_model.run_with_cache(p)[1] for p in data] for name, data in (("code", CODE), ("prose", PROSE))}
+
+    def acts(name, stream):
+        return torch.stack([torch.stack([c[f"blocks.{l}.hook_{stream}"][0, -1] for l in range(3)]) for c in caches[name]])
+
     for si, stream in enumerate(("resid_pre", "resid_mid", "resid_post")):
-        for name, data in (("code", CODE), ("prose", PROSE)):
-            x = _last_acts(mlp_model, data, f"blocks.{{l}}.hook_{stream}")
+        for name in ("code", "prose"):
+            x = acts(name, stream)
             torch.testing.assert_close(stats.mean[name][si], x.mean(0), atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(stats.var[name][si], x.var(0), atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(stats.norm_mean[name][si], x.norm(dim=-1).mean(0), atol=1e-5, rtol=1e-5)
-        ref = F.cosine_similarity(
-            _last_acts(mlp_model, CODE, f"blocks.{{l}}.hook_{stream}").mean(0),
-            _last_acts(mlp_model, PROSE, f"blocks.{{l}}.hook_{stream}").mean(0), dim=-1)
+        ref = F.cosine_similarity(acts("code", stream).mean(0), acts("prose", stream).mean(0), dim=-1)
         torch.testing.assert_close(stats.cosine("code", "prose")[stream], ref, atol=1e-5, rtol=1e-5)
 
 

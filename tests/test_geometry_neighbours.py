@@ -76,7 +76,7 @@ def test_index_matches_python_dict(approx, naive, corpus):
     assert float(approx.unigram_.sum()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("chunk_size,mode", [(None, "dense"), (7, "dense"), (11, "scatter"), (None, "scatter")])
+@pytest.mark.parametrize("chunk_size,mode", [(None, "dense"), (50, "dense"), (37, "scatter"), (None, "scatter")])
 def test_predict_matches_naive_dense(approx, naive, model, corpus, monkeypatch, chunk_size, mode):
     if mode == "scatter":  # the large-vocabulary path: scatter only the matched windows' count rows
         monkeypatch.setattr(nb_mod, "DENSE_VOCAB_LIMIT", 0)
