@@ -141,7 +141,7 @@ def test_tune_improves_and_agrees_with_evaluate(approx, corpus):
     ev = approx.evaluate(prompts, res.thresholds, res.weights)
     assert ev.mean == pytest.approx(res.mean_hellinger, abs=1e-5)
     assert set(res.thresholds) <= {0.6, 0.8, 0.9, 0.95}
-    assert len(res.to_frame()) == 3
+    assert len(res.to_frame()) == 3 and res.figure().layout.title.text
     assert ev.figure().layout.title.text and len(ev.to_frame()) == len(prompts)
 
 

@@ -36,6 +36,7 @@ def test_learned_embeddings_reach_target_and_model_is_untouched(sharp_model):
     assert float(subs.basis_prob.min()) > 0.9
     df = subs.to_frame()
     assert df.reached_target.tolist() == [1.0] * 4 and list(df.label) == ["a", "e", "i", "t"]
+    assert subs.figure().layout.title.text
     for k, v in sharp_model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in sharp_model.parameters())

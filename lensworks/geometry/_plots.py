@@ -17,6 +17,8 @@ __all__ = [
     "decomposition_figure",
     "neighbour_figure",
     "alignment_figure",
+    "subspaces_figure",
+    "tune_figure",
 ]
 
 _DASH = {"resid_pre": "solid", "resid_mid": "dash", "resid_post": "dot", "attn_out": "dashdot", "mlp_out": "longdash"}
@@ -160,4 +162,33 @@ def alignment_figure(al: Any, top: int = 20) -> go.Figure:
                                hovertemplate="vector %{y}<br>token %{x}<br>cosine %{z:.4f}<extra></extra>"))
     fig.update_layout(title="Alignment of vectors with token subspaces", xaxis_title="token subspace",
                       yaxis_title="vector (index)")
+    return fig
+
+
+def subspaces_figure(subs: Any) -> go.Figure:
+    """Per token: lowest probability reached by the learned embeddings, and by the first basis vector."""
+    labels = [escape_label(repr(t)) for t in subs.token_labels]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=labels, y=subs.final_prob.min(1).values.tolist(), name="learned embeddings (min over samples)",
+                         hovertemplate="token %{x}<br>min probability %{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Bar(x=labels, y=subs.basis_prob.tolist(), name="first singular direction",
+                         hovertemplate="token %{x}<br>probability %{y:.4f}<extra></extra>"))
+    fig.add_hline(y=subs.target_prob, line_dash="dash", annotation_text=f"target {subs.target_prob}")
+    fig.update_layout(title=f"Token subspaces at {subs.at}: probability of the token", barmode="group",
+                      xaxis_title="token", yaxis_title="probability of the token", yaxis_range=[0, 1])
+    return fig
+
+
+def tune_figure(res: Any) -> go.Figure:
+    """Tuned threshold and weight per block."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("cosine threshold", "weight"))
+    blocks = [f"block {b}" for b in res.blocks]
+    fig.add_trace(go.Bar(x=blocks, y=list(res.thresholds), name="threshold",
+                         hovertemplate="%{x}<br>threshold %{y:.3f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=blocks, y=list(res.weights), name="weight",
+                         hovertemplate="%{x}<br>weight %{y:.3g}<extra></extra>"), row=1, col=2)
+    fig.update_xaxes(title_text="block (0-based)")
+    fig.update_yaxes(title_text="cosine (unitless)", row=1, col=1)
+    fig.update_yaxes(title_text="weight (unitless)", row=1, col=2)
+    fig.update_layout(title=f"Tuned neighbour approximation (mean Hellinger {res.mean_hellinger:.3f})")
     return fig

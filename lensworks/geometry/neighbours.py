@@ -258,6 +258,12 @@ class TuneResult(ResultMixin):
         return pd.DataFrame({"block": list(self.blocks), "threshold": list(self.thresholds),
                              "weight": list(self.weights)})
 
+    def figure(self):
+        """Bars of the tuned threshold and weight per block."""
+        from lensworks.geometry._plots import tune_figure
+
+        return tune_figure(self)
+
 
 # --------------------------------------------------------------------------- the index
 

@@ -65,6 +65,12 @@ class TokenSubspaces(ResultMixin):
             "basis_prob": self.basis_prob.tolist(),
         })
 
+    def figure(self):
+        """Bars per token: probability reached by the learned embeddings and by the first direction."""
+        from lensworks.geometry._plots import subspaces_figure
+
+        return subspaces_figure(self)
+
 
 def token_subspaces(
     model: HookedTransformer,
