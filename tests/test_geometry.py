@@ -187,6 +187,19 @@ def test_block_ablation_matches_run_with_hooks(mlp_model):
     assert table.figure().layout.title.text
 
 
+@pytest.mark.parametrize("pos", ["shortformer", "rotary"])
+def test_block_ablation_other_position_embeddings(pos):
+    extra = {"rotary_dim": 8} if pos == "rotary" else {}
+    model = tiny_model(seed=9, n_layers=2, attn_only=False, d_mlp=32, positional_embedding_type=pos, **extra)
+    tokens = torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(2))
+    table = block_ablation(model, tokens)
+    assert table.decomposition_ok
+    clean = model(tokens)[:, -1].log_softmax(-1)
+    abl = _naive_ablation(model, tokens, 1, "attn_out")
+    h = ((clean.exp().sqrt() - abl.exp().sqrt()) ** 2).sum(-1).sqrt() / math.sqrt(2)
+    torch.testing.assert_close(table.drop_attn_hellinger[1], h.detach(), atol=1e-5, rtol=1e-4)
+
+
 def test_ablating_a_zero_mlp_changes_nothing():
     model = tiny_model(seed=5, n_layers=3, attn_only=False, d_mlp=32, vocab=CHAR_VOCAB, init_scale=2.0)
     with torch.no_grad():

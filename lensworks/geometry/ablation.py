@@ -60,7 +60,7 @@ def check_decomposition(
     """
     final = store[hook_name("resid_post", model.cfg.n_layers - 1)].double()
     total = store[hook_name("embed")].double().clone()
-    if hook_name("pos_embed") in store:
+    if hook_name("pos_embed") in store and model.cfg.positional_embedding_type == "standard":
         total = total + store[hook_name("pos_embed")].double()
     for layer in range(model.cfg.n_layers):
         total = total + _component(store, model, "attn_out", layer, final).double()
@@ -73,7 +73,7 @@ def check_decomposition(
 
 def _full_names(model: HookedTransformer) -> list[str]:
     names = [hook_name("embed")]
-    if hook_name("pos_embed") in model.hook_dict:
+    if hook_name("pos_embed") in model.hook_dict and model.cfg.positional_embedding_type == "standard":
         names.append(hook_name("pos_embed"))
     for layer in range(model.cfg.n_layers):
         for kind in ("resid_pre", "attn_out", "mlp_out", "resid_post"):
@@ -87,6 +87,19 @@ def _run_full(model: HookedTransformer, tokens: Tensor) -> tuple[Tensor, dict[st
     with torch.inference_mode():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     return logits, dict(cache.items())
+
+
+def _ablate_with_hooks(model: HookedTransformer, tokens: Tensor, layer: int, kind: str) -> Tensor:
+    """A full forward pass whose block ``layer`` passes on ``resid_post - <kind>``."""
+    held: dict[str, Tensor] = {}
+
+    def grab(act: Tensor, hook) -> None:
+        held["c"] = act
+
+    def drop(act: Tensor, hook) -> Tensor:
+        return act - held["c"]
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name(kind, layer), grab), (hook_name("resid_post", layer), drop)])
 
 
 @dataclass(frozen=True)
@@ -218,8 +231,11 @@ def block_ablation(
                         res[f"{which}_kl"].append(torch.zeros(len(rows), device=toks.device))
                         res[f"{which}_top"].append(torch.ones(len(rows), device=toks.device))
                         continue
-                    resid = post - store[hook_name(kind, layer)]
-                    abl = model(resid, start_at_layer=layer + 1, return_type="logits")
+                    if model.cfg.positional_embedding_type == "shortformer":
+                        abl = _ablate_with_hooks(model, toks, layer, kind)  # start_at_layer loses the pos embed
+                    else:
+                        resid = post - store[hook_name(kind, layer)]
+                        abl = model(resid, start_at_layer=layer + 1, return_type="logits")
                     abl = abl[rows, idx].float().log_softmax(-1)
                     res[f"{which}_h"].append(_common.hellinger(clean.exp(), abl.exp()))
                     res[f"{which}_kl"].append(kl_divergence(clean, abl))
