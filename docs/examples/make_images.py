@@ -13,11 +13,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from lensworks import report, zoo
 
 OUT = Path(__file__).resolve().parent.parent / "images"
-HIDE = "<style>header,nav,figcaption,details,pre.summary,.picker,#model{display:none}main{padding:0}figure{margin:0;border:0}</style>"
+HIDE = "<style>header,nav,figcaption,details,pre.summary,.picker,#model,#highlights,section>h2,section>p{display:none}main{padding:0}figure{margin:0;border:0}</style>"
 
 
 def chromium() -> str:
@@ -37,28 +38,31 @@ def shoot(html: Path, png: Path, size: str, tmp: Path) -> None:
     print(f"wrote {png}")
 
 
-def figures() -> dict[str, tuple[object, str]]:
+def figures() -> dict[str, tuple[Callable[[], object], str]]:
+    """Name -> (function computing the result, window size); computed only when asked for."""
     from lensworks.circuits import composition_scores, find_induction_heads
     from lensworks.geometry import block_ablation, block_decomposition, logit_lens, residual_stats
     from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
     from lensworks.probes import embedding_basis, probe_inputs
     from lensworks.probes._cli import text_windows
 
-    ind = zoo.load("induction-2l")
-    char = zoo.load("char-mlp")
-    windows = text_windows(char, zoo.corpus(1_100_000)[1_000_000:], max_tokens=200 * 127)
-    verdict = find_induction_heads(ind)
+    ind = lambda: zoo.load("induction-2l")  # noqa: E731
+    char = lambda: zoo.load("char-mlp")  # noqa: E731
+
+    def windows(n):
+        return text_windows(char(), zoo.corpus(1_100_000)[1_000_000:], max_tokens=n * 127)[:n]
+
     return {
-        "induction-verdict": (verdict, "1100,560"),
-        "k-composition": (composition_scores(ind, "K"), "1100,560"),
-        "copying": (verdict.copying, "1100,560"),
-        "residual-stats": (residual_stats(char, {"Python code": list(BUILTIN_POSITIVE),
-                                                 "English prose": list(BUILTIN_NEGATIVE)}), "1100,960"),
-        "block-ablation": (block_ablation(char, windows[:64]), "1100,560"),
-        "block-decomposition": (block_decomposition(char, windows[:64]), "1100,560"),
-        "logit-lens": (logit_lens(char, windows[:8]), "1100,620"),
-        "probes": (probe_inputs(char, windows[:120]), "1100,620"),
-        "embedding-basis": (embedding_basis(char, "pca", k=32), "1100,560"),
+        "induction-verdict": (lambda: find_induction_heads(ind()), "1100,520"),
+        "k-composition": (lambda: composition_scores(ind(), "K"), "1100,520"),
+        "copying": (lambda: find_induction_heads(ind()).copying, "1100,520"),
+        "residual-stats": (lambda: residual_stats(char(), {"Python code": list(BUILTIN_POSITIVE),
+                                                           "English prose": list(BUILTIN_NEGATIVE)}), "1100,960"),
+        "block-ablation": (lambda: block_ablation(char(), windows(64)), "1100,520"),
+        "block-decomposition": (lambda: block_decomposition(char(), windows(64)), "1100,520"),
+        "logit-lens": (lambda: logit_lens(char(), windows(8)), "1100,620"),
+        "probes": (lambda: probe_inputs(char(), windows(120)), "1100,620"),
+        "embedding-basis": (lambda: embedding_basis(char(), "pca", k=32), "1100,520"),
     }
 
 
@@ -71,10 +75,10 @@ def main(names: list[str]) -> None:
             page = report.build(report.analyse(model, progress=False), tmp / "report.html", model=model,
                                 model_name="char-mlp", title="lensworks report: char-mlp")
             shoot(page, OUT / "report.png", "1300,900", tmp)
-        for name, (result, size) in figures().items():
+        for name, (compute, size) in figures().items():
             if names and name not in names:
                 continue
-            page = report.build([result], tmp / f"{name}.html")
+            page = report.build([compute()], tmp / f"{name}.html")
             page.write_text(page.read_text().replace("</head>", HIDE + "</head>", 1))
             shoot(page, OUT / f"{name}.png", size, tmp)
 
