@@ -301,3 +301,19 @@ def test_logit_lens_bad_input(mlp_model):
         logit_lens(mlp_model, CODE, top_k=0)
     with pytest.raises(LensworksError, match="empty"):
         logit_lens(mlp_model, [""], prepend_bos=False)
+
+
+@pytest.mark.parametrize("fixture", ["attn_model", "gqa_model", "mlp_model"])
+def test_every_analysis_runs_on_every_fixture(fixture, request):
+    model = request.getfixturevalue(fixture)
+    tokens = torch.randint(1, model.cfg.d_vocab, (4, 7), generator=torch.Generator().manual_seed(3))
+    stats = residual_stats(model, {"a": tokens[:2], "b": tokens[2:]}, streams=("resid_pre", "resid_post"))
+    assert all(bool(torch.isfinite(v).all()) for v in stats.var.values())
+    table = block_ablation(model, tokens)
+    assert table.decomposition_ok and table.drop_attn_hellinger.shape == (model.cfg.n_layers, 4)
+    lens = logit_lens(model, tokens)
+    assert lens.final_max_error < 1e-4
+    dec = block_decomposition(model, tokens)
+    assert bool(torch.isfinite(dec.ffn_only_cosine).all())
+    ua = update_alignment(model, tokens)
+    assert ua.cosine.shape[0] == model.cfg.n_layers * (1 if model.cfg.attn_only else 2)

@@ -116,6 +116,9 @@ def token_subspaces(
         if isinstance(at, str):
             raise LensworksError(f"at: expected 'ln_final' or a block index, got {at!r}")
         at = check_layer(model, at)
+        if model.cfg.positional_embedding_type == "shortformer":
+            raise LensworksError("at: inserting at a block is not supported for shortformer models (the positional "
+                                 "embedding is added inside attention); use at='ln_final'")
     toks = torch.arange(d_vocab) if tokens is None else torch.as_tensor(tokens).flatten().long()
     if toks.numel() == 0:
         raise LensworksError("tokens: expected at least one token id, got none")
