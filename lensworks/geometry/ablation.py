@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lensworks._results import ResultMixin
 from lensworks.geometry import _common
-from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, kl_divergence, progress_bar, softcap
+from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, kl_divergence, progress_bar
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state
 
 __all__ = ["hellinger", "AblationTable", "block_ablation", "BlockDecomposition", "block_decomposition",

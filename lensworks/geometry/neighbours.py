@@ -3,7 +3,6 @@ point the same way as the prompt's, streaming over the corpus in chunks."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
@@ -16,7 +15,7 @@ from torch import Tensor
 from lensworks._results import ResultMixin
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, gather_at, has_hook, iter_batches, progress_bar
-from lensworks.model import HookedTransformer, LensworksError, check_layer, hook_name, processing_state
+from lensworks.model import HookedTransformer, LensworksError, check_layer, hook_name
 
 __all__ = [
     "NeighbourApproximation",
