@@ -8,7 +8,7 @@ held-out top-1 accuracy. The scikit-learn time includes extracting the features 
 methods: ``ridge`` (least squares onto one-hot targets), ``lda`` (same moments, linear
 discriminant rule) and ``auto`` (per probe, the better of the two on a validation slice).
 
-Usage: python benchmarks/bench_probes.py [--windows 200] [--offsets 0,-1]
+Usage: python benchmarks/bench_probes.py [--model char-mlp] [--windows 200] [--offsets 0,-1]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lensworks import zoo
-from lensworks.model import hook_name
+from lensworks.model import hook_name, load_model
 from lensworks.probes import probe_inputs
 from lensworks.probes._cli import text_windows
 from lensworks.probes.linear import DEFAULT_STREAMS, _bos_id, _plan
@@ -29,17 +29,18 @@ from lensworks.probes.linear import DEFAULT_STREAMS, _bos_id, _plan
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="char-mlp", help="zoo name or checkpoint path (default char-mlp)")
     parser.add_argument("--windows", type=int, default=200)
     parser.add_argument("--offsets", default="0,-1")
     parser.add_argument("--max-iter", type=int, default=200, help="scikit-learn max_iter")
     args = parser.parse_args()
     offsets = tuple(int(o) for o in args.offsets.split(","))
 
-    model = zoo.load("char-mlp")
+    model = zoo.load(args.model) if args.model in zoo.names() else load_model(args.model)
     cfg = model.cfg
     text = zoo.corpus(args.windows * cfg.n_ctx * 2)
     windows = text_windows(model, text, max_tokens=args.windows * (cfg.n_ctx - 1))
-    print(f"char-mlp: {cfg.n_layers} layers, d_model {cfg.d_model}, d_vocab {cfg.d_vocab}; "
+    print(f"{args.model}: {cfg.n_layers} layers, d_model {cfg.d_model}, d_vocab {cfg.d_vocab}; "
           f"{windows.shape[0]} windows x {windows.shape[1]} tokens; offsets {offsets}; "
           f"torch threads {torch.get_num_threads()}")
 
