@@ -21,8 +21,6 @@ def induction():
 
 @pytest.fixture(scope="module")
 def char_mlp():
-    if not (zoo.path("char-mlp") / "model.safetensors").is_file():  # TEMPORARY until char-mlp is committed
-        pytest.skip("char-mlp not trained yet")
     return zoo.load("char-mlp")
 
 
@@ -37,7 +35,7 @@ def _repeated(n: int, batch: int, d_vocab: int, seed: int) -> torch.Tensor:
 
 def test_names_and_paths():
     assert zoo.names() == ["induction-2l", "char-mlp"]
-    for name in ["induction-2l"]:  # TEMPORARY until char-mlp is committed
+    for name in zoo.names():
         p = zoo.path(name)
         assert p.name == name and p.parent.name == "checkpoints"
         for f in ("config.json", "model.safetensors", "vocab.json", "recipe.json"):
@@ -69,7 +67,7 @@ def test_load_dtype_option():
 
 
 def test_describe_is_json_and_has_numbers():
-    for name in ["induction-2l"]:  # TEMPORARY until char-mlp is committed
+    for name in zoo.names():
         info = zoo.describe(name)
         json.dumps(info)
         assert info["name"] == name and info["summary"] and info["learned"] and info["training_data"]
@@ -113,7 +111,7 @@ def test_corpus_tokenizes_with_char_vocab(char_mlp):
     text = zoo.corpus(None)
     assert set(text) <= set(vocab[1:])
     sample = text[1_000_000:1_003_000]
-    toks = char_mlp.to_tokens(sample, prepend_bos=False)[0]
+    toks = char_mlp.to_tokens(sample, prepend_bos=False, truncate=False)[0]
     assert toks.tolist() == [vocab.index(c) for c in sample]
     assert recipes.char_tokens(sample).tolist() == toks.tolist()
 
@@ -155,9 +153,15 @@ def test_char_mlp_learned_the_corpus(char_mlp):
     with torch.inference_mode():
         logits = char_mlp(toks)
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, cfg.d_vocab), toks[:, 1:].reshape(-1)).item()
-    # uniform guessing over 96 characters costs log(96) = 4.56 nats; a unigram model of Python
-    # source about 3.3; 2.0 nats/char needs real use of context.
-    assert loss < 2.0, loss
+    # On this held-out text, uniform guessing over 96 characters costs log(96) = 4.56 nats/char,
+    # count models fitted to the training text 3.04 (unigram), 2.32 (bigram), 1.80 (trigram);
+    # the bundled model measures about 1.2. Below 1.6 means it beats a trigram model clearly.
+    assert loss < 1.6, loss
+    # and it uses its context: late positions are predicted better than the first few
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), toks[:, 1:], reduction="none")
+    assert nll[:, 64:].mean() < nll[:, :4].mean() - 0.3
+    stored = zoo.describe("char-mlp")["metrics"]
+    assert stored["heldout_loss"] < 1.6 and stored["ngram_heldout_loss"]["trigram"] > stored["heldout_loss"]
 
 
 # --------------------------------------------------------------------------- recipes
