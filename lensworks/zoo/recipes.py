@@ -168,8 +168,9 @@ CHAR_MLP = Recipe(
         "Held out: the corpus characters after the first 1,000,000 (other stdlib modules)."
     ),
     learned=(
-        "Python's surface statistics: indentation after ':' lines, keywords, identifiers repeated from "
-        "context (copying through attention), matching quotes and brackets, docstring English."
+        "Next-character prediction of Python source: about 1.23 nats/char on held-out stdlib modules, "
+        "below a trigram count model (1.80) and far below uniform guessing (4.56); it uses long context "
+        "(about 1.7 nats/char at context positions 1-8, 1.2 at positions 64-127). See metrics."
     ),
     save_dtype="float16",
 )
