@@ -103,6 +103,10 @@ def test_predict_matches_naive_dense(approx, naive, model, corpus, monkeypatch, 
     assert ev.std == pytest.approx(float(h_ref.std()), abs=1e-5)
     assert ev.min == pytest.approx(float(h_ref.min()), abs=1e-5)
     assert ev.max == pytest.approx(float(h_ref.max()), abs=1e-5)
+    nexts = Counter(corpus[WINDOW:])
+    uni = torch.tensor([float(nexts[c]) for c in CHAR_VOCAB])
+    base = (((uni / uni.sum()).sqrt() - model_probs.sqrt()) ** 2).sum(-1).sqrt() / math.sqrt(2)
+    assert ev.baseline_mean == pytest.approx(float(base.mean()), abs=1e-5)
 
 
 def test_similar_matches_naive_and_finds_itself(approx, naive, model, corpus):

@@ -186,6 +186,7 @@ def _run_neighbours(args: argparse.Namespace) -> int:
     print(f"\nHellinger(approximation, model) over {len(test)} prompts: mean {ev.mean:.3f}, std {ev.std:.3f}, "
           f"min {ev.min:.3f}, max {ev.max:.3f}; {ev.n_unmatched} prompts had no similar window "
           "(they get the corpus's next-token frequencies)")
+    print(f"baseline that ignores the prompt (corpus next-token frequencies): mean {ev.baseline_mean:.3f}")
     df = ev.to_frame()
     show = df.sort_values("hellinger").head(args.show)
     print(format_table([(repr(r.prompt), float(r.hellinger), bool(r.matched)) for r in show.itertuples()],
@@ -193,7 +194,7 @@ def _run_neighbours(args: argparse.Namespace) -> int:
     payload = {
         "model": name, "corpus": source, "window": args.window, "hook": args.hook, "n_windows": approx.n_windows,
         "thresholds": list(ev.thresholds), "weights": list(ev.weights), "mean": ev.mean, "std": ev.std,
-        "min": ev.min, "max": ev.max, "n_unmatched": ev.n_unmatched, "per_prompt": _records(df),
+        "min": ev.min, "max": ev.max, "n_unmatched": ev.n_unmatched, "baseline_mean": ev.baseline_mean, "per_prompt": _records(df),
         "tuned": tuned.to_dict() if tuned is not None else None,
     }
     write_outputs(args, payload, [ev.figure()], title=f"lensworks neighbours: {name}")

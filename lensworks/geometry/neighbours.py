@@ -3,6 +3,7 @@ point the same way as the prompt's, streaming over the corpus in chunks."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
@@ -222,6 +223,7 @@ class NeighbourEvaluation(ResultMixin):
     thresholds: tuple[float, ...]
     weights: tuple[float, ...]
     blocks: tuple[int, ...]
+    baseline_mean: float = float("nan")
 
     def to_frame(self):
         """One row per prompt: ``prompt, hellinger, matched`` and ``n_similar_b{block}``."""
@@ -648,14 +650,19 @@ class NeighbourApproximation:
     ) -> NeighbourEvaluation:
         """Hellinger distance between :meth:`predict`'s distribution and the model's own.
 
+        ``baseline_mean`` is the mean distance of a prediction that ignores the prompt (the
+        corpus's overall next-token frequency), to read ``mean`` against.
+
         Example:
             >>> ev = approx.evaluate(prompts, [0.95, 0.94, 0.85], [0.01, 0.1, 1.0])  # doctest: +SKIP
             >>> ev.mean, ev.std  # doctest: +SKIP
         """
         pred = self.predict(prompts, thresholds, weights, batch_size=batch_size, chunk_size=chunk_size,
                             progress=progress)
-        return _evaluation(pred.probs, pred.model_probs, pred.matched, pred.n_similar, pred.prompt_labels,
-                           pred.thresholds, pred.weights, self.blocks)
+        ev = _evaluation(pred.probs, pred.model_probs, pred.matched, pred.n_similar, pred.prompt_labels,
+                         pred.thresholds, pred.weights, self.blocks)
+        base = _common.hellinger(self.unigram_[None].expand_as(pred.model_probs), pred.model_probs)
+        return dataclasses.replace(ev, baseline_mean=float(base.mean()))
 
     def tune(
         self,
