@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--positive", default=None, metavar="FILE", help="prompts, one per line: first data set for the residual statistics")
     p.add_argument("--negative", default=None, metavar="FILE", help="prompts, one per line: second data set")
     p.add_argument("--corpus", default=None, metavar="FILE", help="fallback text when --text is not given")
-    p.add_argument("--n-prompts", type=int, default=32, help="text windows read by geometry (probes read 4x; default 32)")
+    p.add_argument("--n-prompts", type=int, default=32, help="text windows read by geometry (probes read 2x; default 32)")
     p.add_argument("--prompt-len", type=int, default=64, help="tokens per window (default 64)")
     p.add_argument("--title", default=None, help="page title (default: lensworks report: CHECKPOINT)")
     p.add_argument("--seed", type=int, default=0)

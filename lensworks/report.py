@@ -638,7 +638,7 @@ def analyse(
             text windows against the same windows with their tokens shuffled.
         negative: The second data set.
         corpus: Fallback text when ``text`` is None (e.g. a corpus file's contents).
-        n_prompts: Windows read by geometry and probes (probes use 4x as many).
+        n_prompts: Windows read by geometry and probes (probes use 2x as many).
         prompt_len: Tokens per window (at most ``n_ctx``).
         seed: Seed for random sequences, shuffles and controls.
         progress: Show a progress bar over the analyses.
@@ -744,7 +744,7 @@ def analyse(
         out["geometry"].append(geometry.logit_lens(model, state["windows"][: min(12, n_prompts)], progress=False))
 
     def run_probes():
-        w = windows(4 * n_prompts)
+        w = windows(2 * n_prompts)
         res = probes.probe_inputs(model, w, seed=seed, progress=False)
         state["probe"] = res
         out["probes"].append(res)
