@@ -30,7 +30,10 @@ def register(subparsers: Any) -> None:
     add_model_argument(p)
     p.add_argument("--text", default=None, help="text file to probe on (default: standard-library source text)")
     p.add_argument("--max-tokens", type=int, default=25_000, help="tokens of text to use (default 25000)")
-    p.add_argument("--method", choices=("ridge", "lda", "auto", "logistic"), default="ridge")
+    p.add_argument(
+        "--method", choices=("ridge", "lda", "auto", "logistic"), default="auto",
+        help="probe fitting rule (default auto: per probe the better of lda and ridge on a validation slice)",
+    )
     p.add_argument("--offsets", default="0,-1,-2", help="comma-separated offsets (default 0,-1,-2)")
     p.add_argument("--streams", default=None, help="comma-separated streams (default resid_pre,resid_mid,resid_post)")
     p.add_argument("--shared", action="store_true", help="one probe per offset shared by every layer and stream")

@@ -594,14 +594,17 @@ class _Moments:
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         if self.shift is None:
             self.shift = x.to(torch.float64).mean(0)
-        xs = (x.to(torch.float64) - self.shift).to(work)
+        xs = x.to(work) - self.shift.to(work)
+        c = self.counts.shape[0]
         self.n += xs.shape[0]
         self.sx += xs.sum(0, dtype=torch.float64)
         self.g += (xs.T @ xs).to(torch.float64)
-        self.xty += torch.zeros(self.xty.shape, dtype=work, device=xs.device).index_add_(0, y, xs).to(torch.float64)
+        # class sums as a one-hot product: a dense matmul is much faster than index_add_
+        onehot = torch.nn.functional.one_hot(y, c).to(work)
+        self.xty += (onehot.T @ xs).to(torch.float64)
         if ys is not None:
-            self.xty_shuf += torch.zeros(self.xty.shape, dtype=work, device=xs.device).index_add_(0, ys, xs).to(torch.float64)
-        self.counts += torch.bincount(y, minlength=self.counts.shape[0]).to(torch.float64)
+            self.xty_shuf += (torch.nn.functional.one_hot(ys, c).to(work).T @ xs).to(torch.float64)
+        self.counts += onehot.sum(0, dtype=torch.float64)
 
     def solve(self, method: str, alpha: float | None, shuffled: bool = False) -> tuple[Tensor, Tensor, float]:
         xty = self.xty_shuf if shuffled else self.xty
@@ -773,6 +776,8 @@ def probe_inputs(
         return ("shared", k) if shared else (l, s, k)
 
     # ---------------- ridge: one streaming pass to fit, one to score
+    act_dtype = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
+
     def _fit_ridge(m: HookedTransformer, label: str) -> dict[str, Tensor]:
         moments: dict[tuple, _Moments] = {}
         want_shuffled = controls and label == "model"
@@ -800,8 +805,14 @@ def probe_inputs(
         if method == "auto":
             # candidates fitted on the fit rows, scored on the validation rows, which are then
             # added to the moments so that the final probe uses every training row
+            def work(sol_: tuple[Tensor, Tensor, float]) -> tuple[Tensor, Tensor]:
+                return sol_[0].to(act_dtype), sol_[1].to(act_dtype)
+
             cands = {
-                key: {c: (mom.solve(c, alpha), mom.solve(c, alpha, shuffled=True) if want_shuffled else None) for c in AUTO_CANDIDATES}
+                key: {
+                    c: (work(mom.solve(c, alpha)), work(mom.solve(c, alpha, shuffled=True)) if want_shuffled else None)
+                    for c in AUTO_CANDIDATES
+                }
                 for key, mom in moments.items()
             }
             hits = {key: {c: [0.0, 0.0] for c in AUTO_CANDIDATES} for key in moments}
@@ -813,7 +824,7 @@ def probe_inputs(
                         key = key_of(l, s, k)
                         if not bool(mask.any()) or key not in cands:
                             continue
-                        x = act[mask].to(torch.float64)
+                        x = act[mask].to(act_dtype)
                         y, ys = plan.target[k][idx][mask], plan.shuffled[k][idx][mask]
                         for c, (sol_c, shuf_c) in cands[key].items():
                             hits[key][c][0] += float(((x @ sol_c[0] + sol_c[1]).argmax(-1) == y).sum())
@@ -834,6 +845,8 @@ def probe_inputs(
                 sol_shuf[key] = mom.solve(chosen.get(("shuffled",) + key, method), alpha, shuffled=True)
         correct = torch.zeros(L, S, O, dtype=torch.float64)
         correct_shuf = torch.zeros(L, S, O, dtype=torch.float64)
+        sol_work = {key: (w.to(act_dtype), b.to(act_dtype)) for key, (w, b, _) in sol.items()}
+        shuf_work = {key: (w.to(act_dtype), b.to(act_dtype)) for key, (w, b, _) in sol_shuf.items()}
 
         def score(idx: Tensor, store: dict[tuple[int, str], Tensor]) -> None:
             for (l, s), act in store.items():
@@ -842,12 +855,12 @@ def probe_inputs(
                     mask = plan.test[k][idx]
                     if not bool(mask.any()):
                         continue
-                    x = act[mask].to(torch.float64)
+                    x = act[mask].to(act_dtype)
                     y = plan.target[k][idx][mask]
-                    w, b, _ = sol[key_of(l, s, k)]
+                    w, b = sol_work[key_of(l, s, k)]
                     correct[i, j, k] += float(((x @ w + b).argmax(-1) == y).sum())
                     if sol_shuf:
-                        w, b, _ = sol_shuf[key_of(l, s, k)]
+                        w, b = shuf_work[key_of(l, s, k)]
                         correct_shuf[i, j, k] += float(((x @ w + b).argmax(-1) == y).sum())
 
         _run_batches(m, tokens, test_seqs, hooks, stop_at, batch_size, f"probe score ({label})", progress, score)
