@@ -255,3 +255,19 @@ def test_cli_bad_input(tmp_path, capsys):
     assert "negative" in capsys.readouterr().err
     assert main(["report", "--text", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "r.html")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_docs_examples_compile():
+    """The scripts in docs/examples/ are valid Python that imports only public-enough names."""
+    import ast
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parent.parent / "docs" / "examples").glob("*.py"))
+    assert {p.name for p in examples} >= {"circuits.py", "geometry.py", "probes.py"}
+    for path in examples:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lensworks"):
+                module = __import__(node.module, fromlist=[a.name for a in node.names])
+                for alias in node.names:
+                    assert hasattr(module, alias.name), f"{path.name}: {node.module}.{alias.name} does not exist"

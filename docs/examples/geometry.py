@@ -15,11 +15,11 @@ prompts = text_windows(model, held_out, max_tokens=64 * 127)[:64]  # [64, 128] t
 
 # Seed 000: how the two data sets' residual streams drift apart and how variance grows with depth.
 stats = residual_stats(model, {"Python code": list(BUILTIN_POSITIVE), "English prose": list(BUILTIN_NEGATIVE)})
-print(stats.to_frame().head(12))
+print(stats.to_frame().head(12).round(4).to_string(index=False))
 
 # Seed 004: drop each block's attention or MLP output and see how far the prediction moves.
 ablation = block_ablation(model, prompts)
-print(ablation.to_frame())
+print(ablation.to_frame().round(3).to_string(index=False))
 
 # The block outputs tip to tail, and how close embed + MLP outputs alone get to the final residual.
 decomposition = block_decomposition(model, prompts)
