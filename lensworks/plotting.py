@@ -13,13 +13,17 @@ __all__ = ["head_heatmap", "figures_to_html", "escape_label"]
 
 
 def escape_label(text: str) -> str:
-    """HTML-escape a token string or label for use in hover text and titles.
+    """HTML-escape a token string or label for use in hover text, tick labels and titles.
+
+    ``&``, ``<`` and ``>`` are escaped, so a token such as ``<script>`` shows as text; quotes are
+    left alone because plotly.js writes labels as text content (never into attributes) and
+    would show ``&quot;`` literally.
 
     Example:
-        >>> escape_label("<b>")
-        '&lt;b&gt;'
+        >>> escape_label('<b>"x"')
+        '&lt;b&gt;"x"'
     """
-    return html.escape(str(text), quote=True)
+    return html.escape(str(text), quote=False)
 
 
 def head_heatmap(

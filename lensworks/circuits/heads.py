@@ -103,7 +103,7 @@ def repeated_tokens(
     if total > model.cfg.n_ctx:
         raise LensworksError(
             f"repeated sequences of {total} tokens (seq_len={seq_len}, twice{', plus BOS' if bos else ''}) "
-            f"are longer than the model's n_ctx={model.cfg.n_ctx}"
+            f"are longer than the model's n_ctx={model.cfg.n_ctx}; pass seq_len <= {(model.cfg.n_ctx - int(bos)) // 2}"
         )
     special = _special_ids(model)
     allowed = torch.tensor([i for i in range(model.cfg.d_vocab) if i not in special])
