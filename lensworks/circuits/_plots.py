@@ -22,7 +22,7 @@ def induction_scatter(report) -> go.Figure:
                 y=[e.copying for e in rows],
                 mode="markers+text" if verdict else "markers",
                 text=[escape_label(e.label) for e in rows] if verdict else None,
-                textposition="top center",
+                textposition="bottom center",
                 marker=dict(size=[8 + 2 * max(0.0, min(e.k_composition_z, 10.0)) for e in rows], color=color, opacity=0.8),
                 name="induction head" if verdict else "other head",
                 customdata=[
