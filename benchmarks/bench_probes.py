@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=200)
     parser.add_argument("--offsets", default="0,-1")
     parser.add_argument("--max-iter", type=int, default=200, help="scikit-learn max_iter")
+    parser.add_argument("--logistic-iter", type=int, default=30, help="L-BFGS iterations for lensworks method=\"logistic\" (warm-started from LDA)")
     args = parser.parse_args()
     offsets = tuple(int(o) for o in args.offsets.split(","))
 
@@ -55,6 +56,10 @@ def main() -> None:
     t0 = time.perf_counter()
     res_auto = probe_inputs(model, windows, offsets=offsets, method="auto", controls=False, progress=False)
     t_auto = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res_log = probe_inputs(model, windows, offsets=offsets, method="logistic", max_iter=args.logistic_iter,
+                           controls=False, progress=False)
+    t_log = time.perf_counter() - t0
 
     # ---- scikit-learn, same split, layer by layer
     from sklearn.linear_model import LogisticRegression
@@ -85,18 +90,18 @@ def main() -> None:
                 t_fit += time.perf_counter() - t1
                 rows.append(
                     (layer, stream, off, float(res.accuracy[layer, j, k]), float(res_lda.accuracy[layer, j, k]),
-                     float(res_auto.accuracy[layer, j, k]), acc)
+                     float(res_auto.accuracy[layer, j, k]), float(res_log.accuracy[layer, j, k]), acc)
                 )
     t_sk = t_features + t_fit
 
-    print(f"\n{'layer':>5} {'stream':>10} {'offset':>6} {'ridge':>8} {'lda':>8} {'auto':>8} {'sklearn':>8}  (held-out accuracy)")
-    for layer, stream, off, a, b, c, e in rows:
-        print(f"{layer:>5} {stream:>10} {off:>6} {a:>8.4f} {b:>8.4f} {c:>8.4f} {e:>8.4f}")
+    print(f"\n{'layer':>5} {'stream':>10} {'offset':>6} {'ridge':>8} {'lda':>8} {'auto':>8} {'logistic':>8} {'sklearn':>8}  (held-out accuracy)")
+    for layer, stream, off, a, b, c, d, e in rows:
+        print(f"{layer:>5} {stream:>10} {off:>6} {a:>8.4f} {b:>8.4f} {c:>8.4f} {d:>8.4f} {e:>8.4f}")
     print(f"\nprobes fitted: {len(rows)} (train rows per probe {res.n_train}, held-out {res.n_test})")
     print(f"scikit-learn LogisticRegression: {t_sk:8.2f} s  (features {t_features:.2f} s + fits {t_fit:.2f} s)")
-    for name, t, col in (("ridge", t_ridge, 3), ("lda", t_lda, 4), ("auto", t_auto, 5)):
-        diffs = np.array([100 * (r[col] - r[6]) for r in rows])
-        print(f"lensworks {name:<5} (probe_inputs): {t:8.2f} s  speed-up {t_sk / t:5.1f}x; accuracy minus sklearn "
+    for name, t, col in (("ridge", t_ridge, 3), ("lda", t_lda, 4), ("auto", t_auto, 5), ("logistic", t_log, 6)):
+        diffs = np.array([100 * (r[col] - r[7]) for r in rows])
+        print(f"lensworks {name:<8} (probe_inputs): {t:8.2f} s  speed-up {t_sk / t:5.1f}x; accuracy minus sklearn "
               f"(points): mean {diffs.mean():+.2f}, worst {diffs.min():+.2f}, best {diffs.max():+.2f}")
 
 
