@@ -1,5 +1,5 @@
 """Plotly figure builders shared by the results. Library code imports plotly only in plotting
-modules (this one and ``lensworks/<area>/_plots.py``); nothing here calls ``.show()``."""
+modules (this one and ``lensworks/<area>/_plots.py``); nothing here displays a figure itself."""
 
 from __future__ import annotations
 
