@@ -540,7 +540,7 @@ def _run_batches(
     tokens: Tensor,
     seq_idx: Tensor,
     hooks: dict[str, tuple[int, str]],
-    stop_at: int,
+    stop_at: int | None,
     batch_size: int,
     desc: str,
     progress: bool | None,
