@@ -24,7 +24,8 @@ from lensworks import zoo
 from lensworks.model import hook_name, load_model
 from lensworks.probes import probe_inputs
 from lensworks.probes._cli import text_windows
-from lensworks.probes.linear import DEFAULT_STREAMS, _bos_id, _plan
+from lensworks.model import bos_token_id
+from lensworks.probes.linear import DEFAULT_STREAMS, _plan
 
 
 def main() -> None:
@@ -66,7 +67,7 @@ def main() -> None:
     from sklearn.preprocessing import StandardScaler
 
     lengths = torch.full((windows.shape[0],), windows.shape[1])
-    plan = _plan(windows, lengths, offsets, _bos_id(model), 0.2, 0)
+    plan = _plan(windows, lengths, offsets, bos_token_id(model), 0.2, 0)
     t0 = time.perf_counter()
     names = {hook_name(s, l) for l in range(cfg.n_layers) for s in DEFAULT_STREAMS}
     with torch.inference_mode():

@@ -13,7 +13,7 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 import torch
 from jaxtyping import Float, Int
@@ -37,6 +37,8 @@ __all__ = [
     "check_layer",
     "check_head",
     "as_tokens",
+    "check_token_tensor",
+    "bos_token_id",
     "LensworksError",
     "model_vocab",
 ]
@@ -273,6 +275,49 @@ def vocab_tokenizer(vocab: Sequence[str]):
     return hf
 
 
+def bos_token_id(model: HookedTransformer) -> int | None:
+    """The id of the model's BOS token, or None when it has no tokenizer or no BOS token.
+
+    Example:
+        >>> bos_token_id(zoo.load("char-mlp"))  # doctest: +SKIP
+        0
+    """
+    tok = model.tokenizer
+    if tok is None or getattr(tok, "bos_token_id", None) is None:
+        return None
+    return int(tok.bos_token_id)
+
+
+def check_token_tensor(model: HookedTransformer, toks: Tensor, *, what: str = "tokens") -> Int[Tensor, "batch pos"]:
+    """Validate a token-id tensor for ``model`` and return it as ``[batch, pos]`` int64.
+
+    A 1-D tensor is taken as one sequence. Raises naming the problem when the tensor is not
+    1-D/2-D, not integer, has no positions, is longer than ``n_ctx``, or holds ids outside the
+    vocabulary. An empty batch passes (callers that need data check that themselves).
+
+    Example:
+        >>> check_token_tensor(model, torch.tensor([1, 2, 3])).shape
+        torch.Size([1, 3])
+    """
+    if toks.ndim == 1:
+        toks = toks[None]
+    if toks.ndim != 2:
+        raise LensworksError(f"{what}: expected a [batch, pos] token tensor, got shape {tuple(toks.shape)}")
+    if toks.dtype.is_floating_point or toks.dtype.is_complex or toks.dtype == torch.bool:
+        raise LensworksError(f"{what}: expected integer token ids, got dtype {toks.dtype}")
+    if toks.shape[1] == 0:
+        raise LensworksError(f"{what}: token tensor of shape {tuple(toks.shape)} has no positions")
+    if toks.shape[1] > model.cfg.n_ctx:
+        raise LensworksError(
+            f"{what}: sequences of {toks.shape[1]} tokens are longer than the model's n_ctx={model.cfg.n_ctx}"
+        )
+    if toks.numel():
+        lo, hi = int(toks.min()), int(toks.max())
+        if lo < 0 or hi >= model.cfg.d_vocab:
+            raise LensworksError(f"{what}: token ids must lie in [0, {model.cfg.d_vocab}), got range [{lo}, {hi}]")
+    return toks.long()
+
+
 def as_tokens(
     model: HookedTransformer,
     data: Union[str, Sequence[str], Tensor],
@@ -282,10 +327,9 @@ def as_tokens(
 ) -> Int[Tensor, "batch pos"]:
     """Turn strings or token ids into a ``[batch, pos]`` token tensor on the model's device.
 
-    Strings are tokenized with the model's tokenizer; all must give the same length unless
-    padding is acceptable to the caller (lensworks analyses at a fixed position use
-    left-aligned, equal-length prompts). Raises when empty, when ids are out of the
-    vocabulary, or when a sequence is longer than ``n_ctx``.
+    Strings are tokenized with the model's tokenizer (right-padded when their lengths differ).
+    Raises when the data is empty, when ids are out of the vocabulary, or when a sequence is
+    longer than ``n_ctx`` (see :func:`check_token_tensor`).
 
     Example:
         >>> as_tokens(model, torch.tensor([[1, 2, 3]])).shape
@@ -293,12 +337,6 @@ def as_tokens(
     """
     if isinstance(data, Tensor):
         toks = data
-        if toks.ndim == 1:
-            toks = toks[None]
-        if toks.ndim != 2:
-            raise LensworksError(f"{what}: expected a [batch, pos] token tensor, got shape {tuple(data.shape)}")
-        if toks.dtype.is_floating_point or toks.dtype == torch.bool:
-            raise LensworksError(f"{what}: expected integer token ids, got dtype {toks.dtype}")
     else:
         if isinstance(data, str):
             data = [data]
@@ -308,17 +346,11 @@ def as_tokens(
         if model.tokenizer is None:
             raise LensworksError(f"{what}: the model has no tokenizer, so pass token ids instead of strings")
         if len(data) == 0:
-            toks = torch.zeros(0, 0, dtype=torch.long)
-        else:
-            toks = model.to_tokens(data, prepend_bos=prepend_bos, truncate=False)
-    if toks.shape[0] == 0 or toks.shape[1] == 0:
-        raise LensworksError(f"{what}: empty data set (got token shape {tuple(toks.shape)}); expected at least one non-empty sequence")
-    if toks.shape[1] > model.cfg.n_ctx:
-        raise LensworksError(f"{what}: sequences of {toks.shape[1]} tokens are longer than the model's n_ctx={model.cfg.n_ctx}")
-    lo, hi = int(toks.min()), int(toks.max())
-    if lo < 0 or hi >= model.cfg.d_vocab:
-        raise LensworksError(f"{what}: token ids must lie in [0, {model.cfg.d_vocab}), got range [{lo}, {hi}]")
-    return toks.to(model.cfg.device).long()
+            raise LensworksError(f"{what}: empty data set; expected at least one non-empty sequence")
+        toks = model.to_tokens(data, prepend_bos=prepend_bos, truncate=False)
+    if toks.ndim >= 1 and toks.shape[0] == 0:
+        raise LensworksError(f"{what}: empty data set (got token shape {tuple(toks.shape)}); expected at least one sequence")
+    return check_token_tensor(model, toks, what=what).to(model.cfg.device)
 
 
 # --------------------------------------------------------------------------- load / save

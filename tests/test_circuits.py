@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import CHAR_VOCAB, planted_induction_model, tiny_model
+from helpers import planted_induction_model, tiny_model
 from lensworks.circuits import (
     composition_scores,
     copying_scores,

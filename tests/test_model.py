@@ -160,3 +160,17 @@ def test_as_tokens_checks(attn_model, char_model):
     with pytest.raises(LensworksError, match="empty"):
         as_tokens(char_model, [])
     assert as_tokens(char_model, "ab").tolist() == [[0, 1, 2]]
+
+
+def test_shared_token_helpers(attn_model, char_model):
+    from lensworks.model import bos_token_id, check_token_tensor
+
+    assert bos_token_id(char_model) == 0 and bos_token_id(attn_model) is None
+    assert check_token_tensor(attn_model, torch.tensor([1, 2], dtype=torch.int32)).dtype == torch.long
+    assert check_token_tensor(attn_model, torch.zeros(0, 3, dtype=torch.long)).shape == (0, 3)
+    with pytest.raises(LensworksError, match="integer token ids"):
+        check_token_tensor(attn_model, torch.zeros(1, 3))
+    with pytest.raises(LensworksError, match="no positions"):
+        check_token_tensor(attn_model, torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(LensworksError, match=r"\[batch, pos\]"):
+        check_token_tensor(attn_model, torch.zeros(1, 2, 3, dtype=torch.long))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_model
 
 from lensworks.model import LensworksError, hook_name
 from lensworks.probes import compare_to_embedding, embedding_basis, unlikely_token_usage

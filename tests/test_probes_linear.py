@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import CHAR_VOCAB, tiny_model
+from helpers import tiny_model
 
 from lensworks.model import LensworksError, hook_name
 from lensworks.probes import probe_inputs

@@ -23,7 +23,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lensworks.circuits.eigen import HeadScores
-from lensworks.model import HookedTransformer, LensworksError, as_tokens, head_labels, hook_name, processing_state
+from lensworks.model import (
+    HookedTransformer,
+    LensworksError,
+    as_tokens,
+    bos_token_id,
+    head_labels,
+    hook_name,
+    processing_state,
+)
 
 __all__ = ["head_scores", "BehaviourScores", "repeated_tokens", "behaviour_scores", "KINDS"]
 
@@ -52,15 +60,8 @@ def _special_ids(model: HookedTransformer) -> set[int]:
     return {int(i) for i in tok.all_special_ids if i is not None}
 
 
-def _bos_id(model: HookedTransformer) -> int | None:
-    tok = model.tokenizer
-    if tok is None or tok.bos_token_id is None:
-        return None
-    return int(tok.bos_token_id)
-
-
 def _resolve_bos(model: HookedTransformer, prepend_bos: bool | None) -> bool:
-    bos = _bos_id(model)
+    bos = bos_token_id(model)
     if prepend_bos is None:
         return bos is not None and bool(model.cfg.default_prepend_bos)
     if prepend_bos and bos is None:
@@ -117,7 +118,7 @@ def repeated_tokens(
     s = allowed[idx]
     parts = [s, s]
     if bos:
-        parts.insert(0, torch.full((n_seqs, 1), _bos_id(model), dtype=torch.long))
+        parts.insert(0, torch.full((n_seqs, 1), bos_token_id(model), dtype=torch.long))
     return torch.cat(parts, dim=1).to(model.cfg.device)
 
 
@@ -215,7 +216,7 @@ def behaviour_scores(
 
 
 def _check_repeated(model: HookedTransformer, tokens: Tensor, prepend_bos: bool | None) -> int:
-    bos = _bos_id(model)
+    bos = bos_token_id(model)
     if prepend_bos is None:
         o = int(bos is not None and bool((tokens[:, 0] == bos).all()) and tokens.shape[1] % 2 == 1)
     else:

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks.model import HookedTransformer, LensworksError, hook_name
+from lensworks.model import HookedTransformer, LensworksError, bos_token_id, check_token_tensor, hook_name
 
 Data = Union[str, Sequence[str], Tensor, Iterable[Any]]
 
@@ -43,13 +43,6 @@ def has_hook(model: HookedTransformer, kind: str, layer: int | None = None) -> b
     return hook_name(kind, layer) in model.hook_dict
 
 
-def _bos_id(model: HookedTransformer) -> int | None:
-    tok = model.tokenizer
-    if tok is None or tok.bos_token_id is None:
-        return None
-    return int(tok.bos_token_id)
-
-
 def _encode_strings(model: HookedTransformer, texts: Sequence[str], prepend_bos: bool, what: str) -> list[list[int]]:
     if model.tokenizer is None:
         raise LensworksError(f"{what}: the model has no tokenizer, so pass token ids instead of strings")
@@ -58,7 +51,7 @@ def _encode_strings(model: HookedTransformer, texts: Sequence[str], prepend_bos:
     except Exception as exc:  # e.g. a character outside a vocabulary tokenizer's vocabulary
         raise LensworksError(f"{what}: the model's tokenizer could not encode the text: {exc}") from exc
     if prepend_bos:
-        bos = _bos_id(model)
+        bos = bos_token_id(model)
         if bos is None:
             raise LensworksError(f"{what}: prepend_bos=True but the tokenizer has no BOS token")
         ids = [[bos] + list(x) for x in ids]
@@ -80,26 +73,6 @@ def _pad(model: HookedTransformer, seqs: list[list[int]], what: str) -> tuple[Te
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out, lengths
-
-
-def _check_token_tensor(model: HookedTransformer, toks: Tensor, what: str) -> Tensor:
-    if toks.ndim == 1:
-        toks = toks[None]
-    if toks.ndim != 2:
-        raise LensworksError(f"{what}: expected a [batch, pos] token tensor, got shape {tuple(toks.shape)}")
-    if toks.dtype.is_floating_point or toks.dtype == torch.bool:
-        raise LensworksError(f"{what}: expected integer token ids, got dtype {toks.dtype}")
-    if toks.shape[1] == 0:
-        raise LensworksError(f"{what}: token tensor of shape {tuple(toks.shape)} has no positions")
-    if toks.shape[1] > model.cfg.n_ctx:
-        raise LensworksError(
-            f"{what}: sequences of {toks.shape[1]} tokens are longer than the model's n_ctx={model.cfg.n_ctx}"
-        )
-    if toks.numel():
-        lo, hi = int(toks.min()), int(toks.max())
-        if lo < 0 or hi >= model.cfg.d_vocab:
-            raise LensworksError(f"{what}: token ids must lie in [0, {model.cfg.d_vocab}), got range [{lo}, {hi}]")
-    return toks.long()
 
 
 def _positions(lengths: Tensor, position: int, what: str) -> Tensor:
@@ -148,7 +121,7 @@ def iter_batches(
             yield toks.to(device), _positions(lengths, position, what).to(device)
 
     def from_tensor(toks: Tensor):
-        toks = _check_token_tensor(model, toks, what)
+        toks = check_token_tensor(model, toks, what=what)
         lengths = torch.full((toks.shape[0],), toks.shape[1], dtype=torch.long)
         idx = _positions(lengths, position, what) if toks.shape[0] else lengths
         for start in range(0, toks.shape[0], batch_size):

@@ -55,7 +55,7 @@ def text_windows(model: Any, text: str, *, max_tokens: int) -> torch.Tensor:
         True
     """
     from lensworks.model import LensworksError, model_vocab
-    from lensworks.probes.linear import _bos_id
+    from lensworks.model import bos_token_id
 
     if model.tokenizer is None:
         raise LensworksError("the model has no tokenizer, so it cannot read a text file")
@@ -72,7 +72,7 @@ def text_windows(model: Any, text: str, *, max_tokens: int) -> torch.Tensor:
         except Exception as exc:
             raise LensworksError(f"the model's tokenizer could not encode the text: {exc}") from exc
     ids = ids[:max_tokens]
-    bos = _bos_id(model) if model.cfg.default_prepend_bos else None
+    bos = bos_token_id(model) if model.cfg.default_prepend_bos else None
     width = model.cfg.n_ctx - (1 if bos is not None else 0)
     n = len(ids) // width
     if n < 2:

@@ -290,12 +290,13 @@ def embedding_basis(
         raise LensworksError("method='frequency' needs a vocabulary-indexed matrix ('W_E' or 'W_U'), not activations")
     if data is None:
         raise LensworksError("method='frequency' needs data (tokens or strings) whose token counts order the basis")
-    from lensworks.probes.linear import _bos_id, model_tokens
+    from lensworks.model import bos_token_id
+    from lensworks.probes.linear import model_tokens
 
     toks, lengths = model_tokens(model, data)
     mask = torch.arange(toks.shape[1], device=toks.device)[None, :] < lengths[:, None]
     flat = toks[mask]
-    bos = _bos_id(model)
+    bos = bos_token_id(model)
     if bos is not None:
         flat = flat[flat != bos]
     if flat.numel() == 0:

@@ -40,6 +40,7 @@ from lensworks.model import (
     HookedTransformer,
     LensworksError,
     as_tokens,
+    bos_token_id,
     check_layer,
     hook_name,
     processing_state,
@@ -373,13 +374,6 @@ def model_tokens(model: HookedTransformer, data: Data, *, what: str = "data") ->
     for i, r in enumerate(rows):
         toks[i, : len(r)] = r
     return toks, lengths.to(toks.device)
-
-
-def _bos_id(model: HookedTransformer) -> int | None:
-    tok = model.tokenizer
-    if tok is None or getattr(tok, "bos_token_id", None) is None:
-        return None
-    return int(tok.bos_token_id)
 
 
 @dataclasses.dataclass
@@ -777,7 +771,7 @@ def probe_inputs(
                 f"offset {o} reaches beyond every sequence: the longest holds {max_len} tokens, "
                 f"so offsets must satisfy |offset| < {max_len}"
             )
-    plan = _plan(tokens, lengths, offsets, _bos_id(model), float(test_fraction), seed)
+    plan = _plan(tokens, lengths, offsets, bos_token_id(model), float(test_fraction), seed)
     C = len(plan.classes)
     d = model.cfg.d_model
     L, S, O = len(layer_list), len(streams), len(offsets)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from lensworks.model import HookedTransformer, LensworksError, hook_name, save_model
