@@ -257,13 +257,19 @@ def _gaussian_baseline(d_model: int, d_head: int, n_samples: int, seed: int, dev
     def rand(*shape: int) -> Tensor:
         return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device)
 
-    # left head: W_V, W_O; right head: M = X Y^T with X, Y independent Gaussians
-    w_left = {"W_V": rand(n_samples, d_model, d_head), "W_O": rand(n_samples, d_head, d_model)}
-    w_right = {"W_Q": rand(n_samples, d_model, d_head), "W_K": rand(n_samples, d_model, d_head)}
+    # left head: W_V, W_O; right head: M = X Y^T with X, Y independent Gaussians. Sampled in
+    # chunks so memory stays near 4 x chunk x d_model x d_head floats even for d_model 4096.
+    chunk = max(1, min(n_samples, int(2**24 // max(1, d_model * d_head))))
+    parts = []
     with torch.inference_mode():
-        left, ln = _left_factors(w_left, torch.float32)
-        right, rn = _right_factors(w_right, "Q", torch.float32)
-        s = (left @ right).flatten(-2).norm(dim=-1) / (ln * rn)
+        for start in range(0, n_samples, chunk):
+            n = min(chunk, n_samples - start)
+            w_left = {"W_V": rand(n, d_model, d_head), "W_O": rand(n, d_head, d_model)}
+            w_right = {"W_Q": rand(n, d_model, d_head), "W_K": rand(n, d_model, d_head)}
+            left, ln = _left_factors(w_left, torch.float32)
+            right, rn = _right_factors(w_right, "Q", torch.float32)
+            parts.append((left @ right).flatten(-2).norm(dim=-1) / (ln * rn))
+    s = torch.cat(parts)
     return Baseline(mean=float(s.mean()), std=float(s.std()), n_samples=n_samples, seed=seed)
 
 
