@@ -1,0 +1,85 @@
+"""The one place that knows TransformerLens and Hugging Face checkpoints.
+
+Everything else in lensworks asks this package for weights (``W_Q`` ... ``W_U``, with
+grouped-query heads mapped to query heads), hook names, tokenization and the facts every
+analysis must decide the same way (BOS, which streams exist, token labels, default sequence
+lengths, the processing record), so that a TransformerLens difference is handled once, here.
+
+- :mod:`._core`: hook names, index checks, weight access.
+- :mod:`._tokens`: vocabulary tokenizers, token checks, encoding text, token labels.
+- :mod:`._facts`: streams, BOS, default lengths, random controls, the processing record.
+- :mod:`._load`: loading and saving checkpoints; :mod:`._hf`: local Hugging Face directories.
+"""
+
+from lensworks.model._core import (
+    HookedTransformer,
+    LensworksError,
+    attention_weights,
+    check_head,
+    check_layer,
+    embedding,
+    head_labels,
+    hook_name,
+    unembedding,
+)
+from lensworks.model._facts import (
+    ALL_STREAMS,
+    RESIDUAL_STREAMS,
+    default_seq_len,
+    has_resid_mid,
+    has_stream,
+    missing_stream_error,
+    model_streams,
+    processing_state,
+    random_copy,
+    uses_bos,
+)
+from lensworks.model._hf import SUPPORTED_ARCHITECTURES
+from lensworks.model._load import load_model, save_model
+from lensworks.model._tokens import (
+    BOS_NAMES,
+    as_tokens,
+    bos_token_id,
+    check_encodable,
+    check_token_tensor,
+    encode_text,
+    model_vocab,
+    token_label,
+    token_strings,
+    vocab_tokenizer,
+)
+
+__all__ = [
+    "HookedTransformer",
+    "LensworksError",
+    "load_model",
+    "save_model",
+    "SUPPORTED_ARCHITECTURES",
+    "hook_name",
+    "check_layer",
+    "check_head",
+    "head_labels",
+    "attention_weights",
+    "embedding",
+    "unembedding",
+    "processing_state",
+    "has_resid_mid",
+    "has_stream",
+    "model_streams",
+    "missing_stream_error",
+    "uses_bos",
+    "default_seq_len",
+    "random_copy",
+    "vocab_tokenizer",
+    "model_vocab",
+    "bos_token_id",
+    "check_token_tensor",
+    "check_encodable",
+    "as_tokens",
+    "encode_text",
+    "token_label",
+    "token_strings",
+    "ALL_STREAMS",
+    "RESIDUAL_STREAMS",
+    "BOS_NAMES",
+]

@@ -1,0 +1,169 @@
+"""Hook names, index checks and weight access: what every analysis asks of a model."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+
+
+
+#: Hook points lensworks reads, by short name. The only place hook strings are spelled out.
+_HOOKS = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    "attn_scores": "blocks.{layer}.attn.hook_attn_scores",
+    "z": "blocks.{layer}.attn.hook_z",
+    "mlp_post": "blocks.{layer}.mlp.hook_post",
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "ln_final": "ln_final.hook_normalized",
+}
+
+
+class LensworksError(ValueError):
+    """Raised for input lensworks cannot use; the message names what was expected and given."""
+
+
+# --------------------------------------------------------------------------- hooks, checks
+
+
+def hook_name(kind: str, layer: int | None = None) -> str:
+    """The TransformerLens hook name for a short stream name.
+
+    Args:
+        kind: One of ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``,
+            ``pattern``, ``attn_scores``, ``z``, ``mlp_post``, ``embed``, ``pos_embed``,
+            ``ln_final``.
+        layer: Block index, for per-block hooks.
+
+    Returns:
+        The hook point's full name.
+
+    Example:
+        >>> hook_name("resid_mid", 3)
+        'blocks.3.hook_resid_mid'
+    """
+    if kind not in _HOOKS:
+        raise LensworksError(f"unknown stream or hook {kind!r}; expected one of {sorted(_HOOKS)}")
+    template = _HOOKS[kind]
+    if "{layer}" in template:
+        if layer is None:
+            raise LensworksError(f"hook {kind!r} needs a layer index")
+        return template.format(layer=layer)
+    return template
+
+
+def check_layer(model: HookedTransformer, layer: int) -> int:
+    """Return ``layer`` as a non-negative index, or raise naming the valid range.
+
+    Example:
+        >>> check_layer(model, -1) == model.cfg.n_layers - 1
+        True
+    """
+    n = model.cfg.n_layers
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise LensworksError(f"layer must be an int, got {type(layer).__name__}")
+    if not -n <= layer < n:
+        raise LensworksError(f"layer {layer} is out of range for a model with {n} layers (0..{n - 1})")
+    return layer % n
+
+
+def check_head(model: HookedTransformer, layer: int, head: int) -> tuple[int, int]:
+    """Validate a (layer, head) pair and return it with non-negative indices.
+
+    Example:
+        >>> check_head(model, 0, 1)
+        (0, 1)
+    """
+    layer = check_layer(model, layer)
+    n = model.cfg.n_heads
+    if not isinstance(head, int) or isinstance(head, bool) or not -n <= head < n:
+        raise LensworksError(f"head {head} is out of range for a model with {n} heads per layer (0..{n - 1})")
+    return layer, head % n
+
+
+def head_labels(model_or_cfg: Any) -> list[str]:
+    """Labels ``L{layer}H{head}`` for every head, layer-major (TransformerLens's order).
+
+    Example:
+        >>> head_labels(model)[:2]
+        ['L0H0', 'L0H1']
+    """
+    cfg = getattr(model_or_cfg, "cfg", model_or_cfg)
+    return [f"L{l}H{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+
+
+
+def _stack_heads(blocks: Iterable[Any], name: str) -> Tensor:
+    return torch.stack([getattr(b.attn, name) for b in blocks], dim=0)
+
+
+def attention_weights(
+    model: HookedTransformer, layers: Sequence[int] | None = None
+) -> dict[str, Float[Tensor, "n_layers n_heads d_model d_head"]]:
+    """Per-query-head attention weights, detached, for the given layers.
+
+    Grouped-query attention stores ``n_key_value_heads`` key/value heads; here they are mapped
+    to query heads (query head ``h`` reads kv head ``h // (n_heads // n_key_value_heads)``), so
+    every returned tensor has ``n_heads`` along its second axis.
+
+    Args:
+        model: The model.
+        layers: Which layers (default all), in order.
+
+    Returns:
+        Dict with ``W_Q``, ``W_K``, ``W_V`` of shape ``[layers, n_heads, d_model, d_head]``
+        and ``W_O`` of shape ``[layers, n_heads, d_head, d_model]``.
+
+    Example:
+        >>> w = attention_weights(model)
+        >>> w["W_O"].shape[1] == model.cfg.n_heads
+        True
+    """
+    idx = list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, l) for l in layers]
+    blocks = [model.blocks[i] for i in idx]
+    out = {}
+    n_heads = model.cfg.n_heads
+    for name in ("W_Q", "W_K", "W_V", "W_O"):
+        w = _stack_heads(blocks, name).detach()
+        if w.shape[1] != n_heads:  # un-expanded GQA storage
+            w = torch.repeat_interleave(w, n_heads // w.shape[1], dim=1)
+        out[name] = w
+    return out
+
+
+def embedding(model: HookedTransformer) -> Float[Tensor, "d_vocab d_model"]:
+    """The token embedding ``W_E`` (detached).
+
+    Example:
+        >>> embedding(model).shape == (model.cfg.d_vocab, model.cfg.d_model)
+        True
+    """
+    return model.W_E.detach()
+
+
+def unembedding(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab_out"]:
+    """The unembedding ``W_U`` (detached).
+
+    Example:
+        >>> unembedding(model).shape == (model.cfg.d_model, model.cfg.d_vocab_out)
+        True
+    """
+    return model.W_U.detach()
+
+
+# --------------------------------------------------------------------------- tokenization
+

@@ -1,0 +1,182 @@
+"""Facts about a model that every analysis needs decided the same way: which residual streams
+exist, whether BOS is prepended, default sequence lengths, a random control copy, and the
+record of the weight processing the model has had."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+
+from lensworks.model._core import HookedTransformer, LensworksError, hook_name
+from lensworks.model._tokens import bos_token_id
+
+#: Every stream lensworks reads by short name, in depth order within a block.
+ALL_STREAMS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+#: The residual streams analyses read by default (``resid_mid`` where the model has one).
+RESIDUAL_STREAMS = ("resid_pre", "resid_mid", "resid_post")
+
+
+def has_resid_mid(model: HookedTransformer) -> bool:
+    """True when blocks have a residual stream between attention and MLP.
+
+    Attention-only models have no MLP, and parallel blocks (GPT-NeoX, Pythia, GPT-J) add
+    attention and MLP outputs to the same input, so neither has ``resid_mid``.
+
+    Example:
+        >>> has_resid_mid(zoo.load("char-mlp"))  # doctest: +SKIP
+        True
+    """
+    cfg = model.cfg
+    return not (cfg.attn_only or bool(getattr(cfg, "parallel_attn_mlp", False)))
+
+
+def has_stream(model: HookedTransformer, stream: str) -> bool:
+    """Whether ``stream`` (one of :data:`ALL_STREAMS`) exists in this model.
+
+    Example:
+        >>> has_stream(attn_only_model, "mlp_out")  # doctest: +SKIP
+        False
+    """
+    if stream not in ALL_STREAMS:
+        raise LensworksError(f"unknown stream {stream!r}; expected one of {list(ALL_STREAMS)}")
+    if stream == "resid_mid":
+        return has_resid_mid(model)
+    if stream == "mlp_out":
+        return not model.cfg.attn_only
+    return True
+
+
+def model_streams(model: HookedTransformer, wanted: Sequence[str] = RESIDUAL_STREAMS) -> tuple[str, ...]:
+    """The streams of ``wanted`` that exist in ``model``, in the order given.
+
+    Example:
+        >>> model_streams(neox_model)  # doctest: +SKIP
+        ('resid_pre', 'resid_post')
+    """
+    return tuple(s for s in wanted if has_stream(model, s))
+
+
+def missing_stream_error(model: HookedTransformer, streams: Sequence[str]) -> None:
+    """Raise naming the streams of ``streams`` the model lacks, and why, if any."""
+    bad = [s for s in streams if not has_stream(model, s)]
+    if bad:
+        why = "attention-only" if model.cfg.attn_only else "parallel attention/MLP"
+        raise LensworksError(
+            f"streams {bad} do not exist in this {why} model; it has {list(model_streams(model, ALL_STREAMS))}"
+        )
+
+
+def uses_bos(model: HookedTransformer, prepend_bos: bool | None = None) -> bool:
+    """Whether string input gets a BOS token: the caller's choice, else the model's default.
+
+    The default is TransformerLens's ``cfg.default_prepend_bos`` (False for GPT-NeoX and Qwen2
+    checkpoints, as in ``from_pretrained``), and False whenever the model has no tokenizer
+    with a BOS token. Asking for BOS on such a model raises.
+
+    Example:
+        >>> uses_bos(zoo.load("char-mlp"))  # doctest: +SKIP
+        True
+    """
+    bos = bos_token_id(model)
+    if prepend_bos is None:
+        return bool(model.cfg.default_prepend_bos) and bos is not None
+    if prepend_bos and bos is None:
+        raise LensworksError("prepend_bos=True but the model has no tokenizer with a BOS token")
+    return bool(prepend_bos)
+
+
+def default_seq_len(model: HookedTransformer, *, preferred: int = 50, copies: int = 2, bos: bool = True) -> int:
+    """A sequence length that fits ``copies`` repeats (plus BOS) in ``n_ctx``: ``preferred``
+    when it fits, else the longest that does.
+
+    Example:
+        >>> default_seq_len(zoo.load("induction-2l"))  # n_ctx 64  # doctest: +SKIP
+        31
+    """
+    room = (model.cfg.n_ctx - int(bos)) // copies
+    if room < 2:
+        raise LensworksError(f"n_ctx={model.cfg.n_ctx} is too short for {copies} repeats of at least 2 tokens")
+    return max(2, min(int(preferred), room))
+
+
+def random_copy(model: HookedTransformer, seed: int = 0) -> HookedTransformer:
+    """A freshly initialised model with the same config (a control), on the same device and in
+    the same dtype; torch's global random state is left untouched.
+
+    Example:
+        >>> random_copy(model, seed=1).cfg.d_model == model.cfg.d_model  # doctest: +SKIP
+        True
+    """
+    cfg = copy.deepcopy(model.cfg)
+    cfg.seed = None
+    cfg.tokenizer_name = None
+    cfg.init_weights = True
+    device = next(model.parameters()).device
+    cfg.device = str(device)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    from lensworks.model._load import _quiet
+
+    with torch.random.fork_rng(devices=devices), _quiet():
+        torch.manual_seed(seed)
+        fresh = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    if next(fresh.parameters()).device != device:
+        with _quiet():
+            fresh.to(device, print_details=False)
+    fresh.eval()
+    return fresh
+
+
+def _centred(mats: Sequence[torch.Tensor], dim: int) -> bool:
+    """Whether every matrix has (numerically) zero mean along ``dim``."""
+    for m in mats:
+        m = m.detach().float()
+        if m.numel() == 0:
+            continue
+        scale = m.pow(2).mean().sqrt().item()
+        if scale == 0.0:
+            continue
+        # centred fp32 weights give ~1e-7, bf16 ~1e-3 / sqrt(d); uncentred ~1 / sqrt(d)
+        if m.mean(dim).abs().max().item() > 2e-3 * scale:
+            return False
+    return True
+
+
+def processing_state(model: HookedTransformer) -> dict[str, Any]:
+    """What weight processing the model has had, read from its config and its weights.
+
+    TransformerLens keeps no flag for centring, so it is detected: writing weights count as
+    centred when every matrix that writes to the residual stream (``W_E``, ``W_pos``, ``W_O``,
+    ``W_out`` and their biases) has zero mean over ``d_model``; the unembedding when ``W_U`` has
+    zero mean over the vocabulary. Two results are comparable only when these records agree.
+
+    Example:
+        >>> processing_state(zoo.load("char-mlp"))["fold_ln"]  # doctest: +SKIP
+        True
+    """
+    cfg = model.cfg
+    writers = [model.W_E]
+    if cfg.positional_embedding_type in ("standard", "shortformer"):
+        writers.append(model.W_pos)
+    for b in model.blocks:
+        writers += [b.attn.W_O, b.attn.b_O]
+        if not cfg.attn_only:
+            writers += [b.mlp.W_out, b.mlp.b_out]
+    return {
+        "normalization_type": cfg.normalization_type,
+        "fold_ln": cfg.normalization_type in ("LNPre", "RMSPre"),
+        "center_writing_weights": _centred(writers, -1),
+        "center_unembed": _centred([model.W_U], -1),
+        "attn_only": bool(cfg.attn_only),
+        "parallel_attn_mlp": bool(getattr(cfg, "parallel_attn_mlp", False)),
+        "n_key_value_heads": cfg.n_key_value_heads,
+        "dtype": str(cfg.dtype).replace("torch.", ""),
+        "architecture": getattr(cfg, "original_architecture", None),
+    }
+
+
+def stream_hooks(model: HookedTransformer, streams: Sequence[str]) -> list[str]:
+    """Hook names of ``streams`` in every layer (raises for streams the model lacks)."""
+    missing_stream_error(model, streams)
+    return [hook_name(s, layer) for layer in range(model.cfg.n_layers) for s in streams]

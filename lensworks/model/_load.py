@@ -1,0 +1,407 @@
+"""Loading and saving: model objects, local Hugging Face directories, TransformerLens-format
+checkpoints (``save_model`` directories, ``.pt`` files, the zoo) and pretrained names."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from lensworks.model import _hf
+from lensworks.model._core import HookedTransformer, HookedTransformerConfig, LensworksError
+from lensworks.model._tokens import BOS_NAMES, model_vocab, vocab_tokenizer
+
+ModelSource = Union[HookedTransformer, str, Path]
+
+_CFG_FILE = "config.json"
+_WEIGHTS_FILE = "model.safetensors"
+_VOCAB_FILE = "vocab.json"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Processing:
+    """Weight processing asked for; None means "the source's default"."""
+
+    fold_ln: bool | None
+    center_writing_weights: bool | None
+    center_unembed: bool | None
+
+    def resolved(self, default: bool) -> dict[str, bool]:
+        return {k: default if v is None else bool(v) for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def any_given(self) -> bool:
+        return any(v is not None for v in dataclasses.asdict(self).values())
+
+
+def load_model(
+    source: ModelSource,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    fold_ln: bool | None = None,
+    center_writing_weights: bool | None = None,
+    center_unembed: bool | None = None,
+    n_ctx: int | None = None,
+) -> HookedTransformer:
+    """Load a model for analysis, offline unless a pretrained name is asked for.
+
+    Args:
+        source: One of
+            - a ``HookedTransformer`` (returned as is);
+            - a local Hugging Face checkpoint directory (``config.json`` with ``architectures``,
+              ``*.safetensors`` or ``pytorch_model*.bin`` weights, one file or several shards,
+              and ``tokenizer.json`` / ``tokenizer_config.json`` when present) of the GPT-2,
+              GPT-NeoX (Pythia), Llama, Mistral, Gemma, Gemma-2 or Qwen2 family;
+            - a directory written by :func:`save_model` (TransformerLens config and weights);
+            - a ``.pt``/``.pth`` file holding ``{"cfg": {...}, "state_dict": {...},
+              "vocab": [...]}`` (``vocab`` optional), read with ``weights_only=True``;
+            - a TransformerLens pretrained name such as ``"gpt2"`` (needs a network).
+        device: Where to put the weights (default CPU for local checkpoints).
+        dtype: Floating dtype (default float32; float16 TransformerLens checkpoints are upcast).
+        fold_ln: Fold LayerNorm/RMSNorm weights into the next matrices, as in
+            ``HookedTransformer.from_pretrained``. Default: True for Hugging Face directories and
+            pretrained names; TransformerLens-format checkpoints load as stored unless a flag is
+            passed.
+        center_writing_weights: Centre every matrix that writes to the residual stream
+            (LayerNorm models only; a no-op for RMSNorm). Defaults as ``fold_ln``.
+        center_unembed: Centre ``W_U`` over the vocabulary (skipped under a logit soft-cap,
+            which is not shift-invariant). Defaults as ``fold_ln``.
+        n_ctx: Context length for Hugging Face directories (default the checkpoint's, at most
+            4096, since TransformerLens 3.x allocates an ``n_ctx x n_ctx`` mask per layer).
+
+    Returns:
+        The model, in eval mode, with a tokenizer when the checkpoint has one (a Hugging Face
+        tokenizer, or one over exactly the stored vocabulary).
+
+    Example:
+        >>> model = load_model("path/to/hf_checkpoint_dir")          # doctest: +SKIP
+        >>> processing_state(model)["fold_ln"]                        # doctest: +SKIP
+        True
+    """
+    flags = _Processing(fold_ln, center_writing_weights, center_unembed)
+    if isinstance(source, HookedTransformer):
+        if flags.any_given or dtype is not None or device is not None:
+            raise LensworksError(
+                "load_model got a model object together with processing, dtype or device options; "
+                "it returns model objects as they are (process or move the model yourself)"
+            )
+        return source
+    if not isinstance(source, (str, Path)):
+        raise LensworksError(
+            f"load_model expects a HookedTransformer, a checkpoint path or a pretrained name, got {type(source).__name__}"
+        )
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise LensworksError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if _hf.is_hf_dir(path):
+            return _load_hf_dir(path, device=device, dtype=dtype, flags=flags, n_ctx=n_ctx)
+        return _load_tl_dir(path, device=device, dtype=dtype, flags=flags)
+    if path.is_file():
+        return _load_file(path, device=device, dtype=dtype, flags=flags)
+    text = str(source)
+    looks_like_path = path.suffix in (".pt", ".pth", ".safetensors", ".json", ".bin") or text.startswith((".", "/", "~"))
+    if looks_like_path or (path.parent != Path(".") and path.parent.exists()):
+        raise LensworksError(
+            f"no checkpoint at {text!r}: expected a Hugging Face or save_model directory, or a .pt/.pth file"
+        )
+    return _load_pretrained(text, device=device, dtype=dtype, flags=flags)
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_ctx: int | None) -> HookedTransformer:
+    arch, family, raw = _hf.read_config(path)
+    where = str(path)
+    fields = _hf.config_fields(arch, family, raw, where=f"{path / _CFG_FILE}", n_ctx=n_ctx)
+    tokenizer = _hf_tokenizer(path) if any((path / f).is_file() for f in _TOKENIZER_FILES) else None
+    if tokenizer is not None:
+        top = max(tokenizer.get_vocab().values(), default=-1)
+        if top >= fields["d_vocab"]:
+            raise LensworksError(
+                f"{where}: the tokenizer has ids up to {top} but the embedding (config.json vocab_size) has only "
+                f"{fields['d_vocab']} rows"
+            )
+    target = dtype or torch.float32
+    cfg = _make_cfg({**fields, "dtype": target, "device": "cpu"}, where=where)
+    if tokenizer is not None:
+        cfg.tokenizer_name = str(path)
+    sd = _hf.read_state_dict(path)
+    sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
+    converted = _hf.convert_weights(family, raw, sd, cfg, where=where)
+    with _quiet():
+        model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    _hf.check_shapes(converted, {k: tuple(v.shape) for k, v in model.state_dict().items()}, where=where)
+    process = flags.resolved(True)
+    if cfg.output_logits_soft_cap and cfg.output_logits_soft_cap > 0:
+        process["center_unembed"] = False  # a soft-cap is not invariant to a shift of the logits
+    with _quiet():
+        model.load_and_process_state_dict(converted, fold_value_biases=True, **process)
+    if tokenizer is not None:
+        with _quiet():
+            model.set_tokenizer(tokenizer)
+    return _finish(model, device)
+
+
+def _hf_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet():
+            return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise LensworksError(f"{path}: the tokenizer files could not be read ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
+# --------------------------------------------------------------------------- TransformerLens format
+
+
+def _cfg_to_dict(cfg: HookedTransformerConfig) -> dict[str, Any]:
+    """Config fields that round-trip through JSON and the constructor."""
+    fields = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
+    out = {}
+    for name in sorted(fields):
+        value = getattr(cfg, name, None)
+        if isinstance(value, torch.dtype):
+            value = str(value).replace("torch.", "")
+        if isinstance(value, torch.device) or name in ("device", "checkpoint_index", "checkpoint_value", "n_devices"):
+            continue
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[name] = value
+    return out
+
+
+def _make_cfg(raw: dict[str, Any], *, where: str) -> HookedTransformerConfig:
+    try:
+        with _quiet():
+            return HookedTransformerConfig(**raw)
+    except Exception as exc:  # config validation inside TransformerLens
+        raise LensworksError(f"{where}: the config could not build a HookedTransformerConfig: {exc}") from exc
+
+
+def _cfg_from_dict(raw: dict[str, Any], *, where: str) -> HookedTransformerConfig:
+    if not isinstance(raw, dict):
+        raise LensworksError(f"{where}: 'cfg' must be a dict of HookedTransformerConfig fields, got {type(raw).__name__}")
+    fields = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise LensworksError(f"{where}: unknown HookedTransformerConfig fields {unknown}")
+    raw = dict(raw)
+    if isinstance(raw.get("dtype"), str):
+        raw["dtype"] = getattr(torch, raw["dtype"].replace("torch.", ""))
+    raw.pop("device", None)
+    return _make_cfg(raw, where=where)
+
+
+def _build(
+    cfg: HookedTransformerConfig,
+    state_dict: dict[str, Tensor],
+    vocab: Sequence[str] | None,
+    *,
+    device: Any,
+    dtype: Any,
+    flags: _Processing,
+    where: str,
+    tokenizer_dir: Path | None = None,
+) -> HookedTransformer:
+    target = dtype or (cfg.dtype if cfg.dtype != torch.float16 else torch.float32)
+    cfg.dtype = target
+    if vocab is not None:
+        vocab = list(vocab)
+        if len(vocab) != cfg.d_vocab:
+            raise LensworksError(f"{where}: vocab has {len(vocab)} entries but the config says d_vocab={cfg.d_vocab}")
+        cfg.default_prepend_bos = any(b in vocab for b in BOS_NAMES)
+    with _quiet():
+        model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    sd = {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd and not k.endswith(("IGNORE", ".mask"))]
+    unexpected = [k for k in sd if k not in expected]
+    if flags.any_given and any(k.endswith(("ln1.w", "ln2.w", "ln_final.w")) for k in unexpected):
+        unexpected = []  # LayerNorm weights of an unfolded checkpoint, folded below
+    if missing or unexpected:
+        raise LensworksError(
+            f"{where}: state_dict does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    _hf.check_shapes(sd, {k: tuple(v.shape) for k, v in expected.items()}, where=where)
+    if flags.any_given:
+        with _quiet():
+            model.load_and_process_state_dict(sd, fold_value_biases=False, **flags.resolved(False))
+    else:
+        model.load_state_dict(sd, strict=False)
+    if vocab is not None:
+        with _quiet():
+            model.set_tokenizer(vocab_tokenizer(vocab))
+        model.cfg.default_prepend_bos = cfg.default_prepend_bos
+    elif tokenizer_dir is not None:
+        with _quiet():
+            model.set_tokenizer(_hf_tokenizer(tokenizer_dir))
+    return _finish(model, device)
+
+
+def _finish(model: HookedTransformer, device: Any) -> HookedTransformer:
+    if device is not None:
+        try:
+            with _quiet():
+                model = model.to(device, print_details=False)
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            raise LensworksError(f"cannot move the model to device {device!r}: {str(exc).splitlines()[0][:200]}") from exc
+    model.eval()
+    return model
+
+
+def _load_pretrained(name: str, *, device: Any, dtype: Any, flags: _Processing) -> HookedTransformer:
+    kwargs: dict[str, Any] = dict(flags.resolved(True))
+    if device is not None:
+        kwargs["device"] = device
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        with _quiet():
+            return HookedTransformer.from_pretrained(name, **kwargs)
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise LensworksError(
+            f"could not load {name!r}: it is not a local checkpoint (directory or .pt/.pth file), "
+            f"and loading it as a TransformerLens pretrained name failed: {type(exc).__name__}: {first}"
+        ) from exc
+
+
+def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> HookedTransformer:
+    from safetensors.torch import load_file
+
+    cfg_path, w_path = path / _CFG_FILE, path / _WEIGHTS_FILE
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise LensworksError(
+            f"{path}: expected a Hugging Face checkpoint or a directory written by lensworks.save_model "
+            f"({_CFG_FILE} and {_WEIGHTS_FILE}); found {sorted(p.name for p in path.iterdir())[:10]}"
+        )
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LensworksError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    cfg = _cfg_from_dict(raw, where=str(cfg_path))
+    try:
+        state_dict = load_file(str(w_path))
+    except Exception as exc:
+        raise LensworksError(f"{w_path}: not a readable safetensors file ({exc})") from exc
+    tok_dir = path if any((path / f).is_file() for f in _TOKENIZER_FILES) else None
+    vocab = _read_vocab(path / _VOCAB_FILE) if tok_dir is None and (path / _VOCAB_FILE).is_file() else None
+    return _build(cfg, state_dict, vocab, device=device, dtype=dtype, flags=flags, where=str(path), tokenizer_dir=tok_dir)
+
+
+def _read_vocab(v_path: Path) -> list[str]:
+    """A stored vocabulary: a list of token strings, or a ``{token: id}`` map with ids 0..n-1."""
+    try:
+        raw = json.loads(v_path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LensworksError(f"{v_path}: not a readable JSON vocabulary ({exc})") from exc
+    if isinstance(raw, dict):
+        ids = sorted(raw.values()) if all(isinstance(i, int) and not isinstance(i, bool) for i in raw.values()) else None
+        if ids != list(range(len(raw))):
+            raise LensworksError(f"{v_path}: a {{token: id}} vocabulary must give each id 0..{len(raw) - 1} exactly once")
+        raw = sorted(raw, key=raw.__getitem__)
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise LensworksError(f"{v_path}: expected a list of token strings or a {{token: id}} map")
+    return raw
+
+
+def _load_file(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> HookedTransformer:
+    if path.suffix not in (".pt", ".pth"):
+        raise LensworksError(
+            f"{path}: expected a .pt/.pth checkpoint file or a checkpoint directory, got a {path.suffix or 'suffix-less'} file"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LensworksError(
+            f"{path}: could not be read as a weights-only torch checkpoint "
+            f"(lensworks never unpickles arbitrary objects): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from exc
+    if not isinstance(obj, dict) or "cfg" not in obj or "state_dict" not in obj:
+        keys = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise LensworksError(f"{path}: expected a dict with keys 'cfg', 'state_dict' and optional 'vocab', got {keys}")
+    sd = obj["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise LensworksError(f"{path}: 'state_dict' must map parameter names to tensors")
+    vocab = obj.get("vocab")
+    if vocab is not None and not (isinstance(vocab, (list, tuple)) and all(isinstance(s, str) for s in vocab)):
+        raise LensworksError(f"{path}: 'vocab' must be a list of token strings")
+    cfg = _cfg_from_dict(obj["cfg"], where=str(path))
+    return _build(cfg, sd, vocab, device=device, dtype=dtype, flags=flags, where=str(path))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence TransformerLens's prints and warnings while it builds or processes a model."""
+    import logging
+
+    level = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(level)
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_model(model: HookedTransformer, path: str | Path, *, vocab: Sequence[str] | None = None) -> Path:
+    """Write a model as a directory: ``config.json``, ``model.safetensors`` and its tokenizer.
+
+    A vocabulary tokenizer (bundled character models) is stored as ``vocab.json``; a Hugging
+    Face tokenizer is stored with its own files (``tokenizer.json``, ``tokenizer_config.json``),
+    so the directory reloads offline with the same token ids.
+
+    Args:
+        model: The model to save.
+        path: Target directory (created).
+        vocab: Token strings, one per id, to store alongside (overrides the tokenizer).
+
+    Returns:
+        The directory.
+
+    Example:
+        >>> save_model(model, "ckpt")  # doctest: +SKIP
+        >>> load_model("ckpt").cfg.d_model == model.cfg.d_model  # doctest: +SKIP
+        True
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = _cfg_to_dict(model.cfg)
+    cfg.pop("tokenizer_name", None)  # the tokenizer travels as files, never as a hub name
+    (path / _CFG_FILE).write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask"))}
+    save_file(sd, str(path / _WEIGHTS_FILE))
+    tok = model.tokenizer
+    if vocab is None and tok is not None and getattr(tok, "name_or_path", "") == "lensworks-vocab":
+        vocab = model_vocab(model)
+    for stale in (_VOCAB_FILE, *_TOKENIZER_FILES, "special_tokens_map.json", "vocab.txt", "merges.txt"):
+        (path / stale).unlink(missing_ok=True)
+    if vocab is not None:
+        (path / _VOCAB_FILE).write_text(json.dumps(list(vocab)))
+    elif tok is not None:
+        with _quiet():
+            tok.save_pretrained(str(path))
+        # save_pretrained writes a config-free tokenizer; drop files that would shadow ours
+        for extra in ("chat_template.jinja",):
+            (path / extra).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,262 @@
+"""Tokenization: vocabulary tokenizers, token checks, encoding text and labelling tokens."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Sequence, Union
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from lensworks.model._core import HookedTransformer, LensworksError
+
+#: Names of the BOS token that a bundled vocabulary may carry, in order of preference.
+BOS_NAMES = ("<bos>", "<|bos|>", "<s>", "<|endoftext|>")
+
+#: ``name_or_path`` of tokenizers built by :func:`vocab_tokenizer`.
+VOCAB_TOKENIZER_NAME = "lensworks-vocab"
+
+
+def vocab_tokenizer(vocab: Sequence[str]):
+    """A HuggingFace fast tokenizer over exactly the strings in ``vocab`` (id = position).
+
+    Text is split greedily into the longest vocabulary entries; decoding concatenates the
+    strings. If the vocabulary holds a BOS token (one of ``<bos>``, ``<|bos|>``, ``<s>``,
+    ``<|endoftext|>``) it is used as BOS, EOS and padding; otherwise the model should not
+    prepend BOS (``load_model`` sets ``default_prepend_bos=False`` then).
+
+    Args:
+        vocab: Token strings, unique.
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast``.
+
+    Example:
+        >>> tok = vocab_tokenizer(["<bos>", "a", "b", "ab"])
+        >>> tok("abb")["input_ids"]
+        [0, 3, 2]
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = list(vocab)
+    if not vocab or not all(isinstance(s, str) and s for s in vocab):
+        raise LensworksError("vocab must be a non-empty list of non-empty strings")
+    if len(set(vocab)) != len(vocab):
+        dupes = sorted({s for s in vocab if vocab.count(s) > 1})[:5]
+        raise LensworksError(f"vocab has repeated entries, e.g. {dupes}")
+    bos = next((b for b in BOS_NAMES if b in vocab), None)
+    normal = [s for s in vocab if s != bos]
+    pattern = "|".join(re.escape(s) for s in sorted(normal, key=len, reverse=True))
+    tok = Tokenizer(models.WordLevel(vocab={s: i for i, s in enumerate(vocab)}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    special = bos if bos is not None else vocab[0]
+    if bos is not None:
+        tok.add_special_tokens([bos])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token=bos,
+            eos_token=special,
+            pad_token=special,
+            add_bos_token=bos is not None,
+            clean_up_tokenization_spaces=False,
+            name_or_path=VOCAB_TOKENIZER_NAME,
+        )
+    return hf
+
+
+def bos_token_id(model: HookedTransformer) -> int | None:
+    """The id of the model's BOS token, or None when it has no tokenizer or no BOS token.
+
+    Example:
+        >>> bos_token_id(zoo.load("char-mlp"))  # doctest: +SKIP
+        0
+    """
+    tok = model.tokenizer
+    if tok is None or getattr(tok, "bos_token_id", None) is None:
+        return None
+    return int(tok.bos_token_id)
+
+
+def check_token_tensor(model: HookedTransformer, toks: Tensor, *, what: str = "tokens") -> Int[Tensor, "batch pos"]:
+    """Validate a token-id tensor for ``model`` and return it as ``[batch, pos]`` int64.
+
+    A 1-D tensor is taken as one sequence. Raises naming the problem when the tensor is not
+    1-D/2-D, not integer, has no positions, is longer than ``n_ctx``, or holds ids outside the
+    vocabulary. An empty batch passes (callers that need data check that themselves).
+
+    Example:
+        >>> check_token_tensor(model, torch.tensor([1, 2, 3])).shape
+        torch.Size([1, 3])
+    """
+    if toks.ndim == 1:
+        toks = toks[None]
+    if toks.ndim != 2:
+        raise LensworksError(f"{what}: expected a [batch, pos] token tensor, got shape {tuple(toks.shape)}")
+    if toks.dtype.is_floating_point or toks.dtype.is_complex or toks.dtype == torch.bool:
+        raise LensworksError(f"{what}: expected integer token ids, got dtype {toks.dtype}")
+    if toks.shape[1] == 0:
+        raise LensworksError(f"{what}: token tensor of shape {tuple(toks.shape)} has no positions")
+    if toks.shape[1] > model.cfg.n_ctx:
+        raise LensworksError(
+            f"{what}: sequences of {toks.shape[1]} tokens are longer than the model's n_ctx={model.cfg.n_ctx}"
+        )
+    if toks.numel():
+        lo, hi = int(toks.min()), int(toks.max())
+        if lo < 0 or hi >= model.cfg.d_vocab:
+            raise LensworksError(f"{what}: token ids must lie in [0, {model.cfg.d_vocab}), got range [{lo}, {hi}]")
+    return toks.long()
+
+
+def as_tokens(
+    model: HookedTransformer,
+    data: Union[str, Sequence[str], Tensor],
+    *,
+    prepend_bos: bool | None = None,
+    what: str = "data",
+) -> Int[Tensor, "batch pos"]:
+    """Turn strings or token ids into a ``[batch, pos]`` token tensor on the model's device.
+
+    Strings are tokenized with the model's tokenizer (right-padded when their lengths differ).
+    Raises when the data is empty, when ids are out of the vocabulary, or when a sequence is
+    longer than ``n_ctx`` (see :func:`check_token_tensor`).
+
+    Example:
+        >>> as_tokens(model, torch.tensor([[1, 2, 3]])).shape
+        torch.Size([1, 3])
+    """
+    if isinstance(data, Tensor):
+        toks = data
+    else:
+        if isinstance(data, str):
+            data = [data]
+        data = list(data)
+        if not all(isinstance(s, str) for s in data):
+            raise LensworksError(f"{what}: expected strings or a token tensor, got {type(data[0]).__name__ if data else 'nothing'}")
+        if model.tokenizer is None:
+            raise LensworksError(f"{what}: the model has no tokenizer, so pass token ids instead of strings")
+        if len(data) == 0:
+            raise LensworksError(f"{what}: empty data set; expected at least one non-empty sequence")
+        for i, text in enumerate(data):
+            check_encodable(model, text, what=f"{what}[{i}]" if len(data) > 1 else what)
+        from lensworks.model._facts import uses_bos
+
+        toks = model.to_tokens(data, prepend_bos=uses_bos(model, prepend_bos), truncate=False)
+    if toks.ndim >= 1 and toks.shape[0] == 0:
+        raise LensworksError(f"{what}: empty data set (got token shape {tuple(toks.shape)}); expected at least one sequence")
+    return check_token_tensor(model, toks, what=what).to(model.cfg.device)
+
+
+# --------------------------------------------------------------------------- load / save
+
+
+def model_vocab(model: HookedTransformer) -> list[str] | None:
+    """The vocabulary strings of a model's tokenizer, in id order, or None without one.
+
+    Example:
+        >>> model_vocab(model)[:3]
+        ['<bos>', '\\n', ' ']
+    """
+    tok = model.tokenizer
+    if tok is None:
+        return None
+    inv = {i: s for s, i in tok.get_vocab().items()}
+    return [inv.get(i, f"<{i}>") for i in range(model.cfg.d_vocab)]
+
+
+
+
+def _snippet(text: str, pos: int) -> str:
+    return repr(text[max(0, pos - 12) : pos + 12])
+
+
+def check_encodable(model: HookedTransformer, text: str, *, what: str = "text") -> None:
+    """Raise naming the characters of ``text`` the model's tokenizer cannot encode, with their
+    positions. Text is never changed silently: a character vocabulary that lacks ``{`` refuses
+    ``"a{b"`` instead of analysing ``"ab"``.
+
+    Example:
+        >>> check_encodable(zoo.load("char-mlp"), "é")  # doctest: +SKIP
+        Traceback (most recent call last):
+        LensworksError: text: 1 character the vocabulary lacks: 'é' at 0 (in 'é')
+    """
+    tok = model.tokenizer
+    if tok is None:
+        raise LensworksError(f"{what}: the model has no tokenizer, so pass token ids instead of text")
+    bad: list[tuple[int, str]] = []
+    if getattr(tok, "name_or_path", "") == VOCAB_TOKENIZER_NAME:
+        pattern = _vocab_pattern(tok)
+        pos = 0
+        for m in pattern.finditer(text):
+            bad += [(i, text[i]) for i in range(pos, m.start())]
+            pos = m.end()
+        bad += [(i, text[i]) for i in range(pos, len(text))]
+    else:
+        unk = getattr(tok, "unk_token_id", None)
+        if unk is not None:
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            bad = [(a, text[a:b]) for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == unk]
+    if bad:
+        shown = ", ".join(f"{c!r} at {i}" for i, c in bad[:8]) + (", ..." if len(bad) > 8 else "")
+        raise LensworksError(
+            f"{what}: {len(bad)} character{'s' if len(bad) != 1 else ''} the vocabulary lacks: {shown} "
+            f"(first in {_snippet(text, bad[0][0])})"
+        )
+
+
+_PATTERNS: dict[int, "re.Pattern[str]"] = {}
+
+
+def _vocab_pattern(tok) -> "re.Pattern[str]":
+    key = id(tok)
+    if key not in _PATTERNS:
+        specials = set(tok.all_special_tokens)
+        normal = [s for s in tok.get_vocab() if s not in specials]
+        _PATTERNS[key] = re.compile("|".join(re.escape(s) for s in sorted(normal, key=len, reverse=True)))
+    return _PATTERNS[key]
+
+
+def encode_text(model: HookedTransformer, text: str, *, prepend_bos: bool | None = None, what: str = "text") -> Int[Tensor, "pos"]:
+    """Token ids of one text, BOS first when the model uses one (see ``uses_bos``); characters
+    the tokenizer cannot encode raise naming them and their position.
+
+    Example:
+        >>> encode_text(zoo.load("char-mlp"), "ab").tolist()  # doctest: +SKIP
+        [0, 67, 68]
+    """
+    from lensworks.model._facts import uses_bos
+
+    check_encodable(model, text, what=what)
+    ids = model.to_tokens(text, prepend_bos=False, truncate=False)[0]
+    if uses_bos(model, prepend_bos):
+        ids = torch.cat([torch.tensor([bos_token_id(model)], device=ids.device), ids])
+    return ids.cpu()
+
+
+def token_label(model: HookedTransformer, ids: Sequence[int] | Tensor) -> str:
+    """Text of a token sequence for figures and tables (token ids joined when there is no
+    tokenizer).
+
+    Example:
+        >>> token_label(model_without_tokenizer, [3, 4])  # doctest: +SKIP
+        '3 4'
+    """
+    ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+    if model.tokenizer is None:
+        return " ".join(map(str, ids))
+    return model.tokenizer.decode(ids)
+
+
+def token_strings(model: HookedTransformer, ids: Sequence[int] | Tensor) -> list[str]:
+    """One label per token (``str(id)`` without a tokenizer), for axis ticks and hover text.
+
+    Example:
+        >>> token_strings(zoo.load("char-mlp"), [0, 67])  # doctest: +SKIP
+        ['<bos>', 'a']
+    """
+    return [token_label(model, [i]) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
