@@ -23,7 +23,7 @@ import torch
 from lensworks import zoo
 from lensworks.model import hook_name, load_model
 from lensworks.probes import probe_inputs
-from lensworks.probes._cli import text_windows
+from lensworks.model import text_windows
 from lensworks.model import bos_token_id
 from lensworks.probes.linear import DEFAULT_STREAMS, _plan
 

@@ -45,6 +45,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--text", default=None, metavar="FILE", help="text the geometry and probes read")
     p.add_argument("--positive", default=None, metavar="FILE", help="prompts, one per line: first data set for the residual statistics")
     p.add_argument("--negative", default=None, metavar="FILE", help="prompts, one per line: second data set")
+    p.add_argument("--skip-unknown", action="store_true",
+                   help="drop characters of --text the vocabulary lacks (with a warning counting them) instead of stopping")
     p.add_argument("--corpus", default=None, metavar="FILE", help="fallback text when --text is not given")
     p.add_argument("--n-prompts", type=int, default=32, help="text windows read by geometry (probes read 2x; default 32)")
     p.add_argument("--prompt-len", type=int, default=64, help="tokens per window (default 64)")
@@ -83,6 +85,7 @@ def run_report(args: argparse.Namespace) -> int:
     results = report.analyse(
         model, text=text, corpus=corpus, positive=positive, negative=negative,
         n_prompts=args.n_prompts, prompt_len=args.prompt_len, seed=args.seed, progress=not args.no_progress,
+        skip_unknown=args.skip_unknown,
     )
     out = report.build(results, args.output, title=args.title or f"lensworks report: {name}", model=model, model_name=name)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser: file://{out.resolve()}")

@@ -18,12 +18,13 @@ import datetime as _dt
 import html
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 
-from lensworks.model import HookedTransformer, LensworksError
+from lensworks.model import HookedTransformer, LensworksError, model_streams, text_windows, uses_bos
 
 __all__ = ["build", "analyse", "SECTIONS", "safe_markup"]
 
@@ -589,11 +590,10 @@ def _figures_json(specs: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- analyse
 
 
-def _text_windows(model: HookedTransformer, text: str, n_windows: int, width: int | None = None) -> torch.Tensor:
-    from lensworks.probes._cli import text_windows
-
+def _text_windows(model: HookedTransformer, text: str, n_windows: int, width: int | None = None,
+                  skip_unknown: bool = False) -> torch.Tensor:
     width = width or model.cfg.n_ctx
-    windows = text_windows(model, text, max_tokens=n_windows * width * 2)
+    windows = text_windows(model, text, max_tokens=n_windows * width * 2, width=width, skip_unknown=skip_unknown)
     return windows[:n_windows]
 
 
@@ -618,6 +618,7 @@ def analyse(
     prompt_len: int = 64,
     seed: int = 0,
     progress: bool = True,
+    skip_unknown: bool = False,
 ) -> dict[str, list[Any]]:
     """Run the analyses that apply to a model; the result goes straight into :func:`build`.
 
@@ -642,6 +643,8 @@ def analyse(
         prompt_len: Tokens per window (at most ``n_ctx``).
         seed: Seed for random sequences, shuffles and controls.
         progress: Show a progress bar over the analyses.
+        skip_unknown: Drop characters of ``text`` / ``corpus`` the vocabulary lacks (with a
+            warning counting them) instead of raising.
 
     Returns:
         ``{"circuits": [...], "geometry": [...], "probes": [...]}``.
@@ -672,7 +675,7 @@ def analyse(
         if source is not None:
             if model.tokenizer is None:
                 raise LensworksError("the model has no tokenizer, so it cannot read text; leave text/corpus out")
-            return _text_windows(model, source, n, prompt_len)
+            return _text_windows(model, source, n, prompt_len, skip_unknown=skip_unknown)
         if model.tokenizer is not None:
             from lensworks import zoo
 
@@ -680,12 +683,14 @@ def analyse(
             if len(source) < 4 * n * prompt_len:  # short standard library: use all of it
                 source = zoo.corpus(None)
             try:
-                return _text_windows(model, source, n, prompt_len)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # lensworks' own fallback text: skipping is expected
+                    return _text_windows(model, source, n, prompt_len, skip_unknown=True)
             except LensworksError:  # a vocabulary that cannot spell Python source: random tokens instead
                 pass
-        half = (prompt_len - 1) // 2
-        bos = cfg.default_prepend_bos and model.tokenizer is not None
-        return repeated_tokens(model, seq_len=max(2, half), n_seqs=n, seed=seed, prepend_bos=bool(bos))
+        bos = uses_bos(model)
+        half = (prompt_len - int(bos)) // 2
+        return repeated_tokens(model, seq_len=max(2, half), n_seqs=n, seed=seed, prepend_bos=bos)
 
     def run_induction():
         rep = circuits.find_induction_heads(model, seed=seed)
@@ -727,7 +732,7 @@ def analyse(
         w = state["windows"]
         gen = torch.Generator().manual_seed(seed)
         shuffled = w.clone()
-        start = 1 if (model.tokenizer is not None and cfg.default_prepend_bos) else 0
+        start = int(uses_bos(model))
         for i in range(shuffled.shape[0]):
             perm = torch.randperm(shuffled.shape[1] - start, generator=gen) + start
             shuffled[i, start:] = w[i, perm]
@@ -786,4 +791,4 @@ def analyse(
 
 
 def _streams(model: HookedTransformer) -> tuple[str, ...]:
-    return ("resid_pre", "resid_post") if model.cfg.attn_only else ("resid_pre", "resid_mid", "resid_post")
+    return model_streams(model)

@@ -96,7 +96,7 @@ def test_residual_stats_bad_input(mlp_model, attn_model):
         residual_stats(mlp_model, {"a": ["a" * 100, "b"]})
     with pytest.raises(LensworksError, match="position"):
         residual_stats(mlp_model, {"a": CODE}, position=50)
-    with pytest.raises(LensworksError, match="could not encode"):
+    with pytest.raises(LensworksError, match="lacks: .A. at 0"):
         residual_stats(mlp_model, {"a": ["ABC?", "abc"]})
     with pytest.raises(LensworksError, match="unknown data set"):
         residual_stats(mlp_model, {"a": CODE}).cosine("a", "b")

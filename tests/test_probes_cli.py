@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers import CHAR_VOCAB, tiny_model
 
 from lensworks.cli import main
@@ -14,10 +16,14 @@ def test_probes_cli(tmp_path, capsys):
     model = tiny_model(seed=7, n_layers=2, attn_only=False, d_mlp=32, vocab=CHAR_VOCAB)
     ckpt = save_model(model, tmp_path / "ckpt")
     text = tmp_path / "text.txt"
-    # upper-case letters and "!" are not in the vocabulary: they are dropped
+    # upper-case letters and "!" are not in the vocabulary: refused, unless --skip-unknown
     text.write_text("the quick brown fox jumps over the lazy dog. Hello!\n" * 40)
     out_json, out_html = tmp_path / "p.json", tmp_path / "p.html"
-    rc = main(["probes", str(ckpt), "--text", str(text), "--offsets", "0,-1", "--json", str(out_json), "--html", str(out_html)])
+    args = ["probes", str(ckpt), "--text", str(text), "--offsets", "0,-1", "--json", str(out_json), "--html", str(out_html)]
+    assert main(args) == 2
+    assert "'H' at 45, '!' at 50" in capsys.readouterr().err and not out_json.exists()
+    with pytest.warns(UserWarning, match="skipped 80 characters"):
+        rc = main(args + ["--skip-unknown"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "resid_mid" in printed and "control_random_model" in printed

@@ -7,7 +7,7 @@ Writes out/geometry.html. In a notebook, any result's ``.figure()`` displays as 
 from lensworks import report, zoo
 from lensworks.geometry import NeighbourApproximation, block_ablation, block_decomposition, logit_lens, residual_stats
 from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
-from lensworks.probes._cli import text_windows
+from lensworks.model import text_windows
 
 model = zoo.load("char-mlp")  # 4 layers with MLPs, characters of Python source
 held_out = zoo.corpus(1_050_000)[1_000_000:]  # text the model was not trained on

@@ -44,7 +44,7 @@ def figures() -> dict[str, tuple[Callable[[], object], str]]:
     from lensworks.geometry import block_ablation, block_decomposition, logit_lens, residual_stats
     from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
     from lensworks.probes import embedding_basis, probe_inputs
-    from lensworks.probes._cli import text_windows
+    from lensworks.model import text_windows
 
     ind = lambda: zoo.load("induction-2l")  # noqa: E731
     char = lambda: zoo.load("char-mlp")  # noqa: E731

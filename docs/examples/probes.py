@@ -6,7 +6,7 @@ Writes out/probes.html. In a notebook, any result's ``.figure()`` displays as it
 
 from lensworks import report, zoo
 from lensworks.probes import compare_to_embedding, embedding_basis, probe_inputs
-from lensworks.probes._cli import text_windows
+from lensworks.model import text_windows
 
 model = zoo.load("char-mlp")
 held_out = zoo.corpus(1_100_000)[1_000_000:]

@@ -28,9 +28,11 @@ from lensworks.model import (
     LensworksError,
     as_tokens,
     bos_token_id,
+    default_seq_len,
     head_labels,
     hook_name,
     processing_state,
+    uses_bos,
 )
 
 __all__ = ["head_scores", "BehaviourScores", "repeated_tokens", "behaviour_scores", "KINDS"]
@@ -60,19 +62,15 @@ def _special_ids(model: HookedTransformer) -> set[int]:
     return {int(i) for i in tok.all_special_ids if i is not None}
 
 
-def _resolve_bos(model: HookedTransformer, prepend_bos: bool | None) -> bool:
-    bos = bos_token_id(model)
-    if prepend_bos is None:
-        return bos is not None and bool(model.cfg.default_prepend_bos)
-    if prepend_bos and bos is None:
-        raise LensworksError("prepend_bos=True but the model has no tokenizer with a BOS token; pass prepend_bos=False or tokens")
-    return bool(prepend_bos)
+def _row_tolerance(dtype: torch.dtype) -> float:
+    """How far softmax rows may sum from 1: fp32 rounding, or bf16/fp16's ~4e-3 per row."""
+    return 1e-3 if dtype in (torch.float32, torch.float64) else 2e-2
 
 
 def repeated_tokens(
     model: HookedTransformer,
     *,
-    seq_len: int = 50,
+    seq_len: int | None = None,
     n_seqs: int = 32,
     seed: int = 0,
     prepend_bos: bool | None = None,
@@ -84,7 +82,7 @@ def repeated_tokens(
 
     Args:
         model: The model (its vocabulary and special tokens).
-        seq_len: Length ``n`` of ``s``.
+        seq_len: Length ``n`` of ``s`` (default 50, or the longest that fits ``n_ctx``).
         n_seqs: Number of sequences.
         seed: Generator seed.
         prepend_bos: Start each sequence with BOS (default: the model's default when it has a
@@ -97,9 +95,11 @@ def repeated_tokens(
         >>> repeated_tokens(model, seq_len=5, n_seqs=2, prepend_bos=False).shape
         torch.Size([2, 10])
     """
+    bos = uses_bos(model, prepend_bos)
+    if seq_len is None:
+        seq_len = default_seq_len(model, bos=bos)
     if seq_len < 2 or n_seqs < 1:
         raise LensworksError(f"need seq_len >= 2 and n_seqs >= 1, got seq_len={seq_len}, n_seqs={n_seqs}")
-    bos = _resolve_bos(model, prepend_bos)
     total = int(bos) + 2 * seq_len
     if total > model.cfg.n_ctx:
         raise LensworksError(
@@ -143,7 +143,7 @@ def behaviour_scores(
     kinds: tuple[str, ...] = KINDS,
     batch_size: int = 32,
     progress: bool | None = None,
-    atol: float = 1e-3,
+    atol: float | None = None,
 ) -> dict[str, BehaviourScores]:
     """Several behavioural scores in one pass over already-repeated ``tokens``.
 
@@ -168,13 +168,14 @@ def behaviour_scores(
     bos_sums = {k: torch.zeros(L, H, dtype=torch.float64) for k in kinds}
     seen: set[int] = set()
     names = {hook_name("pattern", l): l for l in range(L)}
+    tol = _row_tolerance(cfg.dtype) if atol is None else atol
 
     def hook(pattern: Tensor, hook) -> None:
         layer = names[hook.name]
         seen.add(layer)
         p = pattern.detach()
         rows = p.sum(-1)
-        if not torch.allclose(rows, torch.ones_like(rows), atol=atol):
+        if not torch.allclose(rows.float(), torch.ones_like(rows, dtype=torch.float32), atol=tol):
             worst = float((rows - 1).abs().max())
             raise LensworksError(
                 f"attention pattern rows of layer {layer} do not sum to 1 (max deviation {worst:.2e}); "
@@ -238,7 +239,7 @@ def head_scores(
     kind: Kind,
     *,
     tokens: Int[Tensor, "batch pos"] | None = None,
-    seq_len: int = 50,
+    seq_len: int | None = None,
     n_seqs: int = 32,
     seed: int = 0,
     prepend_bos: bool | None = None,
@@ -251,7 +252,8 @@ def head_scores(
         kind: "previous_token", "duplicate_token" or "induction".
         tokens: Optional ``[batch, o + 2*seq_len]`` repeated sequences (``o`` = 1 with BOS).
             ``seq_len`` is then inferred. Default: :func:`repeated_tokens`.
-        seq_len: Length of the random sequence that is repeated.
+        seq_len: Length of the random sequence that is repeated (default 50, or the longest
+            that fits ``n_ctx``).
         n_seqs: Number of sequences.
         seed: Seed for the random sequences.
         prepend_bos: Whether a BOS comes first (default: the model's default if it has BOS;
@@ -271,7 +273,7 @@ def head_scores(
         raise LensworksError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     if tokens is None:
         tokens = repeated_tokens(model, seq_len=seq_len, n_seqs=n_seqs, seed=seed, prepend_bos=prepend_bos)
-        offset = int(_resolve_bos(model, prepend_bos))
+        offset = int(uses_bos(model, prepend_bos))
     else:
         tokens = as_tokens(model, tokens, what="tokens")
         offset = _check_repeated(model, tokens, prepend_bos)

@@ -21,8 +21,8 @@ from typing import Any
 from lensworks._results import ResultMixin
 from lensworks.circuits.composition import CompositionScores, composition_scores
 from lensworks.circuits.eigen import CopyingScores, copying_scores
-from lensworks.circuits.heads import BehaviourScores, _resolve_bos, behaviour_scores, repeated_tokens
-from lensworks.model import HookedTransformer
+from lensworks.circuits.heads import BehaviourScores, behaviour_scores, repeated_tokens
+from lensworks.model import HookedTransformer, default_seq_len, uses_bos
 
 __all__ = ["find_induction_heads", "InductionReport", "HeadEvidence"]
 
@@ -134,9 +134,9 @@ def find_induction_heads(
         induction heads: L1H3
     """
     cfg = model.cfg
-    bos = _resolve_bos(model, prepend_bos)
+    bos = uses_bos(model, prepend_bos)
     if seq_len is None:
-        seq_len = min(50, (cfg.n_ctx - int(bos)) // 2)
+        seq_len = default_seq_len(model, bos=bos)
     tokens = repeated_tokens(model, seq_len=seq_len, n_seqs=n_seqs, seed=seed, prepend_bos=bos)
     beh = behaviour_scores(model, tokens, offset=int(bos), kinds=("previous_token", "induction"), batch_size=batch_size)
     ind, prev = beh["induction"], beh["previous_token"]

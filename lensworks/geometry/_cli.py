@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from lensworks.model import LensworksError
+from lensworks.model import LensworksError, model_streams
 
 __all__ = ["register", "BUILTIN_POSITIVE", "BUILTIN_NEGATIVE"]
 
@@ -86,8 +86,7 @@ def _run_geometry(args: argparse.Namespace) -> int:
     both = pos + neg
     bs = args.batch_size
     stats = residual_stats(model, {"positive": pos, "negative": neg},
-                           streams=[s for s in ("resid_pre", "resid_mid", "resid_post")
-                                    if not (s == "resid_mid" and (model.cfg.attn_only or model.cfg.parallel_attn_mlp))],
+                           streams=model_streams(model),
                            batch_size=bs)
     table = block_ablation(model, both, batch_size=bs)
     lens = logit_lens(model, both, batch_size=bs)

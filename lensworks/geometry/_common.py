@@ -10,7 +10,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks.model import HookedTransformer, LensworksError, bos_token_id, check_token_tensor, hook_name
+from lensworks.model import (
+    ALL_STREAMS,
+    HookedTransformer,
+    LensworksError,
+    check_token_tensor,
+    encode_batch,
+    has_stream,
+    hook_name,
+    uses_bos,
+)
 
 Data = Union[str, Sequence[str], Tensor, Iterable[Any]]
 
@@ -38,41 +47,11 @@ def progress_bar(iterable=None, *, total=None, desc: str = "", progress: bool | 
 
 def has_hook(model: HookedTransformer, kind: str, layer: int | None = None) -> bool:
     """Whether the model exposes the hook point (e.g. attention-only models have no ``mlp_out``)."""
-    if model.cfg.attn_only and kind in ("mlp_out", "mlp_post", "resid_mid"):
-        return False  # TransformerLens defines hook_mlp_out there but never calls it
+    if kind in ALL_STREAMS and not has_stream(model, kind):
+        return False  # TransformerLens defines some of these hooks but never calls them
+    if kind == "mlp_post" and model.cfg.attn_only:
+        return False
     return hook_name(kind, layer) in model.hook_dict
-
-
-def _encode_strings(model: HookedTransformer, texts: Sequence[str], prepend_bos: bool, what: str) -> list[list[int]]:
-    if model.tokenizer is None:
-        raise LensworksError(f"{what}: the model has no tokenizer, so pass token ids instead of strings")
-    try:
-        ids = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    except Exception as exc:  # e.g. a character outside a vocabulary tokenizer's vocabulary
-        raise LensworksError(f"{what}: the model's tokenizer could not encode the text: {exc}") from exc
-    if prepend_bos:
-        bos = bos_token_id(model)
-        if bos is None:
-            raise LensworksError(f"{what}: prepend_bos=True but the tokenizer has no BOS token")
-        ids = [[bos] + list(x) for x in ids]
-    return [list(x) for x in ids]
-
-
-def _pad(model: HookedTransformer, seqs: list[list[int]], what: str) -> tuple[Tensor, Tensor]:
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    if bool((lengths == 0).any()):
-        i = int((lengths == 0).nonzero()[0])
-        raise LensworksError(f"{what}: item {i} is empty after tokenization; expected at least one token")
-    longest = int(lengths.max())
-    if longest > model.cfg.n_ctx:
-        i = int(lengths.argmax())
-        raise LensworksError(
-            f"{what}: item {i} has {longest} tokens, longer than the model's n_ctx={model.cfg.n_ctx}"
-        )
-    out = torch.zeros(len(seqs), longest, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out, lengths
 
 
 def _positions(lengths: Tensor, position: int, what: str) -> Tensor:
@@ -107,7 +86,7 @@ def iter_batches(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LensworksError(f"batch_size must be a positive int, got {batch_size!r}")
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+    bos = uses_bos(model, prepend_bos) if model.tokenizer is not None else False
     device = model.cfg.device
     n_seen = 0
 
@@ -117,7 +96,7 @@ def iter_batches(
             if not all(isinstance(t, str) for t in chunk):
                 bad = next(t for t in chunk if not isinstance(t, str))
                 raise LensworksError(f"{what}: expected strings, got an item of type {type(bad).__name__}")
-            toks, lengths = _pad(model, _encode_strings(model, chunk, bos, what), what)
+            toks, lengths = encode_batch(model, chunk, prepend_bos=bos, what=what)
             yield toks.to(device), _positions(lengths, position, what).to(device)
 
     def from_tensor(toks: Tensor):

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lensworks._results import ResultMixin
 from lensworks.geometry._common import Data, gather_at, iter_batches, kl_divergence, progress_bar, softcap, std_or_zero
-from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state
+from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, token_label
 
 __all__ = ["LogitLens", "logit_lens", "read_logits"]
 
@@ -92,12 +92,6 @@ class LogitLens(ResultMixin):
         return logit_lens_figure(self)
 
 
-def _label(model: HookedTransformer, ids: list[int]) -> str:
-    if model.tokenizer is None:
-        return " ".join(map(str, ids))
-    return model.tokenizer.decode(ids)
-
-
 def logit_lens(
     model: HookedTransformer,
     prompts: Data,
@@ -156,10 +150,10 @@ def logit_lens(
         final_top = tt[-1, :, 0]
         parts["ftp"].append(logp.exp().gather(-1, final_top[None, :, None].expand(len(names), -1, 1))[..., 0].cpu())
         for row in range(toks.shape[0]):
-            prompt_labels.append(_label(model, toks[row, : int(idx[row]) + 1].tolist()))
+            prompt_labels.append(token_label(model, toks[row, : int(idx[row]) + 1].tolist()))
     cat = {k_: torch.cat(v, dim=1) for k_, v in parts.items()}
     top1 = cat["tt"][..., 0]
-    labels = tuple(tuple(_label(model, [int(t)]) for t in row) for row in top1.tolist())
+    labels = tuple(tuple(token_label(model, [int(t)]) for t in row) for row in top1.tolist())
     return LogitLens(
         layer_labels=("embed",) + tuple(f"L{l}" for l in range(n_layers)), kl=cat["kl"], top_tokens=cat["tt"],
         top_probs=cat["tp"], final_token_prob=cat["ftp"], top_token_labels=labels,

@@ -16,7 +16,8 @@ from torch import Tensor
 from lensworks._results import ResultMixin
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, gather_at, has_hook, iter_batches, progress_bar
-from lensworks.model import HookedTransformer, LensworksError, check_layer, hook_name
+from lensworks.model import BOS_NAMES, HookedTransformer, LensworksError, bos_token_id, model_vocab, check_encodable, check_layer, hook_name, token_label, uses_bos
+from lensworks.model._tokens import VOCAB_TOKENIZER_NAME
 
 __all__ = [
     "NeighbourApproximation",
@@ -64,6 +65,13 @@ def corpus_tokens(model: HookedTransformer, corpus: Union[str, Tensor, Sequence[
             start = end
         if not pieces:
             return torch.zeros(0, dtype=torch.long)
+        offset = 0
+        for piece in pieces:
+            try:
+                check_encodable(model, piece, what="corpus")
+            except LensworksError as exc:  # positions relative to the whole corpus
+                raise LensworksError(str(exc).replace("corpus:", f"corpus (from character {offset}):", 1)) from None
+            offset += len(piece)
         try:
             ids = model.tokenizer(pieces, add_special_tokens=False)["input_ids"]
         except Exception as exc:
@@ -82,9 +90,8 @@ def corpus_tokens(model: HookedTransformer, corpus: Union[str, Tensor, Sequence[
 def _char_lookup(model: HookedTransformer) -> Tensor | None:
     """For a lensworks vocabulary of single characters (plus BOS): code point -> id table."""
     tok = model.tokenizer
-    if getattr(tok, "name_or_path", "") != "lensworks-vocab":
+    if getattr(tok, "name_or_path", "") != VOCAB_TOKENIZER_NAME:
         return None
-    from lensworks.model import BOS_NAMES, model_vocab
 
     vocab = model_vocab(model) or []
     chars = {s: i for i, s in enumerate(vocab) if s not in BOS_NAMES}
@@ -367,9 +374,7 @@ class NeighbourApproximation:
         blocks = tuple(range(model.cfg.n_layers)) if blocks is None else tuple(check_layer(model, b) for b in blocks)
         if not blocks:
             raise LensworksError("blocks: expected at least one block")
-        bos = model.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
-        if bos and (model.tokenizer is None or model.tokenizer.bos_token_id is None):
-            raise LensworksError("prepend_bos=True but the model has no tokenizer with a BOS token")
+        bos = uses_bos(model, prepend_bos)
         if window + int(bos) > model.cfg.n_ctx:
             raise LensworksError(f"window {window} (+BOS) is longer than the model's n_ctx={model.cfg.n_ctx}")
         toks = corpus_tokens(model, corpus)
@@ -401,7 +406,7 @@ class NeighbourApproximation:
         stop = None if stop >= model.cfg.n_layers else stop
         bos_col = None
         if bos:
-            bos_col = torch.full((1, 1), int(model.tokenizer.bos_token_id), dtype=torch.long)
+            bos_col = torch.full((1, 1), bos_token_id(model), dtype=torch.long)
         last = torch.full((1,), window - 1 + int(bos), dtype=torch.long, device=device)
         for start in progress_bar(range(0, n_windows, batch_size), total=math.ceil(n_windows / batch_size),
                                   desc="NeighbourApproximation.fit", progress=progress):
@@ -425,7 +430,7 @@ class NeighbourApproximation:
         outs, probs, labels = [], [], []
         if isinstance(prompts, Tensor) and self.prepend_bos:
             toks = prompts[None] if prompts.ndim == 1 else prompts
-            bos = torch.full((toks.shape[0], 1), int(model.tokenizer.bos_token_id), dtype=torch.long,
+            bos = torch.full((toks.shape[0], 1), bos_token_id(model), dtype=torch.long,
                              device=toks.device)
             prompts = torch.cat([bos, toks.long()], dim=1)
         for toks, idx in iter_batches(model, prompts, batch_size=batch_size, position=-1,
@@ -435,7 +440,7 @@ class NeighbourApproximation:
             probs.append(logits.softmax(-1))
             for row in range(toks.shape[0]):
                 ids = toks[row, int(self.prepend_bos) : int(idx[row]) + 1].tolist()
-                labels.append(model.tokenizer.decode(ids) if model.tokenizer is not None else " ".join(map(str, ids)))
+                labels.append(token_label(model, ids))
         return torch.cat(outs, dim=1), torch.cat(probs, dim=0), tuple(labels)
 
     def _check_thresholds(self, thresholds: Thresholds, name: str = "thresholds") -> Tensor:
@@ -576,9 +581,7 @@ class NeighbourApproximation:
 
     def window_text(self, index: int) -> str:
         """The text of window ``index`` (token ids joined by spaces without a tokenizer)."""
-        ids = self.windows_[index].tolist()
-        tok = self.model.tokenizer
-        return tok.decode(ids) if tok is not None else " ".join(map(str, ids))
+        return token_label(self.model, self.windows_[index].tolist())
 
     def next_counts(self, index: int) -> Int[Tensor, " d_vocab"]:
         """Dense next-token counts of window ``index``."""

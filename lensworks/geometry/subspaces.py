@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lensworks._results import ResultMixin
 from lensworks.geometry._common import progress_bar, softcap
-from lensworks.model import HookedTransformer, LensworksError, check_layer
+from lensworks.model import HookedTransformer, LensworksError, check_layer, token_strings
 
 __all__ = ["TokenSubspaces", "Alignment", "token_subspaces", "alignment"]
 
@@ -23,7 +23,8 @@ def _tail_logits(model: HookedTransformer, x: Tensor, at: Union[str, int]) -> Te
     if at == "ln_final":
         h = model.ln_final(x) if model.cfg.normalization_type is not None else x
         return softcap(model, model.unembed(h))
-    return softcap(model, model(x[:, None, :], start_at_layer=int(at), return_type="logits"))[:, 0]
+    # the model's own forward applies its output soft-cap already
+    return model(x[:, None, :], start_at_layer=int(at), return_type="logits")[:, 0]
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,7 @@ def token_subspaces(
         scale = x.norm(dim=-1).mean(1)  # [n_t]
         bp = _tail_logits(model, (basis[:, 0] * scale[:, None]).to(emb.dtype), at).float().softmax(-1)
         basis_prob = bp.gather(-1, toks.to(device)[:, None])[:, 0]
-    tok = model.tokenizer
-    labels = tuple(tok.decode([int(t)]) if tok is not None else str(int(t)) for t in toks)
+    labels = tuple(token_strings(model, toks))
     return TokenSubspaces(
         tokens=toks, token_labels=labels, basis=basis.cpu(), singular_values=s.cpu(),
         final_prob=probs.view(n_t, n_samples).cpu(), basis_prob=basis_prob.cpu(), at=at,

@@ -11,7 +11,7 @@ from torch import Tensor
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401 (used by _load)
 
 
 

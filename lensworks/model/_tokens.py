@@ -260,3 +260,93 @@ def token_strings(model: HookedTransformer, ids: Sequence[int] | Tensor) -> list
         ['<bos>', 'a']
     """
     return [token_label(model, [i]) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+
+
+def encode_batch(
+    model: HookedTransformer, texts: Sequence[str], *, prepend_bos: bool | None = None, what: str = "data"
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
+    """Encode several texts one by one and right-pad them (with zeros) into one tensor.
+
+    Each text is checked with :func:`check_encodable`; BOS is prepended as ``uses_bos``
+    decides. Padding sits after each text's last token, so in a causal model it cannot change
+    what is read there.
+
+    Returns:
+        ``(tokens, lengths)``: ``[batch, longest]`` ids (CPU) and each text's token count.
+
+    Example:
+        >>> toks, lengths = encode_batch(zoo.load("char-mlp"), ["ab", "abc"])  # doctest: +SKIP
+        >>> lengths.tolist()
+        [3, 4]
+    """
+    seqs = [encode_text(model, t, prepend_bos=prepend_bos, what=f"{what}[{i}]").tolist() for i, t in enumerate(texts)]
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    if bool((lengths == 0).any()):
+        i = int((lengths == 0).nonzero()[0])
+        raise LensworksError(f"{what}: item {i} is empty after tokenization; expected at least one token")
+    longest = int(lengths.max()) if len(seqs) else 0
+    if longest > model.cfg.n_ctx:
+        i = int(lengths.argmax())
+        raise LensworksError(f"{what}: item {i} has {longest} tokens, longer than the model's n_ctx={model.cfg.n_ctx}")
+    out = torch.zeros(len(seqs), longest, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out, lengths
+
+
+def text_windows(
+    model: HookedTransformer,
+    text: str,
+    *,
+    max_tokens: int | None = None,
+    width: int | None = None,
+    skip_unknown: bool = False,
+) -> Int[Tensor, "n_windows width"]:
+    """Chop ``text`` into consecutive windows of ``width`` tokens (BOS first when the model
+    uses one, counted in ``width``).
+
+    Args:
+        model: The model (its tokenizer).
+        text: The text.
+        max_tokens: Read at most this many tokens of the text.
+        width: Tokens per window, BOS included (default ``n_ctx``).
+        skip_unknown: Drop characters the vocabulary lacks, with a warning that counts them
+            (default: raise naming them and their positions).
+
+    Returns:
+        ``[n_windows, width]`` token ids (CPU); at least two windows.
+
+    Example:
+        >>> text_windows(zoo.load("char-mlp"), "abc" * 100, width=32).shape  # doctest: +SKIP
+        torch.Size([9, 32])
+    """
+    if model.tokenizer is None:
+        raise LensworksError("the model has no tokenizer, so it cannot read text")
+    if not isinstance(text, str) or not text:
+        raise LensworksError("the text is empty; expected some text")
+    width = model.cfg.n_ctx if width is None else int(width)
+    if not 2 <= width <= model.cfg.n_ctx:
+        raise LensworksError(f"width must lie in [2, n_ctx={model.cfg.n_ctx}], got {width}")
+    try:
+        check_encodable(model, text)
+    except LensworksError:
+        if not skip_unknown:
+            raise
+        pattern = _vocab_pattern(model.tokenizer) if getattr(model.tokenizer, "name_or_path", "") == VOCAB_TOKENIZER_NAME else None
+        kept = "".join(m.group(0) for m in pattern.finditer(text)) if pattern is not None else text
+        warnings.warn(f"skipped {len(text) - len(kept)} characters the vocabulary lacks", stacklevel=2)
+        text = kept
+    ids = model.to_tokens(text, prepend_bos=False, truncate=False)[0].cpu()
+    if max_tokens is not None:
+        ids = ids[: int(max_tokens)]
+    from lensworks.model._facts import uses_bos
+
+    bos = bos_token_id(model) if uses_bos(model) else None
+    body = width - (bos is not None)
+    n = len(ids) // body
+    if n < 2:
+        raise LensworksError(f"the text gives {len(ids)} tokens, fewer than two windows of {body}; pass more text")
+    windows = ids[: n * body].reshape(n, body)
+    if bos is not None:
+        windows = torch.cat([torch.full((n, 1), bos, dtype=windows.dtype), windows], dim=1)
+    return windows

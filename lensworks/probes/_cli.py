@@ -6,11 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from lensworks._cli_common import add_model_argument, format_table, model_from_args, write_outputs
 
-__all__ = ["register", "text_windows"]
+__all__ = ["register"]
 
 DEFAULT_MODEL = "char-mlp"
 
@@ -30,6 +29,8 @@ def register(subparsers: Any) -> None:
     add_model_argument(p)
     p.add_argument("--text", default=None, help="text file to probe on (default: standard-library source text)")
     p.add_argument("--max-tokens", type=int, default=25_000, help="tokens of text to use (default 25000)")
+    p.add_argument("--skip-unknown", action="store_true",
+                   help="drop characters the vocabulary lacks (with a warning counting them) instead of stopping")
     p.add_argument(
         "--method", choices=("ridge", "lda", "auto", "logistic"), default="auto",
         help="probe fitting rule (default auto: per probe the better of lda and ridge on a validation slice)",
@@ -45,50 +46,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def text_windows(model: Any, text: str, *, max_tokens: int) -> torch.Tensor:
-    """Chop ``text`` into consecutive ``n_ctx``-token windows (BOS first when the model uses one).
-
-    Characters a vocabulary-only tokenizer cannot encode are dropped first.
-
-    Example:
-        >>> text_windows(model, "abc" * 100, max_tokens=1000).shape[1] <= model.cfg.n_ctx
-        True
-    """
-    from lensworks.model import LensworksError, model_vocab
-    from lensworks.model import bos_token_id
-
-    if model.tokenizer is None:
-        raise LensworksError("the model has no tokenizer, so it cannot read a text file")
-    if not text:
-        raise LensworksError("the text is empty; expected some text to probe on")
-    try:
-        ids = model.to_tokens(text, prepend_bos=False, truncate=False)[0]
-    except Exception:
-        vocab = model_vocab(model) or []
-        singles = {s for s in vocab if len(s) == 1}
-        kept = "".join(c for c in text if c in singles)
-        try:
-            ids = model.to_tokens(kept, prepend_bos=False, truncate=False)[0]
-        except Exception as exc:
-            raise LensworksError(f"the model's tokenizer could not encode the text: {exc}") from exc
-    ids = ids[:max_tokens]
-    bos = bos_token_id(model) if model.cfg.default_prepend_bos else None
-    width = model.cfg.n_ctx - (1 if bos is not None else 0)
-    n = len(ids) // width
-    if n < 2:
-        raise LensworksError(f"the text gives {len(ids)} tokens, fewer than two windows of {width}; pass more text")
-    windows = ids[: n * width].reshape(n, width)
-    if bos is not None:
-        windows = torch.cat([torch.full((n, 1), bos, dtype=windows.dtype, device=windows.device), windows], dim=1)
-    return windows
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the probes subcommand."""
     from lensworks._results import to_jsonable
     from lensworks.model import LensworksError
     from lensworks.probes import compare_to_embedding, probe_inputs
-    from lensworks.probes.linear import DEFAULT_STREAMS
 
     model, name = model_from_args(args, DEFAULT_MODEL)
     if args.text:
@@ -104,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
         offsets = tuple(int(o) for o in args.offsets.split(",") if o.strip())
     except ValueError:
         raise LensworksError(f"--offsets must be comma-separated integers, got {args.offsets!r}") from None
-    streams = DEFAULT_STREAMS if not args.streams else tuple(s.strip() for s in args.streams.split(",") if s.strip())
-    windows = text_windows(model, text, max_tokens=args.max_tokens)
+    streams = None if not args.streams else tuple(s.strip() for s in args.streams.split(",") if s.strip())
+    from lensworks.model import text_windows
+
+    windows = text_windows(model, text, max_tokens=args.max_tokens, skip_unknown=args.skip_unknown)
     res = probe_inputs(
         model,
         windows,

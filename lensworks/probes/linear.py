@@ -24,10 +24,8 @@ and the probe trained on shuffled labels.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-import warnings
 from typing import Any, Callable, Literal, Sequence, Union
 
 import torch
@@ -43,7 +41,10 @@ from lensworks.model import (
     bos_token_id,
     check_layer,
     hook_name,
+    missing_stream_error,
+    model_streams,
     processing_state,
+    random_copy,
 )
 
 __all__ = [
@@ -481,34 +482,11 @@ def _validation_rows(plan: _Plan, seed: int, fraction: float = 0.2) -> list[Tens
     return out
 
 
-def _random_copy(model: HookedTransformer, seed: int) -> HookedTransformer:
-    """A freshly initialised model with the same config; global RNG state is left untouched."""
-    cfg = copy.deepcopy(model.cfg)
-    cfg.seed = None
-    cfg.tokenizer_name = None
-    device = next(model.parameters()).device
-    cfg.device = str(device)
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(seed)
-        fresh = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
-    if next(fresh.parameters()).device != device:
-        fresh.to(device, print_details=False)
-    fresh.eval()
-    return fresh
-
-
-def _has_resid_mid(model: HookedTransformer) -> bool:
-    cfg = model.cfg
-    return not (cfg.attn_only or getattr(cfg, "parallel_attn_mlp", False))
-
-
-def _check_streams(model: HookedTransformer, streams: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+def _check_streams(model: HookedTransformer, streams: Sequence[str] | None) -> tuple[tuple[str, ...], list[str]]:
     skipped: list[str] = []
-    if streams is DEFAULT_STREAMS and not _has_resid_mid(model):
-        skipped = ["resid_mid"]
-        streams = tuple(s for s in streams if s != "resid_mid")
+    if streams is None:
+        streams = model_streams(model, DEFAULT_STREAMS)
+        skipped = [s for s in DEFAULT_STREAMS if s not in streams]
     if isinstance(streams, str):
         streams = (streams,)
     streams = tuple(streams)
@@ -519,13 +497,7 @@ def _check_streams(model: HookedTransformer, streams: Sequence[str]) -> tuple[tu
             raise LensworksError(f"unknown stream {s!r}; expected one of {list(_STREAMS)}")
     if len(set(streams)) != len(streams):
         raise LensworksError(f"streams has repeated entries: {list(streams)}")
-    if not _has_resid_mid(model):
-        bad = [s for s in streams if s in ("resid_mid", "mlp_out")]
-        if bad:
-            raise LensworksError(
-                f"streams {bad} do not exist in a model without MLPs (attn_only={model.cfg.attn_only}); "
-                "use resid_pre, resid_post or attn_out"
-            )
+    missing_stream_error(model, streams)
     return streams, skipped
 
 
@@ -672,7 +644,7 @@ def probe_inputs(
     model: HookedTransformer,
     data: Data,
     *,
-    streams: Sequence[str] = DEFAULT_STREAMS,
+    streams: Sequence[str] | None = None,
     offsets: Sequence[int] = (0, -1, -2),
     method: Literal["ridge", "lda", "auto", "logistic"] = "ridge",
     shared: bool = False,
@@ -717,7 +689,7 @@ def probe_inputs(
             ``[batch, pos]`` token tensor.
         streams: Residual streams to probe (default ``resid_pre``, ``resid_mid``,
             ``resid_post``; ``resid_mid`` is dropped from the default for models without
-            MLPs, and asking for it explicitly there is an error). ``attn_out`` and
+            one, i.e. attention-only and parallel-block models; asking for it there is an error). ``attn_out`` and
             ``mlp_out`` also work.
         offsets: Which input token to recover, relative to the position (0, -1, -2, ...).
         method: ``"ridge"``, ``"lda"``, ``"auto"`` or ``"logistic"``.
@@ -944,7 +916,7 @@ def probe_inputs(
     nan = torch.full((L, S, O), float("nan"))
     ctrl_random, ctrl_shuf = nan, nan
     if controls:
-        ctrl_random = run(_random_copy(model, seed), "random model")["accuracy"]
+        ctrl_random = run(random_copy(model, seed), "random model")["accuracy"]
         ctrl_shuf = main["shuffled"]
     require_finite("probe accuracy", main["accuracy"])
     require_finite("probe weights", main["weights"])

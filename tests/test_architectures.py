@@ -1,0 +1,234 @@
+"""Every public analysis on every entry of the architecture list (tests/archs.py), each with the
+cross-check that applies: TransformerLens's own function, a dense computation, or a naive
+forward pass with hooks."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from archs import ARCHS, arch_model, float_tol, hf_dir
+from lensworks.circuits import composition_scores, copying_scores, find_induction_heads, head_scores, repeated_tokens
+from lensworks.geometry import (
+    NeighbourApproximation,
+    block_ablation,
+    block_decomposition,
+    logit_lens,
+    residual_stats,
+    token_subspaces,
+    update_alignment,
+)
+from lensworks.model import default_seq_len, has_resid_mid, model_streams, processing_state, uses_bos
+from lensworks.probes import compare_to_embedding, embedding_basis, probe_inputs, unlikely_token_usage
+
+pytestmark = pytest.mark.parametrize("arch", ARCHS)
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 6 + "one two three four five six seven eight nine ten. " * 4
+
+
+def _tokens(model, n=6, pos=12, seed=0):
+    lo = 1 if model.cfg.d_vocab < 100 else 10  # skip BOS / the checkpoint's special tokens
+    return torch.randint(lo, model.cfg.d_vocab, (n, pos), generator=torch.Generator().manual_seed(seed))
+
+
+def _lines(model):
+    words = TEXT.split()
+    return [" ".join(words[i : i + 5]) for i in range(0, 40, 5)]
+
+
+def _fp32(arch, model):
+    """An fp32 twin of a bf16 entry (same checkpoint), for references with no bf16 kernels."""
+    if model.cfg.dtype == torch.float32:
+        return model
+    from lensworks import load_model
+
+    return load_model(hf_dir("llama"))
+
+
+# --------------------------------------------------------------------------- circuits
+
+
+@pytest.mark.parametrize("mode", ["Q", "K", "V"])
+def test_composition_equals_transformer_lens(arch, mode):
+    model = arch_model(arch)
+    ours = composition_scores(model, mode, baseline_samples=20)
+    ref_model = _fp32(arch, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = ref_model.all_composition_scores(mode)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    for l1 in range(L):
+        for l2 in range(l1 + 1, L):
+            torch.testing.assert_close(ours.scores[l1, :, l2, :].float(), ref[l1, :, l2, :].float(),
+                                       atol=float_tol(model, 1e-5), rtol=float_tol(model, 1e-4))
+    assert ours.processing == processing_state(model)
+    assert ours.figure().data and len(ours.to_frame()) == L * (L - 1) // 2 * H * H
+
+
+def test_copying_equals_dense_eigenvalues(arch):
+    model = arch_model(arch)
+    ours = copying_scores(model, baseline_samples=4)
+    ref_model = _fp32(arch, model)
+    W_E, W_U = ref_model.W_E.detach().double(), ref_model.W_U.detach().double()
+    for l in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            ov = ref_model.blocks[l].attn.OV[h]
+            full = W_E @ ov.A.detach().double() @ ov.B.detach().double() @ W_U
+            lam = torch.linalg.eigvals(full)
+            lam = lam[lam.abs().argsort(descending=True)[: model.cfg.d_head]]
+            ref = lam.real.sum() / lam.abs().sum()
+            assert float(ours.scores[l, h]) == pytest.approx(float(ref), abs=float_tol(model, 1e-4))
+    assert ours.figure().data and len(ours.to_frame()) == model.cfg.n_layers * model.cfg.n_heads
+
+
+@pytest.mark.parametrize("kind", ["previous_token", "duplicate_token", "induction"])
+def test_head_scores_equal_the_attention_pattern(arch, kind):
+    model = arch_model(arch)
+    bos = uses_bos(model)
+    n = default_seq_len(model, preferred=10, bos=bos)
+    toks = repeated_tokens(model, seq_len=n, n_seqs=3, seed=1)
+    assert toks.shape[1] == 2 * n + int(bos)
+    ours = head_scores(model, kind, tokens=toks)
+    _, cache = model.run_with_cache(toks)
+    pat = torch.stack([cache["pattern", l] for l in range(model.cfg.n_layers)]).float()
+    o = int(bos)
+    d = {"induction": n - 1, "duplicate_token": n, "previous_token": 1}[kind]
+    q = torch.arange(o + n if kind != "previous_token" else o + 1, o + 2 * n)
+    direct = pat[:, :, :, q, q - d].mean(dim=(1, 3))
+    torch.testing.assert_close(ours.scores.float(), direct, atol=float_tol(model, 1e-5), rtol=1e-4)
+
+
+def test_head_scores_and_verdict_with_default_arguments(arch):
+    model = arch_model(arch)
+    scores = head_scores(model, "induction")  # default seq_len must fit n_ctx
+    assert scores.scores.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    report = find_induction_heads(model)
+    assert report.heads == [] and report.summary()  # random weights: no induction heads
+    assert report.figure().data
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_residual_stats_equal_the_cache(arch):
+    model = arch_model(arch)
+    toks = _tokens(model)
+    streams = model_streams(model)
+    stats = residual_stats(model, {"a": toks[:3], "b": toks[3:]}, streams=streams)
+    _, cache = model.run_with_cache(toks)
+    for si, s in enumerate(streams):
+        x = torch.stack([cache[f"blocks.{l}.hook_{s}"][:3, -1] for l in range(model.cfg.n_layers)]).float()
+        torch.testing.assert_close(stats.mean["a"][si].float(), x.mean(1), atol=float_tol(model, 1e-5), rtol=1e-4)
+    assert stats.figure().data and len(stats.to_frame())
+    assert ("resid_mid" in streams) == has_resid_mid(model)
+
+
+def test_update_alignment_equals_the_cache(arch):
+    model = arch_model(arch)
+    toks = _tokens(model)
+    ua = update_alignment(model, toks)
+    _, cache = model.run_with_cache(toks)
+    attn0 = cache["blocks.0.hook_attn_out"][:, -1].float().mean(0)
+    other = cache[f"blocks.{model.cfg.n_layers - 1}.hook_{'attn_out' if model.cfg.attn_only else 'mlp_out'}"][:, -1].float().mean(0)
+    ref = F.cosine_similarity(attn0, other, dim=0)
+    assert float(ua.cosine[0, -1]) == pytest.approx(float(ref), abs=float_tol(model, 1e-4))
+
+
+def _naive_ablation(model, tokens, layer, kind):
+    store = {}
+
+    def grab(act, hook):
+        store["c"] = act.clone()
+
+    def drop(act, hook):
+        return act - store["c"]
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_{kind}", grab),
+                                                      (f"blocks.{layer}.hook_resid_post", drop)])
+    return logits[:, -1].float().log_softmax(-1)
+
+
+def test_block_ablation_equals_run_with_hooks(arch):
+    model = arch_model(arch)
+    toks = _tokens(model, n=4, pos=10)
+    table = block_ablation(model, toks, batch_size=2)
+    assert table.decomposition_ok
+    clean = model(toks)[:, -1].float().log_softmax(-1)
+    kinds = (("attn_out", "drop_attn"),) + ((("mlp_out", "drop_mlp"),) if not model.cfg.attn_only else ())
+    for layer in range(model.cfg.n_layers):
+        for kind, which in kinds:
+            abl = _naive_ablation(model, toks, layer, kind)
+            h = ((clean.exp().sqrt() - abl.exp().sqrt()) ** 2).sum(-1).sqrt() / math.sqrt(2)
+            torch.testing.assert_close(getattr(table, f"{which}_hellinger")[layer].float(), h,
+                                       atol=float_tol(model, 1e-5), rtol=1e-3)
+    assert table.figure().data and len(table.to_frame()) == model.cfg.n_layers
+
+
+def test_decomposition_and_logit_lens_reproduce_the_output(arch):
+    model = arch_model(arch)
+    toks = _tokens(model)
+    dec = block_decomposition(model, toks)
+    assert bool(torch.isfinite(dec.ffn_only_cosine).all()) and dec.figure().data
+    lens = logit_lens(model, toks)
+    assert lens.final_max_error < float_tol(model, 1e-4)
+    assert lens.figure().data and len(lens.to_frame())
+
+
+def test_neighbour_approximation(arch):
+    model = arch_model(arch)
+    hook = "attn_out" if model.cfg.attn_only else "mlp_out"
+    corpus = torch.cat([_tokens(model, n=1, pos=120, seed=s)[0] for s in range(2)])
+    approx = NeighbourApproximation.fit(model, corpus, window=4, hook=hook, batch_size=64)
+    prompts = _tokens(model, n=5, pos=4, seed=9)
+    ev = approx.evaluate(prompts, thresholds=0.5)
+    assert ev.hellinger.shape == (5,) and bool(((ev.hellinger >= 0) & (ev.hellinger <= 1)).all())
+    assert len(ev.to_frame()) == 5 and ev.figure().data
+
+
+def test_token_subspaces_read_logits_as_the_model_does(arch):
+    from lensworks.geometry.subspaces import _tail_logits
+
+    model = arch_model(arch)
+    x = torch.randn(3, model.cfg.d_model, generator=torch.Generator().manual_seed(0)).to(model.cfg.dtype) * 3
+    for at, start in (("ln_final", model.cfg.n_layers), (1, 1)):
+        # TransformerLens's own forward from that point (soft-cap applied once, as in forward)
+        ref = model(x[:, None], start_at_layer=start)[:, 0]
+        torch.testing.assert_close(_tail_logits(model, x, at), ref, atol=float_tol(model, 1e-5), rtol=1e-4)
+    subs = token_subspaces(model, [11, 12], n_samples=6, steps=40, seed=0, progress=False)
+    assert subs.final_prob.shape == (2, 6) and subs.figure().data and len(subs.to_frame()) == 2
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def test_probes_run_with_controls(arch):
+    model = arch_model(arch)
+    toks = _tokens(model, n=24, pos=10)
+    res = probe_inputs(model, toks, offsets=(0, -1), seed=0)
+    assert res.streams == model_streams(model)
+    acc = res.accuracy
+    assert bool(((acc >= 0) & (acc <= 1)).all())
+    assert res.figure().data and len(res.to_frame())
+    W = torch.randn(model.cfg.d_model, 8, generator=torch.Generator().manual_seed(0))
+    cmp = compare_to_embedding(W, model, tokens=torch.arange(10, 18), n_random=5)
+    assert cmp.figure().data and len(cmp.to_frame())
+
+
+def test_embedding_basis_pca_equals_svd(arch):
+    model = arch_model(arch)
+    basis = embedding_basis(model, "pca", 4)
+    W = model.W_E.detach().double()
+    W = W - W.mean(0)
+    s = torch.linalg.svdvals(W)
+    ev = (s**2 / (s**2).sum())[:4]
+    torch.testing.assert_close(basis.importance.double(), ev, atol=float_tol(model, 1e-5), rtol=1e-3)
+
+
+def test_unlikely_token_usage(arch):
+    model = arch_model(arch)
+    usage = unlikely_token_usage(model, _tokens(model, n=4, pos=8), k=5, n_random=4)
+    assert usage.figure().data and len(usage.to_frame())

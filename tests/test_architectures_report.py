@@ -1,0 +1,62 @@
+"""`report.analyse` and every CLI command on every entry of the architecture list."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from archs import ARCHS, arch_family, arch_model, hf_dir
+from lensworks import report, save_model
+from lensworks.cli import main
+from lensworks.model import has_resid_mid
+
+TEXT = ("def parse(self, args, namespace=None):\n    return self.parse_known_args(args, namespace)\n" * 30
+        + "the quick brown fox jumps over the lazy dog.\n" * 30)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_analyse_and_build(arch, tmp_path):
+    model = arch_model(arch)
+    text = TEXT if arch_family(arch) else TEXT.lower().replace("(", " ").replace(")", " ").replace("=", " ").replace(":", " ").replace("_", " ")
+    results = report.analyse(model, text=text, n_prompts=4, prompt_len=24, progress=False)
+    names = [type(r[0] if isinstance(r, tuple) else r).__name__ for sec in results.values() for r in sec]
+    for expected in ("InductionReport", "CompositionScores", "ResidualStats", "AblationTable", "LogitLens", "ProbeResults"):
+        assert expected in names, (arch, names)
+    stats = next(r for r in results["geometry"] if type(r).__name__ == "ResidualStats")
+    assert ("resid_mid" in stats.streams) == has_resid_mid(model)
+    out = report.build(results, tmp_path / "r.html", model=model)
+    assert out.stat().st_size > 10_000
+
+
+def _checkpoint(arch, tmp_path):
+    family = arch_family(arch)
+    if family is None:
+        return str(save_model(arch_model(arch), tmp_path / arch))
+    return str(hf_dir(family))
+
+
+@pytest.mark.parametrize("arch", ["attn-only", "neox", "gemma2", "gqa"])
+def test_every_cli_command(arch, tmp_path, capsys):
+    ckpt = _checkpoint(arch, tmp_path)
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT if arch_family(arch) else "the quick brown fox jumps over the lazy dog.\n" * 60)
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("the cat sat\na dog ran\nit is late\n")
+    neg.write_text("one two three\nfour five six\nseven eight nine\n")
+    runs = [
+        ["heads", ckpt, "--n-seqs", "4", "--json", str(tmp_path / "h.json")],
+        ["geometry", ckpt, "--positive", str(pos), "--negative", str(neg), "--json", str(tmp_path / "g.json")],
+        ["neighbours", ckpt, "--corpus", str(text), "--window", "4", "--prompts", "8",
+         "--hook", "attn_out" if arch == "attn-only" else "mlp_out", "--json", str(tmp_path / "n.json")],
+        ["probes", ckpt, "--text", str(text), "--max-tokens", "600", "--json", str(tmp_path / "p.json")],
+        ["report", ckpt, "--text", str(text), "--n-prompts", "4", "--prompt-len", "24", "--no-progress",
+         "-o", str(tmp_path / "r.html")],
+    ]
+    for argv in runs:
+        code = main(argv)
+        captured = capsys.readouterr()
+        assert code == 0, (argv[0], captured.err[-2000:])
+    for name in ("h", "g", "n", "p"):
+        assert json.loads((tmp_path / f"{name}.json").read_text())
+    assert (tmp_path / "r.html").stat().st_size > 10_000
