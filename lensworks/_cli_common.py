@@ -19,6 +19,13 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
         help="checkpoint directory, .pt/.pth file, zoo name or pretrained name (default: bundled demo)",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
+                        help="load the weights in this precision (default float32)")
+    parser.add_argument("--no-processing", action="store_true",
+                        help="load a Hugging Face checkpoint without folding LayerNorm or centring weights")
+
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "float64": "float64"}
 
 
 def model_from_args(args: argparse.Namespace, default: str):
@@ -26,11 +33,16 @@ def model_from_args(args: argparse.Namespace, default: str):
     from lensworks import zoo
     from lensworks.model import load_model
 
+    import torch
+
     name = args.checkpoint or default
-    if name in zoo.names():
-        model = zoo.load(name)
-        return model.to(args.device) if args.device else model, name
-    return load_model(name, device=args.device), name
+    source = zoo.path(name) if name in zoo.names() else name
+    kwargs = {}
+    if getattr(args, "dtype", None):
+        kwargs["dtype"] = getattr(torch, _DTYPES[args.dtype])
+    if getattr(args, "no_processing", False):
+        kwargs.update(fold_ln=False, center_writing_weights=False, center_unembed=False)
+    return load_model(source, device=args.device, **kwargs), name
 
 
 def write_outputs(args: argparse.Namespace, payload: dict[str, Any], figures: Sequence[Any], title: str) -> None:

@@ -30,15 +30,17 @@ def test_analyse_and_build(arch, tmp_path):
 
 
 def _checkpoint(arch, tmp_path):
+    """The checkpoint path and the CLI flags that load it as the architecture entry has it."""
     family = arch_family(arch)
     if family is None:
-        return str(save_model(arch_model(arch), tmp_path / arch))
-    return str(hf_dir(family))
+        return str(save_model(arch_model(arch), tmp_path / arch)), []
+    flags = {"ln-mlp": ["--no-processing"], "bf16": ["--dtype", "bfloat16"]}.get(arch, [])
+    return str(hf_dir(family)), flags
 
 
-@pytest.mark.parametrize("arch", ["attn-only", "neox", "gemma2", "gqa"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_every_cli_command(arch, tmp_path, capsys):
-    ckpt = _checkpoint(arch, tmp_path)
+    ckpt, flags = _checkpoint(arch, tmp_path)
     text = tmp_path / "text.txt"
     text.write_text(TEXT if arch_family(arch) else "the quick brown fox jumps over the lazy dog.\n" * 60)
     pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
@@ -54,7 +56,7 @@ def test_every_cli_command(arch, tmp_path, capsys):
          "-o", str(tmp_path / "r.html")],
     ]
     for argv in runs:
-        code = main(argv)
+        code = main(argv + flags)
         captured = capsys.readouterr()
         assert code == 0, (argv[0], captured.err[-2000:])
     for name in ("h", "g", "n", "p"):

@@ -219,6 +219,27 @@ def _weight_files(path: Path) -> tuple[list[Path], str]:
     )
 
 
+def torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` (never unpickles code); errors name the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise LensworksError(
+            f"{path}: could not be read as a weights-only torch checkpoint "
+            f"(lensworks never unpickles arbitrary objects): {type(exc).__name__}: {first}"
+        ) from exc
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise LensworksError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """All tensors of a checkpoint directory, merged across shards, read without unpickling.
 
@@ -229,18 +250,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     files, kind = _weight_files(path)
     sd: dict[str, Tensor] = {}
     for f in files:
-        try:
-            if kind == "safetensors":
-                from safetensors.torch import load_file
-
-                part = load_file(str(f))
-            else:
-                part = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise LensworksError(
-                f"{f}: could not be read as {'safetensors' if kind == 'safetensors' else 'a weights-only torch file'} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-            ) from exc
+        part = read_safetensors(f) if kind == "safetensors" else torch_load(f)
         if not isinstance(part, dict) or not all(isinstance(v, Tensor) for v in part.values()):
             raise LensworksError(f"{f}: expected a mapping of parameter names to tensors")
         sd.update(part)

@@ -281,8 +281,6 @@ def _load_pretrained(name: str, *, device: Any, dtype: Any, flags: _Processing) 
 
 
 def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> HookedTransformer:
-    from safetensors.torch import load_file
-
     cfg_path, w_path = path / _CFG_FILE, path / _WEIGHTS_FILE
     if not cfg_path.is_file() or not w_path.is_file():
         raise LensworksError(
@@ -294,10 +292,7 @@ def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> 
     except json.JSONDecodeError as exc:
         raise LensworksError(f"{cfg_path}: not valid JSON ({exc})") from exc
     cfg = _cfg_from_dict(raw, where=str(cfg_path))
-    try:
-        state_dict = load_file(str(w_path))
-    except Exception as exc:
-        raise LensworksError(f"{w_path}: not a readable safetensors file ({exc})") from exc
+    state_dict = _hf.read_safetensors(w_path)
     tok_dir = path if any((path / f).is_file() for f in _TOKENIZER_FILES) else None
     vocab = _read_vocab(path / _VOCAB_FILE) if tok_dir is None and (path / _VOCAB_FILE).is_file() else None
     return _build(cfg, state_dict, vocab, device=device, dtype=dtype, flags=flags, where=str(path), tokenizer_dir=tok_dir)
@@ -324,13 +319,7 @@ def _load_file(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> Ho
         raise LensworksError(
             f"{path}: expected a .pt/.pth checkpoint file or a checkpoint directory, got a {path.suffix or 'suffix-less'} file"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LensworksError(
-            f"{path}: could not be read as a weights-only torch checkpoint "
-            f"(lensworks never unpickles arbitrary objects): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        ) from exc
+    obj = _hf.torch_load(path)
     if not isinstance(obj, dict) or "cfg" not in obj or "state_dict" not in obj:
         keys = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
         raise LensworksError(f"{path}: expected a dict with keys 'cfg', 'state_dict' and optional 'vocab', got {keys}")
