@@ -133,7 +133,7 @@ def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_c
                 f"{fields['d_vocab']} rows"
             )
     target = dtype or torch.float32
-    cfg = _make_cfg({**fields, "dtype": target, "device": "cpu"}, where=where)
+    cfg = _make_cfg({**fields, "dtype": target, "device": "cpu", "init_weights": False}, where=where)
     if tokenizer is not None:
         cfg.tokenizer_name = str(path)
     sd = _hf.read_state_dict(path)
