@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 
-from lensworks.model import HookedTransformer, LensworksError, model_streams, text_windows, uses_bos
+from lensworks.model import HookedTransformer, LensworksError, check_model, model_streams, text_windows, uses_bos
 
 __all__ = ["build", "analyse", "SECTIONS", "safe_markup"]
 
@@ -659,8 +659,7 @@ def analyse(
     from lensworks import circuits, geometry, probes
     from lensworks.circuits.heads import repeated_tokens
 
-    if not isinstance(model, HookedTransformer):
-        raise LensworksError(f"analyse expects a HookedTransformer, got {type(model).__name__}")
+    check_model(model)
     if (positive is None) != (negative is None):
         raise LensworksError("give both positive and negative prompts, or neither")
     if n_prompts < 2:

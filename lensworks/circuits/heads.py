@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lensworks.circuits.eigen import HeadScores
+from lensworks.model._compat import capture_hooks
 from lensworks.model import (
     HookedTransformer,
     LensworksError,
@@ -170,8 +171,8 @@ def behaviour_scores(
     names = {hook_name("pattern", l): l for l in range(L)}
     tol = _row_tolerance(cfg.dtype) if atol is None else atol
 
-    def hook(pattern: Tensor, hook) -> None:
-        layer = names[hook.name]
+    def hook(name: str, pattern: Tensor) -> None:
+        layer = names[name]
         seen.add(layer)
         p = pattern.detach()
         rows = p.sum(-1)
@@ -195,7 +196,7 @@ def behaviour_scores(
     with torch.inference_mode():
         for start in tqdm(range(0, B, batch_size), desc="head scores", disable=not progress, leave=False):
             batch = tokens[start : start + batch_size]
-            model.run_with_hooks(batch, return_type=None, fwd_hooks=[(lambda name: name in names, hook)])
+            model.run_with_hooks(batch, return_type=None, fwd_hooks=capture_hooks(list(names), hook))
     missing = sorted(set(range(L)) - seen)
     if missing:
         raise LensworksError(f"attention patterns of layers {missing} were not captured (is the pattern hook bypassed?)")

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks.model._compat import capture_hooks
 from lensworks.model import (
     ALL_STREAMS,
     HookedTransformer,
@@ -150,10 +151,10 @@ def gather_at(
     rows = torch.arange(tokens.shape[0], device=tokens.device)
     store: dict[str, Tensor] = {}
 
-    def keep(act: Tensor, hook) -> None:
-        store[hook.name] = act[rows, index].detach().clone()
+    def keep(name: str, act: Tensor) -> None:
+        store[name] = act[rows, index].detach().clone()
 
-    hooks = [(n, keep) for n in names]
+    hooks = capture_hooks(names, keep)
     with torch.inference_mode():
         out = model.run_with_hooks(
             tokens,

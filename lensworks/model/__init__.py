@@ -13,6 +13,7 @@ lengths, the processing record), so that a TransformerLens difference is handled
 
 from lensworks.model._core import (
     HookedTransformer,
+    Model,
     LensworksError,
     attention_weights,
     check_head,
@@ -22,6 +23,7 @@ from lensworks.model._core import (
     hook_name,
     unembedding,
 )
+from lensworks.model._compat import TL_MAJOR, check_model, is_bridge, is_model
 from lensworks.model._facts import (
     ALL_STREAMS,
     RESIDUAL_STREAMS,
@@ -53,9 +55,14 @@ from lensworks.model._tokens import (
 
 __all__ = [
     "HookedTransformer",
+    "Model",
     "LensworksError",
     "load_model",
     "save_model",
+    "check_model",
+    "is_model",
+    "is_bridge",
+    "TL_MAJOR",
     "SUPPORTED_ARCHITECTURES",
     "hook_name",
     "check_layer",

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401 (used by _load)
+    try:  # TransformerLens 3.x; 4.x removed both (its models are TransformerBridge objects)
+        from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: F401 (used by _load)
+    except ImportError:
+        HookedTransformer = None  # type: ignore[assignment,misc]
+        HookedTransformerConfig = None  # type: ignore[assignment,misc]
 
-
+#: What analyses accept: a HookedTransformer (TransformerLens 3) or a TransformerBridge in
+#: compatibility mode (TransformerLens 4). Used in type hints only.
+Model = Any
 
 
 #: Hook points lensworks reads, by short name. The only place hook strings are spelled out.
@@ -107,10 +112,6 @@ def head_labels(model_or_cfg: Any) -> list[str]:
 
 
 
-def _stack_heads(blocks: Iterable[Any], name: str) -> Tensor:
-    return torch.stack([getattr(b.attn, name) for b in blocks], dim=0)
-
-
 def attention_weights(
     model: HookedTransformer, layers: Sequence[int] | None = None
 ) -> dict[str, Float[Tensor, "n_layers n_heads d_model d_head"]]:
@@ -133,26 +134,24 @@ def attention_weights(
         >>> w["W_O"].shape[1] == model.cfg.n_heads
         True
     """
+    from lensworks.model._compat import check_model, stacked
+
+    check_model(model)
     idx = list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, l) for l in layers]
-    blocks = [model.blocks[i] for i in idx]
-    out = {}
-    n_heads = model.cfg.n_heads
-    for name in ("W_Q", "W_K", "W_V", "W_O"):
-        w = _stack_heads(blocks, name).detach()
-        if w.shape[1] != n_heads:  # un-expanded GQA storage
-            w = torch.repeat_interleave(w, n_heads // w.shape[1], dim=1)
-        out[name] = w
-    return out
+    return {name: stacked(model, name, idx) for name in ("W_Q", "W_K", "W_V", "W_O")}
 
 
 def embedding(model: HookedTransformer) -> Float[Tensor, "d_vocab d_model"]:
-    """The token embedding ``W_E`` (detached).
+    """The token embedding ``W_E`` (detached), as the residual stream receives it.
 
     Example:
         >>> embedding(model).shape == (model.cfg.d_vocab, model.cfg.d_model)
         True
     """
-    return model.W_E.detach()
+    from lensworks.model._compat import check_model, token_embedding
+
+    check_model(model)
+    return token_embedding(model)
 
 
 def unembedding(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab_out"]:
@@ -162,8 +161,10 @@ def unembedding(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab_out"
         >>> unembedding(model).shape == (model.cfg.d_model, model.cfg.d_vocab_out)
         True
     """
+    from lensworks.model._compat import check_model
+
+    check_model(model)
     return model.W_U.detach()
 
 
-# --------------------------------------------------------------------------- tokenization
 

@@ -109,6 +109,12 @@ def random_copy(model: HookedTransformer, seed: int = 0) -> HookedTransformer:
         >>> random_copy(model, seed=1).cfg.d_model == model.cfg.d_model  # doctest: +SKIP
         True
     """
+    from lensworks.model._compat import is_bridge
+
+    if is_bridge(model):
+        from lensworks.model import _bridge
+
+        return _bridge.random_copy(model, seed)
     cfg = copy.deepcopy(model.cfg)
     cfg.seed = None
     cfg.tokenizer_name = None
@@ -116,7 +122,7 @@ def random_copy(model: HookedTransformer, seed: int = 0) -> HookedTransformer:
     device = next(model.parameters()).device
     cfg.device = str(device)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    from lensworks.model._load import _quiet
+    from lensworks.model._compat import quiet as _quiet
 
     with torch.random.fork_rng(devices=devices), _quiet():
         torch.manual_seed(seed)
@@ -150,29 +156,26 @@ def processing_state(model: HookedTransformer) -> dict[str, Any]:
     centred when every matrix that writes to the residual stream (``W_E``, ``W_pos``, ``W_O``,
     ``W_out`` and their biases) has zero mean over ``d_model``; the unembedding when ``W_U`` has
     zero mean over the vocabulary. Two results are comparable only when these records agree.
+    The record reads the same for a HookedTransformer and a TransformerBridge.
 
     Example:
         >>> processing_state(zoo.load("char-mlp"))["fold_ln"]  # doctest: +SKIP
         True
     """
+    from lensworks.model import _compat
+
+    _compat.check_model(model)
     cfg = model.cfg
-    writers = [model.W_E]
-    if cfg.positional_embedding_type in ("standard", "shortformer"):
-        writers.append(model.W_pos)
-    for b in model.blocks:
-        writers += [b.attn.W_O, b.attn.b_O]
-        if not cfg.attn_only:
-            writers += [b.mlp.W_out, b.mlp.b_out]
     return {
-        "normalization_type": cfg.normalization_type,
-        "fold_ln": cfg.normalization_type in ("LNPre", "RMSPre"),
-        "center_writing_weights": _centred(writers, -1),
+        "normalization_type": _compat.normalization_type(model),
+        "fold_ln": _compat.folded(model),
+        "center_writing_weights": _centred(_compat.writing_weights(model), -1),
         "center_unembed": _centred([model.W_U], -1),
         "attn_only": bool(cfg.attn_only),
         "parallel_attn_mlp": bool(getattr(cfg, "parallel_attn_mlp", False)),
         "n_key_value_heads": cfg.n_key_value_heads,
         "dtype": str(cfg.dtype).replace("torch.", ""),
-        "architecture": getattr(cfg, "original_architecture", None),
+        "architecture": _compat.architecture(model),
     }
 
 

@@ -338,3 +338,48 @@ def check_shapes(converted: dict[str, Tensor], expected: dict[str, tuple[int, ..
             raise LensworksError(
                 f"{where}: config.json implies {name} of shape {tuple(shape)}, the weight files hold {tuple(converted[name].shape)}"
             )
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    files, kind = _weight_files(path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(f), framework="pt") as handle:
+                    for k in handle.keys():
+                        shapes[k] = tuple(handle.get_slice(k).get_shape())
+            except Exception as exc:
+                raise LensworksError(f"{f}: not a readable safetensors file ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        else:
+            shapes.update({k: tuple(v.shape) for k, v in torch_load(f).items()})
+    return shapes
+
+
+def check_hf_shapes(path: Path, family: str, raw: dict[str, Any]) -> None:
+    """Compare the stored tensors with the ones config.json implies, without reading weights:
+    the Hugging Face model is built on the meta device and its parameter shapes compared."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    except Exception as exc:
+        raise LensworksError(f"{path / 'config.json'}: transformers cannot build this config ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    stored = _stored_shapes(path)
+    base = _BASE_PREFIX.get(family, "model.")
+    if not any(k.startswith(base) for k in stored):
+        stored = {k if k.startswith(("lm_head.", "embed_out.")) else base + k: v for k, v in stored.items()}
+    head, emb = _HEAD.get(family, _DEFAULT_HEAD)
+    for name, shape in expected.items():
+        if name not in stored:
+            if name == head and raw.get("tie_word_embeddings", family in _TIED_BY_DEFAULT):
+                continue
+            if name == head:
+                raise LensworksError(f"{path}: the weights lack the output head {head!r} and config.json does not tie it to the embedding")
+            raise LensworksError(f"{path}: the weight files lack a tensor config.json implies: {name}")
+        if stored[name] != shape:
+            raise LensworksError(f"{path}: config.json implies {name} of shape {shape}, the weight files hold {stored[name]}")

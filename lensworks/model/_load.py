@@ -3,11 +3,8 @@ checkpoints (``save_model`` directories, ``.pt`` files, the zoo) and pretrained 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -15,10 +12,11 @@ import torch
 from torch import Tensor
 
 from lensworks.model import _hf
+from lensworks.model._compat import TL_MAJOR, check_model, is_bridge, is_model, move, quiet
 from lensworks.model._core import HookedTransformer, HookedTransformerConfig, LensworksError
 from lensworks.model._tokens import BOS_NAMES, model_vocab, vocab_tokenizer
 
-ModelSource = Union[HookedTransformer, str, Path]
+ModelSource = Union[Any, str, Path]
 
 _CFG_FILE = "config.json"
 _WEIGHTS_FILE = "model.safetensors"
@@ -88,16 +86,18 @@ def load_model(
         True
     """
     flags = _Processing(fold_ln, center_writing_weights, center_unembed)
-    if isinstance(source, HookedTransformer):
+    if is_model(source):
         if flags.any_given or dtype is not None or device is not None:
             raise LensworksError(
                 "load_model got a model object together with processing, dtype or device options; "
                 "it returns model objects as they are (process or move the model yourself)"
             )
+        check_model(source)
         return source
     if not isinstance(source, (str, Path)):
         raise LensworksError(
-            f"load_model expects a HookedTransformer, a checkpoint path or a pretrained name, got {type(source).__name__}"
+            "load_model expects a HookedTransformer or TransformerBridge, a checkpoint path or a pretrained name, "
+            f"got {type(source).__name__}"
         )
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise LensworksError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
@@ -133,22 +133,32 @@ def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_c
                 f"{fields['d_vocab']} rows"
             )
     target = dtype or torch.float32
+    if TL_MAJOR >= 4:
+        from lensworks.model import _bridge
+
+        _hf.check_hf_shapes(path, family, raw)
+        try:
+            bridge = _bridge.boot_hf_dir(path, dtype=target, device=device or "cpu", n_ctx=fields["n_ctx"],
+                                         **flags.resolved(True))
+        except Exception as exc:
+            raise LensworksError(f"{where}: TransformerBridge.boot_transformers failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        return bridge
     cfg = _make_cfg({**fields, "dtype": target, "device": "cpu", "init_weights": False}, where=where)
     if tokenizer is not None:
         cfg.tokenizer_name = str(path)
     sd = _hf.read_state_dict(path)
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
     converted = _hf.convert_weights(family, raw, sd, cfg, where=where)
-    with _quiet():
+    with quiet():
         model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     _hf.check_shapes(converted, {k: tuple(v.shape) for k, v in model.state_dict().items()}, where=where)
     process = flags.resolved(True)
     if cfg.output_logits_soft_cap and cfg.output_logits_soft_cap > 0:
         process["center_unembed"] = False  # a soft-cap is not invariant to a shift of the logits
-    with _quiet():
+    with quiet():
         model.load_and_process_state_dict(converted, fold_value_biases=True, **process)
     if tokenizer is not None:
-        with _quiet():
+        with quiet():
             model.set_tokenizer(tokenizer)
     return _finish(model, device)
 
@@ -157,7 +167,7 @@ def _hf_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     try:
-        with _quiet():
+        with quiet():
             return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise LensworksError(f"{path}: the tokenizer files could not be read ({type(exc).__name__}: {str(exc)[:200]})") from exc
@@ -186,28 +196,33 @@ def _cfg_to_dict(cfg: HookedTransformerConfig) -> dict[str, Any]:
 
 def _make_cfg(raw: dict[str, Any], *, where: str) -> HookedTransformerConfig:
     try:
-        with _quiet():
+        with quiet():
             return HookedTransformerConfig(**raw)
     except Exception as exc:  # config validation inside TransformerLens
         raise LensworksError(f"{where}: the config could not build a HookedTransformerConfig: {exc}") from exc
 
 
-def _cfg_from_dict(raw: dict[str, Any], *, where: str) -> HookedTransformerConfig:
+def _cfg_from_dict(raw: Any, *, where: str) -> dict[str, Any]:
+    """Check a stored TransformerLens config (a dict of HookedTransformerConfig fields)."""
     if not isinstance(raw, dict):
         raise LensworksError(f"{where}: 'cfg' must be a dict of HookedTransformerConfig fields, got {type(raw).__name__}")
-    fields = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise LensworksError(f"{where}: unknown HookedTransformerConfig fields {unknown}")
     raw = dict(raw)
+    if HookedTransformerConfig is not None:
+        fields = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
+        unknown = sorted(set(raw) - fields)
+        if unknown:
+            raise LensworksError(f"{where}: unknown HookedTransformerConfig fields {unknown}")
     if isinstance(raw.get("dtype"), str):
-        raw["dtype"] = getattr(torch, raw["dtype"].replace("torch.", ""))
+        name = raw["dtype"].replace("torch.", "")
+        if not isinstance(getattr(torch, name, None), torch.dtype):
+            raise LensworksError(f"{where}: 'dtype' {raw['dtype']!r} is not a torch dtype")
+        raw["dtype"] = getattr(torch, name)
     raw.pop("device", None)
-    return _make_cfg(raw, where=where)
+    return raw
 
 
 def _build(
-    cfg: HookedTransformerConfig,
+    raw_cfg: dict[str, Any],
     state_dict: dict[str, Tensor],
     vocab: Sequence[str] | None,
     *,
@@ -216,17 +231,25 @@ def _build(
     flags: _Processing,
     where: str,
     tokenizer_dir: Path | None = None,
-) -> HookedTransformer:
-    target = dtype or (cfg.dtype if cfg.dtype != torch.float16 else torch.float32)
-    cfg.dtype = target
+) -> Any:
+    stored = raw_cfg.get("dtype", torch.float32)
+    target = dtype or (stored if stored != torch.float16 else torch.float32)
+    raw_cfg = {**raw_cfg, "dtype": target}
     if vocab is not None:
         vocab = list(vocab)
-        if len(vocab) != cfg.d_vocab:
-            raise LensworksError(f"{where}: vocab has {len(vocab)} entries but the config says d_vocab={cfg.d_vocab}")
-        cfg.default_prepend_bos = any(b in vocab for b in BOS_NAMES)
-    with _quiet():
-        model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+        if len(vocab) != raw_cfg.get("d_vocab"):
+            raise LensworksError(f"{where}: vocab has {len(vocab)} entries but the config says d_vocab={raw_cfg.get('d_vocab')}")
+        raw_cfg["default_prepend_bos"] = any(b in vocab for b in BOS_NAMES)
+    tokenizer = vocab_tokenizer(vocab) if vocab is not None else _hf_tokenizer(tokenizer_dir) if tokenizer_dir else None
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
+    if TL_MAJOR >= 4:
+        from lensworks.model import _bridge
+
+        return _bridge.boot_tl_state_dict(raw_cfg, sd, tokenizer=tokenizer, dtype=target, device=device or "cpu",
+                                          where=where, **flags.resolved(False))
+    cfg = _make_cfg(raw_cfg, where=where)
+    with quiet():
+        model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd and not k.endswith(("IGNORE", ".mask"))]
     unexpected = [k for k in sd if k not in expected]
@@ -238,25 +261,22 @@ def _build(
         )
     _hf.check_shapes(sd, {k: tuple(v.shape) for k, v in expected.items()}, where=where)
     if flags.any_given:
-        with _quiet():
+        with quiet():
             model.load_and_process_state_dict(sd, fold_value_biases=False, **flags.resolved(False))
     else:
         model.load_state_dict(sd, strict=False)
-    if vocab is not None:
-        with _quiet():
-            model.set_tokenizer(vocab_tokenizer(vocab))
-        model.cfg.default_prepend_bos = cfg.default_prepend_bos
-    elif tokenizer_dir is not None:
-        with _quiet():
-            model.set_tokenizer(_hf_tokenizer(tokenizer_dir))
+    if tokenizer is not None:
+        with quiet():
+            model.set_tokenizer(tokenizer)
+        if vocab is not None:
+            model.cfg.default_prepend_bos = raw_cfg["default_prepend_bos"]
     return _finish(model, device)
 
 
-def _finish(model: HookedTransformer, device: Any) -> HookedTransformer:
+def _finish(model: Any, device: Any) -> Any:
     if device is not None:
         try:
-            with _quiet():
-                model = model.to(device, print_details=False)
+            model = move(model, device)
         except (RuntimeError, AssertionError, ValueError) as exc:
             raise LensworksError(f"cannot move the model to device {device!r}: {str(exc).splitlines()[0][:200]}") from exc
     model.eval()
@@ -264,13 +284,21 @@ def _finish(model: HookedTransformer, device: Any) -> HookedTransformer:
 
 
 def _load_pretrained(name: str, *, device: Any, dtype: Any, flags: _Processing) -> HookedTransformer:
+    if TL_MAJOR >= 4:
+        from lensworks.model import _bridge
+
+        try:
+            return _bridge.boot_hf_dir(name, dtype=dtype or torch.float32, device=device or "cpu", **flags.resolved(True))
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise LensworksError(f"could not load {name!r}: not a local checkpoint, and booting it by name failed: {first}") from exc
     kwargs: dict[str, Any] = dict(flags.resolved(True))
     if device is not None:
         kwargs["device"] = device
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        with _quiet():
+        with quiet():
             return HookedTransformer.from_pretrained(name, **kwargs)
     except Exception as exc:
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
@@ -333,21 +361,6 @@ def _load_file(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> Ho
     return _build(cfg, sd, vocab, device=device, dtype=dtype, flags=flags, where=str(path))
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence TransformerLens's prints and warnings while it builds or processes a model."""
-    import logging
-
-    level = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(level)
-
-
 # --------------------------------------------------------------------------- save
 
 
@@ -373,6 +386,12 @@ def save_model(model: HookedTransformer, path: str | Path, *, vocab: Sequence[st
     """
     from safetensors.torch import save_file
 
+    check_model(model)
+    if is_bridge(model):
+        raise LensworksError(
+            "save_model writes TransformerLens 3 checkpoints; save a TransformerBridge's Hugging Face model with "
+            "model.original_model.save_pretrained(dir) and its tokenizer with model.tokenizer.save_pretrained(dir)"
+        )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = _cfg_to_dict(model.cfg)
@@ -388,7 +407,7 @@ def save_model(model: HookedTransformer, path: str | Path, *, vocab: Sequence[st
     if vocab is not None:
         (path / _VOCAB_FILE).write_text(json.dumps(list(vocab)))
     elif tok is not None:
-        with _quiet():
+        with quiet():
             tok.save_pretrained(str(path))
         # save_pretrained writes a config-free tokenizer; drop files that would shadow ours
         for extra in ("chat_template.jinja",):

@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lensworks._results import ResultMixin, require_finite, to_jsonable
+from lensworks.model._compat import capture_hooks
 from lensworks.model import (
     HookedTransformer,
     LensworksError,
@@ -514,19 +515,18 @@ def _run_batches(
 ) -> None:
     """Run the model over ``tokens[seq_idx]`` in batches; call ``fn(idx, {key: acts})``."""
     disable = None if progress is None else not progress
-    names = set(hooks)
     starts = range(0, len(seq_idx), batch_size)
     for s in tqdm(starts, desc=desc, disable=disable, leave=False):
         idx = seq_idx[s : s + batch_size]
         store: dict[tuple[int, str], Tensor] = {}
 
-        def grab(act: Tensor, hook: Any) -> None:
-            store[hooks[hook.name]] = act
+        def grab(name: str, act: Tensor) -> None:
+            store[hooks[name]] = act
 
         with torch.inference_mode():
             model.run_with_hooks(
                 tokens[idx],
-                fwd_hooks=[(lambda n: n in names, grab)],
+                fwd_hooks=capture_hooks(list(hooks), grab),
                 stop_at_layer=stop_at,
                 return_type=None,
             )

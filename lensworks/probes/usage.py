@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lensworks._results import ResultMixin, require_finite
+from lensworks.model._compat import capture_hooks
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, unembedding
 
 __all__ = ["UnlikelyTokenUsage", "unlikely_token_usage"]
@@ -160,11 +161,11 @@ def unlikely_token_usage(
         rows = torch.arange(len(batch), device=batch.device)
         store: dict[str, Tensor] = {}
 
-        def grab(act: Tensor, hook: Any) -> None:
-            store[hook.name] = act[rows, lens - 1].double()
+        def grab(name: str, act: Tensor) -> None:
+            store[name] = act[rows, lens - 1].double()
 
         with torch.inference_mode():
-            logits = model.run_with_hooks(batch, fwd_hooks=[(lambda n: n in names, grab)], return_type="logits")
+            logits = model.run_with_hooks(batch, fwd_hooks=capture_hooks(names, grab), return_type="logits")
         last = logits[rows, lens - 1].double()  # [b, V]
         x = torch.stack([store[n] for n in names], dim=1)  # [b, depth, d]
         low = last.topk(k, dim=-1, largest=False).indices

@@ -1,0 +1,181 @@
+"""The seam between TransformerLens 3.x (``HookedTransformer``) and 4.x (``TransformerBridge``).
+
+Everything that differs between the two lines is decided here, behind small functions; the
+analyses never ask which line they run on. Facts this module relies on (TransformerLens 4.3):
+
+- ``from transformer_lens import HookedTransformer`` raises ImportError on 4.x.
+- A bridge speaks HookedTransformer's hook names and weight conventions only after
+  ``enable_compatibility_mode()``; before that, legacy names still resolve (no error) but the
+  weights are in the raw Hugging Face basis, so lensworks refuses such a bridge.
+- Inside a hook callback, ``hook.name`` of ``blocks.{l}.hook_resid_pre`` / ``hook_resid_post`` is
+  the bridge's own ``hook_in`` / ``hook_out``: key captured activations by the name asked for.
+- GQA ``W_K`` / ``W_V`` keep ``n_key_value_heads``; bias-free layers return None for ``b_*``;
+  Gemma's ``W_E`` is unscaled (the sqrt(d_model) factor is applied at run time);
+  ``start_at_layer == n_layers`` raises; ``normalization_type`` stays "LN"/"RMS" after folding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import logging
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from lensworks.model._core import HookedTransformer, LensworksError
+
+#: Major version of the installed transformer-lens (3 or 4).
+TL_MAJOR = int(importlib.metadata.version("transformer-lens").split(".")[0])
+
+
+def is_bridge(model: Any) -> bool:
+    """True for a TransformerLens 4 ``TransformerBridge``."""
+    return any(c.__name__ == "TransformerBridge" and c.__module__.startswith("transformer_lens.model_bridge")
+               for c in type(model).__mro__)
+
+
+def is_model(obj: Any) -> bool:
+    """True for the model kinds lensworks accepts: a HookedTransformer or a TransformerBridge."""
+    return (HookedTransformer is not None and isinstance(obj, HookedTransformer)) or is_bridge(obj)
+
+
+def check_model(model: Any) -> None:
+    """Raise unless ``model`` is a HookedTransformer or a bridge in compatibility mode.
+
+    Example:
+        >>> check_model("gpt2")  # doctest: +SKIP
+        LensworksError: expected a TransformerLens model (HookedTransformer or TransformerBridge), got str
+    """
+    if not is_model(model):
+        kinds = "HookedTransformer" if TL_MAJOR < 4 else "TransformerBridge"
+        raise LensworksError(
+            f"expected a TransformerLens model ({kinds}; lensworks.load_model(path) makes one), got {type(model).__name__}"
+        )
+    if is_bridge(model) and not getattr(model, "compatibility_mode", False):
+        raise LensworksError(
+            "this TransformerBridge is not in compatibility mode: call model.enable_compatibility_mode() "
+            "(or enable_compatibility_mode(no_processing=True)) first, so that it has HookedTransformer's hook "
+            "names and weight layout, or load it with lensworks.load_model(path)"
+        )
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence TransformerLens and transformers while they build or process a model."""
+    level = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers without these helpers
+        hf_logging, bars = None, False
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(level)
+        if hf_logging is not None and bars:
+            hf_logging.enable_progress_bar()
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def stacked(model: Any, name: str, layers: Sequence[int]) -> Tensor:
+    """``blocks[l].attn.<name>`` for the given layers, stacked and detached, GQA expanded."""
+    w = torch.stack([getattr(model.blocks[i].attn, name).detach() for i in layers])
+    n_heads = model.cfg.n_heads
+    if w.ndim >= 3 and w.shape[1] != n_heads:  # key/value heads stored once per group
+        w = torch.repeat_interleave(w, n_heads // w.shape[1], dim=1)
+    return w
+
+
+def token_embedding(model: Any) -> Tensor:
+    """``[d_vocab, d_model]``: what the residual stream receives for each token id (Gemma's
+    sqrt(d_model) scale included on both lines)."""
+    if not is_bridge(model):
+        return model.W_E.detach()
+    ids = torch.arange(model.cfg.d_vocab, device=model.W_E.device)[None]
+    with torch.no_grad():
+        return model.embed(ids)[0].detach()
+
+
+def writing_weights(model: Any) -> list[Tensor]:
+    """Every tensor that writes to the residual stream (for the centring check)."""
+    cfg = model.cfg
+    out = [token_embedding(model)]
+    if cfg.positional_embedding_type in ("standard", "shortformer"):
+        out.append(model.W_pos.detach())
+    for b in model.blocks:
+        out += [b.attn.W_O.detach()] + ([b.attn.b_O.detach()] if b.attn.b_O is not None else [])
+        if not cfg.attn_only:
+            out += [b.mlp.W_out.detach()] + ([b.mlp.b_out.detach()] if getattr(b.mlp, "b_out", None) is not None else [])
+    return out
+
+
+def folded(model: Any) -> bool:
+    """Whether LayerNorm/RMSNorm weights are folded into the next matrices."""
+    if not is_bridge(model):
+        return model.cfg.normalization_type in ("LNPre", "RMSPre")
+    record = getattr(model, "_lensworks_processing", None)
+    if record is not None:
+        return bool(record["fold_ln"]) and model.cfg.normalization_type is not None
+    return False
+
+
+def normalization_type(model: Any) -> str | None:
+    """TransformerLens 3's name: "LNPre"/"RMSPre" once folded."""
+    nt = model.cfg.normalization_type
+    return nt + "Pre" if is_bridge(model) and nt in ("LN", "RMS") and folded(model) else nt
+
+
+def architecture(model: Any) -> str | None:
+    arch = getattr(model.cfg, "original_architecture", None)
+    if arch is None and is_bridge(model):
+        arch = getattr(model.cfg, "architecture", None)
+        arch = None if arch == "TransformerLensNative" else arch
+    return arch
+
+
+# --------------------------------------------------------------------------- running
+
+
+def has_hook(model: Any, name: str) -> bool:
+    """Whether hook ``name`` exists and fires (bridges list ``hook_pos_embed`` for rotary models)."""
+    if name == "hook_pos_embed" and model.cfg.positional_embedding_type not in ("standard", "shortformer"):
+        return False
+    return name in model.hook_dict
+
+
+def capture_hooks(names: Sequence[str], fn: Callable[[str, Tensor], Any]) -> list[tuple[str, Callable]]:
+    """``fwd_hooks`` that call ``fn(name, activation)`` with the name asked for (never
+    ``hook.name``, which a bridge reports under its own names)."""
+
+    def make(name: str):
+        return lambda act, hook: fn(name, act)
+
+    return [(n, make(n)) for n in names]
+
+
+def logits_from_block(model: Any, resid: Tensor, start_at_layer: int) -> Tensor:
+    """Logits from a residual stream entering block ``start_at_layer`` (0..n_layers), output
+    soft-cap included, as the model's own forward computes them."""
+    if start_at_layer < model.cfg.n_layers:
+        return model(resid, start_at_layer=start_at_layer, return_type="logits")
+    x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
+    logits = model.unembed(x)
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+def move(model: Any, device: Any) -> Any:
+    """``model.to(device)`` without TransformerLens's print."""
+    with quiet():
+        return model.to(device, print_details=False)
