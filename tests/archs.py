@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 
 from hf_families import build_hf_checkpoint
-from helpers import CHAR_VOCAB, tiny_model
 
-from lensworks.model import HookedTransformer, load_model
+from lensworks.model import Model, load_model
+
+#: A character vocabulary with a BOS token (the attention-only entry's).
+CHAR_VOCAB = ["<bos>"] + list("abcdefghijklmnopqrstuvwxyz .,\n") + list("0123456789")
 
 ARCHS: tuple[str, ...] = ("attn-only", "ln-mlp", "gqa", "llama", "neox", "gemma2", "folded-ln", "bf16")
 
@@ -42,7 +44,29 @@ _HF = {
 }
 
 _ROOT = Path(tempfile.mkdtemp(prefix="lensworks-archs-"))
-_MODELS: dict[str, HookedTransformer] = {}
+_MODELS: dict[str, Model] = {}
+
+
+def attn_only_checkpoint(out: Path, *, seed: int = 11, n_layers: int = 2, d_model: int = 32, n_heads: int = 4,
+                         d_head: int = 8, n_ctx: int = 64) -> Path:
+    """A random attention-only TransformerLens-format ``.pt`` checkpoint (LayerNorm, learned
+    positions, character vocabulary), written by hand so it needs neither TransformerLens line."""
+    g = torch.Generator().manual_seed(seed)
+    V, d, H, dh = len(CHAR_VOCAB), d_model, n_heads, d_head
+    rnd = lambda *shape, s=0.3: s * torch.randn(*shape, generator=g)  # noqa: E731
+    sd = {"embed.W_E": rnd(V, d, s=1.0), "pos_embed.W_pos": rnd(n_ctx, d), "unembed.W_U": rnd(d, V),
+          "unembed.b_U": rnd(V, s=0.1), "ln_final.w": 1 + rnd(d, s=0.1), "ln_final.b": rnd(d, s=0.1)}
+    for l in range(n_layers):
+        p = f"blocks.{l}."
+        sd.update({p + "ln1.w": 1 + rnd(d, s=0.1), p + "ln1.b": rnd(d, s=0.1),
+                   p + "attn.W_Q": rnd(H, d, dh), p + "attn.W_K": rnd(H, d, dh), p + "attn.W_V": rnd(H, d, dh),
+                   p + "attn.W_O": rnd(H, dh, d), p + "attn.b_Q": rnd(H, dh, s=0.1), p + "attn.b_K": rnd(H, dh, s=0.1),
+                   p + "attn.b_V": rnd(H, dh, s=0.1), p + "attn.b_O": rnd(d, s=0.1)})
+    cfg = dict(n_layers=n_layers, d_model=d, n_ctx=n_ctx, d_head=dh, n_heads=H, d_vocab=V, act_fn="gelu",
+               attn_only=True, normalization_type="LN", positional_embedding_type="standard")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"cfg": cfg, "state_dict": sd, "vocab": CHAR_VOCAB}, out)
+    return out
 
 
 def hf_dir(family: str) -> Path:
@@ -53,11 +77,11 @@ def hf_dir(family: str) -> Path:
     return out
 
 
-def arch_model(name: str) -> HookedTransformer:
+def arch_model(name: str) -> Model:
     """The model of architecture ``name`` (cached: tests must not modify it)."""
     if name not in _MODELS:
         if name == "attn-only":
-            _MODELS[name] = tiny_model(seed=11, n_layers=2, vocab=CHAR_VOCAB)
+            _MODELS[name] = load_model(attn_only_checkpoint(_ROOT / "attn-only.pt"))
         else:
             family, kwargs = _HF[name]
             _MODELS[name] = load_model(hf_dir(family), **kwargs)
@@ -69,6 +93,6 @@ def arch_family(name: str) -> str | None:
     return _HF[name][0] if name in _HF else None
 
 
-def float_tol(model: HookedTransformer, fp32: float) -> float:
+def float_tol(model: Model, fp32: float) -> float:
     """A tolerance scaled to the model's precision (bf16 carries about 3 significant digits)."""
     return fp32 if model.cfg.dtype in (torch.float32, torch.float64) else max(fp32, 2e-2)

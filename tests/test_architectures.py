@@ -74,11 +74,13 @@ def test_copying_equals_dense_eigenvalues(arch):
     model = arch_model(arch)
     ours = copying_scores(model, baseline_samples=4)
     ref_model = _fp32(arch, model)
-    W_E, W_U = ref_model.W_E.detach().double(), ref_model.W_U.detach().double()
+    # TransformerLens's own OV factors (GQA expanded) and embedding as the residual stream sees it
+    W_E = ref_model.embed(torch.arange(model.cfg.d_vocab)[None])[0].detach().double()
+    W_U = ref_model.W_U.detach().double()
+    OV = ref_model.OV
     for l in range(model.cfg.n_layers):
         for h in range(model.cfg.n_heads):
-            ov = ref_model.blocks[l].attn.OV[h]
-            full = W_E @ ov.A.detach().double() @ ov.B.detach().double() @ W_U
+            full = W_E @ OV.A[l, h].detach().double() @ OV.B[l, h].detach().double() @ W_U
             lam = torch.from_numpy(np.linalg.eigvals(full.numpy()))  # LAPACK geev via numpy: 40x torch's here
             lam = lam[lam.abs().argsort(descending=True)[: model.cfg.d_head]]
             ref = lam.real.sum() / lam.abs().sum()
@@ -196,8 +198,14 @@ def test_token_subspaces_read_logits_as_the_model_does(arch):
     model = arch_model(arch)
     x = torch.randn(3, model.cfg.d_model, generator=torch.Generator().manual_seed(0)).to(model.cfg.dtype) * 3
     for at, start in (("ln_final", model.cfg.n_layers), (1, 1)):
-        # TransformerLens's own forward from that point (soft-cap applied once, as in forward)
-        ref = model(x[:, None], start_at_layer=start)[:, 0]
+        # TransformerLens's own forward from that point (soft-cap applied once, as in forward);
+        # a TransformerBridge refuses start_at_layer == n_layers, so there: its ln_final + unembed + cap
+        if start < model.cfg.n_layers:
+            ref = model(x[:, None], start_at_layer=start)[:, 0]
+        else:
+            ref = model.unembed(model.ln_final(x[:, None]))[:, 0]
+            cap = model.cfg.output_logits_soft_cap
+            ref = cap * torch.tanh(ref / cap) if cap and cap > 0 else ref
         torch.testing.assert_close(_tail_logits(model, x, at), ref, atol=float_tol(model, 1e-5), rtol=1e-4)
     subs = token_subspaces(model, [11, 12], n_samples=6, steps=40, seed=0, progress=False)
     assert subs.final_prob.shape == (2, 6) and subs.figure().data and len(subs.to_frame()) == 2

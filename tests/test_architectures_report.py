@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from archs import ARCHS, arch_family, arch_model, hf_dir
-from lensworks import report, save_model
+from archs import ARCHS, arch_family, arch_model, attn_only_checkpoint, hf_dir
+from lensworks import report
 from lensworks.cli import main
 from lensworks.model import has_resid_mid
 
@@ -33,7 +33,7 @@ def _checkpoint(arch, tmp_path):
     """The checkpoint path and the CLI flags that load it as the architecture entry has it."""
     family = arch_family(arch)
     if family is None:
-        return str(save_model(arch_model(arch), tmp_path / arch)), []
+        return str(attn_only_checkpoint(tmp_path / "attn-only.pt")), []
     flags = {"ln-mlp": ["--no-processing"], "bf16": ["--dtype", "bfloat16"]}.get(arch, [])
     return str(hf_dir(family)), flags
 

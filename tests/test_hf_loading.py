@@ -11,10 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from archs import hf_dir
+from archs import arch_model, hf_dir
 from hf_families import FAMILIES, build_hf_checkpoint, hf_log_probs, sample_tokens
 from lensworks import load_model, save_model
-from lensworks.model import LensworksError, SUPPORTED_ARCHITECTURES, encode_text, processing_state, uses_bos
+from lensworks.model import TL_MAJOR, LensworksError, SUPPORTED_ARCHITECTURES, encode_text, processing_state, uses_bos
+
+tl3_only = pytest.mark.skipif(TL_MAJOR >= 4, reason="save_model writes TransformerLens 3 checkpoints")
 
 _TEXT = "def parse(self, args):\n    return self._parse_known(args)  # ok"
 _RAW = dict(fold_ln=False, center_writing_weights=False, center_unembed=False)
@@ -81,6 +83,7 @@ def test_bf16_is_close_to_hugging_face():
     assert (_log_probs(model, toks) - hf_log_probs(path, toks)).abs().max().item() < 0.1
 
 
+@tl3_only
 def test_save_model_keeps_the_tokenizer(tmp_path):
     model = load_model(hf_dir("gpt2"))
     out = save_model(model, tmp_path / "saved")
@@ -94,6 +97,7 @@ def test_save_model_keeps_the_tokenizer(tmp_path):
     assert processing_state(back) == processing_state(model)
 
 
+@tl3_only
 def test_save_model_removes_a_stale_vocabulary(tmp_path, mlp_model):
     out = save_model(mlp_model, tmp_path / "ckpt")
     assert (out / "vocab.json").is_file()
@@ -176,8 +180,25 @@ def test_untied_checkpoint_without_head(tmp_path):
         load_model(path)
 
 
-def test_bad_dtype_and_model_with_options(attn_model):
+def test_bad_dtype_and_model_with_options():
     with pytest.raises(LensworksError, match="floating torch.dtype"):
         load_model(hf_dir("gpt2"), dtype=torch.int8)
     with pytest.raises(LensworksError, match="model object"):
-        load_model(attn_model, fold_ln=True)
+        load_model(arch_model("attn-only"), fold_ln=True)
+
+
+@pytest.mark.skipif(TL_MAJOR < 4, reason="TransformerBridge checks need TransformerLens 4")
+def test_bridge_not_in_compatibility_mode_and_other_objects(tmp_path):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from lensworks.circuits import copying_scores
+    from lensworks.geometry import residual_stats
+
+    raw = TransformerBridge.boot_transformers(str(hf_dir("gpt2")), device="cpu")
+    for fn in (lambda m: copying_scores(m), lambda m: residual_stats(m, {"a": torch.ones(2, 4, dtype=torch.long)})):
+        with pytest.raises(LensworksError, match="enable_compatibility_mode"):
+            fn(raw)
+    with pytest.raises(LensworksError, match="TransformerBridge"):
+        copying_scores(torch.nn.Linear(2, 2))
+    with pytest.raises(LensworksError, match="save_pretrained"):
+        save_model(arch_model("llama"), tmp_path / "x")

@@ -14,6 +14,7 @@ from torch import Tensor
 from lensworks._results import ResultMixin
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, kl_divergence, progress_bar
+from lensworks.model._compat import logits_from_block
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, token_label
 
 __all__ = ["hellinger", "AblationTable", "block_ablation", "BlockDecomposition", "block_decomposition",
@@ -237,7 +238,7 @@ def block_ablation(
                         abl = _ablate_with_hooks(model, toks, layer, kind)  # start_at_layer loses the pos embed
                     else:
                         resid = post - store[hook_name(kind, layer)]
-                        abl = model(resid, start_at_layer=layer + 1, return_type="logits")
+                        abl = logits_from_block(model, resid, layer + 1)
                     abl = abl[rows, idx].float().log_softmax(-1)
                     res[f"{which}_h"].append(_common.hellinger(clean.exp(), abl.exp()))
                     res[f"{which}_kl"].append(kl_divergence(clean, abl))

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from lensworks._results import ResultMixin
 from lensworks.geometry._common import progress_bar, softcap
+from lensworks.model._compat import logits_from_block
 from lensworks.model import HookedTransformer, LensworksError, check_layer, token_strings
 
 __all__ = ["TokenSubspaces", "Alignment", "token_subspaces", "alignment"]
@@ -20,11 +21,12 @@ __all__ = ["TokenSubspaces", "Alignment", "token_subspaces", "alignment"]
 
 def _tail_logits(model: HookedTransformer, x: Tensor, at: Union[str, int]) -> Tensor:
     """Logits from a ``[n, d_model]`` residual inserted at ``at`` (single-position sequences)."""
+    x = x.to(model.cfg.dtype)  # learned embeddings are float32; a bf16 model reads bf16
     if at == "ln_final":
         h = model.ln_final(x) if model.cfg.normalization_type is not None else x
         return softcap(model, model.unembed(h))
     # the model's own forward applies its output soft-cap already
-    return model(x[:, None, :], start_at_layer=int(at), return_type="logits")[:, 0]
+    return logits_from_block(model, x[:, None, :], int(at))[:, 0]
 
 
 @dataclass(frozen=True)

@@ -373,7 +373,11 @@ def check_hf_shapes(path: Path, family: str, raw: dict[str, Any]) -> None:
     base = _BASE_PREFIX.get(family, "model.")
     if not any(k.startswith(base) for k in stored):
         stored = {k if k.startswith(("lm_head.", "embed_out.")) else base + k: v for k, v in stored.items()}
-    head, emb = _HEAD.get(family, _DEFAULT_HEAD)
+    # transformers 5 renames some heads on load (GPT-NeoX's embed_out is lm_head in the module)
+    alias = lambda k: "lm_head." + k[len("embed_out."):] if k.startswith("embed_out.") else k  # noqa: E731
+    stored = {alias(k): v for k, v in stored.items()}
+    expected = {alias(k): v for k, v in expected.items()}
+    head = alias(_HEAD.get(family, _DEFAULT_HEAD)[0])
     for name, shape in expected.items():
         if name not in stored:
             if name == head and raw.get("tie_word_embeddings", family in _TIED_BY_DEFAULT):
