@@ -1,7 +1,16 @@
 # The two commands a new user needs: `make demo` and `make test`.
 # Both create .venv when it is absent and install lensworks into it (editable, with dev extras).
+# TL picks the TransformerLens line: 3 (default, HookedTransformer) or 4 (TransformerBridge), each in
+# its own venv: `make test TL=4`, `make demo TL=4`.
 PYTHON ?= python3
+TL ?= 3
+ifeq ($(TL),4)
+VENV ?= .venv-tl4
+TL_REQ := transformer-lens>=4,<5
+else
 VENV ?= .venv
+TL_REQ := transformer-lens>=3,<4
+endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lensworks-installed
 
@@ -12,7 +21,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]" "$(TL_REQ)"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,4 +38,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_probes.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf .venv .venv-tl4 out .pytest_cache
