@@ -51,9 +51,9 @@ def check_model(model: Any) -> None:
         LensworksError: expected a TransformerLens model (HookedTransformer or TransformerBridge), got str
     """
     if not is_model(model):
-        kinds = "HookedTransformer" if TL_MAJOR < 4 else "TransformerBridge"
         raise LensworksError(
-            f"expected a TransformerLens model ({kinds}; lensworks.load_model(path) makes one), got {type(model).__name__}"
+            "expected a TransformerLens model: a HookedTransformer (TransformerLens 3) or a TransformerBridge in "
+            f"compatibility mode (TransformerLens 4); lensworks.load_model(path) makes one. Got {type(model).__name__}"
         )
     if is_bridge(model) and not getattr(model, "compatibility_mode", False):
         raise LensworksError(

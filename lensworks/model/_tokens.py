@@ -94,6 +94,9 @@ def check_token_tensor(model: HookedTransformer, toks: Tensor, *, what: str = "t
         >>> check_token_tensor(model, torch.tensor([1, 2, 3])).shape
         torch.Size([1, 3])
     """
+    from lensworks.model._compat import check_model
+
+    check_model(model)
     if toks.ndim == 1:
         toks = toks[None]
     if toks.ndim != 2:
