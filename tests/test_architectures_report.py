@@ -51,8 +51,8 @@ def test_every_cli_command(arch, tmp_path, capsys):
         ["geometry", ckpt, "--positive", str(pos), "--negative", str(neg), "--json", str(tmp_path / "g.json")],
         ["neighbours", ckpt, "--corpus", str(text), "--window", "4", "--prompts", "8",
          "--hook", "attn_out" if arch == "attn-only" else "mlp_out", "--json", str(tmp_path / "n.json")],
-        ["probes", ckpt, "--text", str(text), "--max-tokens", "600", "--json", str(tmp_path / "p.json")],
-        ["report", ckpt, "--text", str(text), "--n-prompts", "4", "--prompt-len", "24", "--no-progress",
+        ["probes", ckpt, "--text", str(text), "--max-tokens", "300", "--offsets", "0,-1", "--json", str(tmp_path / "p.json")],
+        ["report", ckpt, "--text", str(text), "--n-prompts", "2", "--prompt-len", "16", "--no-progress",
          "-o", str(tmp_path / "r.html")],
     ]
     for argv in runs:
