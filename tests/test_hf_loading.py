@@ -202,3 +202,22 @@ def test_bridge_not_in_compatibility_mode_and_other_objects(tmp_path):
         copying_scores(torch.nn.Linear(2, 2))
     with pytest.raises(LensworksError, match="save_pretrained"):
         save_model(arch_model("llama"), tmp_path / "x")
+
+
+@pytest.mark.parametrize("where", ["W_U", "W_V", "W_E"])
+def test_non_finite_weights_are_named(tmp_path, where):
+    from lensworks.circuits import composition_scores, copying_scores
+
+    path = _copy(tmp_path, "gpt2")
+    sd = load_file(str(path / "model.safetensors"))
+    key = {"W_U": "transformer.wte.weight", "W_V": "transformer.h.1.attn.c_attn.weight", "W_E": "transformer.wte.weight"}[where]
+    bad = sd[key].clone()
+    bad.view(-1)[-1] = float("nan") if where != "W_V" else float("inf")
+    sd[key] = bad
+    save_file(sd, str(path / "model.safetensors"))
+    model = load_model(path, **_RAW)
+    with pytest.raises(LensworksError, match="holds 1 (NaN|inf)"):
+        copying_scores(model, baseline=False)
+    if where == "W_V":
+        with pytest.raises(LensworksError, match="W_V of block 1 holds 1 inf"):
+            composition_scores(model, "V", baseline=False)

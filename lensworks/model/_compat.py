@@ -88,9 +88,29 @@ def quiet():
 # --------------------------------------------------------------------------- weights
 
 
+def require_finite_weight(tensor: Tensor, name: str) -> Tensor:
+    """Return ``tensor``, or raise naming it and counting its NaN / inf entries.
+
+    ``where(denom > 0, ...)`` guards further down would otherwise turn NaN into plausible zeros.
+
+    Example:
+        >>> require_finite_weight(torch.tensor([1.0, float("nan")]), "W_U of the unembedding")  # doctest: +SKIP
+        LensworksError: W_U of the unembedding holds 1 NaN; no analysis can be computed from it
+    """
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        n_nan = int(torch.isnan(tensor).sum())
+        n_inf = int(torch.isinf(tensor).sum())
+        parts = [f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else ""]
+        raise LensworksError(f"{name} holds {' and '.join(p for p in parts if p)}; no analysis can be computed from it")
+    return tensor
+
+
+
 def stacked(model: Any, name: str, layers: Sequence[int]) -> Tensor:
     """``blocks[l].attn.<name>`` for the given layers, stacked and detached, GQA expanded."""
-    w = torch.stack([getattr(model.blocks[i].attn, name).detach() for i in layers])
+    w = torch.stack([
+        require_finite_weight(getattr(model.blocks[i].attn, name).detach(), f"{name} of block {i}") for i in layers
+    ])
     n_heads = model.cfg.n_heads
     if w.ndim >= 3 and w.shape[1] != n_heads:  # key/value heads stored once per group
         w = torch.repeat_interleave(w, n_heads // w.shape[1], dim=1)
@@ -101,10 +121,10 @@ def token_embedding(model: Any) -> Tensor:
     """``[d_vocab, d_model]``: what the residual stream receives for each token id (Gemma's
     sqrt(d_model) scale included on both lines)."""
     if not is_bridge(model):
-        return model.W_E.detach()
+        return require_finite_weight(model.W_E.detach(), "W_E of the embedding")
     ids = torch.arange(model.cfg.d_vocab, device=model.W_E.device)[None]
     with torch.no_grad():
-        return model.embed(ids)[0].detach()
+        return require_finite_weight(model.embed(ids)[0].detach(), "W_E of the embedding")
 
 
 def writing_weights(model: Any) -> list[Tensor]:

@@ -161,10 +161,10 @@ def unembedding(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab_out"
         >>> unembedding(model).shape == (model.cfg.d_model, model.cfg.d_vocab_out)
         True
     """
-    from lensworks.model._compat import check_model
+    from lensworks.model._compat import check_model, require_finite_weight
 
     check_model(model)
-    return model.W_U.detach()
+    return require_finite_weight(model.W_U.detach(), "W_U of the unembedding")
 
 
 
