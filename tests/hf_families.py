@@ -223,7 +223,8 @@ def hf_log_probs(out_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[batch, pos, vocab]`` float32 log-probabilities.
     """
-    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32, attn_implementation="eager",
+                                                 local_files_only=True)  # a local directory, never the hub
     model.eval()
     with torch.no_grad():
         logits = model(input_ids=tokens.long(), use_cache=False).logits
@@ -246,7 +247,7 @@ def sample_tokens(out_dir: Path, n_seqs: int = 2, seq_len: int = 24, *, seed: in
         A long tensor of token ids, exactly what ``AutoTokenizer`` gives (BOS included where the
         family prepends it), truncated to ``seq_len``.
     """
-    tok = AutoTokenizer.from_pretrained(out_dir)
+    tok = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
     rows = []
     for i in range(n_seqs):
         if random:
