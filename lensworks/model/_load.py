@@ -78,7 +78,8 @@ def load_model(
 
     Returns:
         The model, in eval mode, with a tokenizer when the checkpoint has one (a Hugging Face
-        tokenizer, or one over exactly the stored vocabulary).
+        tokenizer, or one over exactly the stored vocabulary): a ``HookedTransformer`` under
+        TransformerLens 3.x, a ``TransformerBridge`` in compatibility mode under 4.x.
 
     Example:
         >>> model = load_model("path/to/hf_checkpoint_dir")          # doctest: +SKIP
