@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/lensworks heads --json out/heads.json --html out/heads.html
+	$(VENV)/bin/lensworks heads bpe-llama --top 4    # a Hugging Face Llama directory, read by load_model
 	$(VENV)/bin/lensworks report -o out/report.html
 	@echo "demo report: $(CURDIR)/out/report.html (open it in a browser; it works offline)"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from lensworks import zoo
-from lensworks.model import LensworksError, load_model, save_model
-from lensworks.zoo import recipes
+from lensworks.model import LensworksError, encode_text, load_model, save_model
+from lensworks.zoo import bpe, recipes
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,16 @@ def _repeated(n: int, batch: int, d_vocab: int, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- API
 
 
+HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "recipe.json")
+
+
 def test_names_and_paths():
-    assert zoo.names() == ["induction-2l", "char-mlp"]
+    assert zoo.names() == ["induction-2l", "char-mlp", "bpe-llama"]
     for name in zoo.names():
         p = zoo.path(name)
         assert p.name == name and p.parent.name == "checkpoints"
-        for f in ("config.json", "model.safetensors", "vocab.json", "recipe.json"):
+        files = HF_FILES if name == "bpe-llama" else ("config.json", "model.safetensors", "vocab.json", "recipe.json")
+        for f in files:
             assert (p / f).is_file(), f"{name} lacks {f}"
         assert (p / "model.safetensors").stat().st_size < 5_000_000
 
@@ -215,3 +220,122 @@ def test_cli_list(capsys, char_mlp):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "induction-2l" in out and "char-mlp" in out
+
+
+# --------------------------------------------------------------------------- bpe-llama: a Hugging Face directory
+
+
+@pytest.fixture(scope="module")
+def bpe_llama():
+    return zoo.load("bpe-llama")
+
+
+@pytest.fixture(scope="module")
+def bpe_hf():
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    p = zoo.path("bpe-llama")
+    model = LlamaForCausalLM.from_pretrained(p, local_files_only=True, attn_implementation="eager").eval()
+    return model, AutoTokenizer.from_pretrained(p, local_files_only=True)
+
+
+def test_bpe_llama_is_a_small_llama_directory():
+    p = zoo.path("bpe-llama")
+    assert sum(f.stat().st_size for f in p.iterdir()) < 10_000_000
+    cfg = json.loads((p / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["hidden_act"] == "silu"
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]) == (4, 2, 2048)
+    assert cfg["tie_word_embeddings"] is True and cfg["bos_token_id"] == 0
+    tc = json.loads((p / "tokenizer_config.json").read_text())
+    assert tc["tokenizer_class"] == "PreTrainedTokenizerFast" and tc["bos_token"] == "<|bos|>"
+    info = json.loads((p / "recipe.json").read_text())
+    assert info["hyper_parameters"]["hf_config"]["num_key_value_heads"] == 2
+
+
+def test_bpe_llama_loads_through_load_model_as_hf_computes(bpe_llama, bpe_hf):
+    hf, tok = bpe_hf
+    cfg = bpe_llama.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads, cfg.d_vocab) == (2, 4, 2, 2048)
+    assert cfg.normalization_type in ("RMS", "RMSPre") and cfg.positional_embedding_type == "rotary" and cfg.gated_mlp
+    text = zoo.corpus(None)[1_200_000:1_201_000]  # held-out source
+    ids = encode_text(bpe_llama, text)
+    assert ids.tolist() == tok(text)["input_ids"] and ids[0] == 0  # BOS from the tokenizer's template
+    assert 2.5 < len(text) / (len(ids) - 1) < 6  # subwords of several characters
+    toks = ids[None, :128]
+    with torch.inference_mode():
+        ours = bpe_llama(toks).log_softmax(-1)
+        ref = hf(toks).logits.log_softmax(-1)
+    assert (ours - ref).abs().max() < 1e-4
+
+
+def test_bpe_llama_induction_heads_found_with_defaults(bpe_llama, bpe_hf):
+    from lensworks.circuits import find_induction_heads, head_scores, repeated_tokens
+
+    report = find_induction_heads(bpe_llama)
+    assert report.heads and all(layer == 1 for layer, _ in report.heads), report.summary()
+    scores = head_scores(bpe_llama, "induction")
+    prev = head_scores(bpe_llama, "previous_token")
+    assert float(scores.scores[1].max()) > 0.5 and float(prev.scores[0].max()) > 0.5
+    # naive cross-check: Hugging Face's own attention probabilities on the same tokens
+    hf, _ = bpe_hf
+    from lensworks.model import default_seq_len
+
+    n = default_seq_len(bpe_llama, bos=True)
+    assert n == 50
+    toks = repeated_tokens(bpe_llama, seq_len=n, n_seqs=8, seed=0)
+    with torch.inference_mode():
+        att = hf(toks, output_attentions=True).attentions[1]  # [batch, head, q, k]
+        ours = head_scores(bpe_llama, "induction", tokens=toks).scores[1]
+    q = torch.arange(1 + n, 1 + 2 * n)
+    naive = att[:, :, q, q - n + 1].mean(dim=(0, 2))
+    torch.testing.assert_close(ours.float(), naive.float(), atol=1e-4, rtol=0)
+    # the shipped measurements are what lensworks measures now
+    stored = zoo.describe("bpe-llama")["metrics"]
+    assert stored["induction_heads"] == [f"L{l}H{h}" for l, h in report.heads]
+    torch.testing.assert_close(torch.tensor(stored["induction_score"]), scores.scores.float(), atol=1e-3, rtol=0)
+    assert stored["loss_second_copy"] < 0.1 * stored["loss_first_copy"]
+
+
+def test_bpe_tokenizer_is_the_recipes(bpe_hf):
+    _, tok = bpe_hf
+    retrained = bpe.train_tokenizer(zoo.corpus(bpe.BPE_LLAMA.train_chars), bpe.BPE_LLAMA.vocab_size)
+    assert retrained.get_vocab() == tok.get_vocab()
+    assert retrained.encode("def f(x):\n    return x").ids == tok("def f(x):\n    return x")["input_ids"]
+    with pytest.raises(LensworksError, match="vocab_size"):
+        bpe.train_tokenizer("abc", 100)
+
+
+def test_bpe_training_batches():
+    ids = torch.arange(2, 5000)
+    batch = bpe.training_batch(torch.Generator().manual_seed(0), ids, bpe.BPE_LLAMA)
+    assert batch.shape == (32, 128) and (batch[:, 0] == 0).all() and (batch[:, 1:] >= 2).all()
+    n_rep = round(32 * bpe.BPE_LLAMA.repeat_fraction)
+    for row in batch[:n_rep]:  # a block repeats with some period <= 59 after a prefix of < 20 tokens
+        body = row[21:]
+        assert any(torch.equal(body[p:], body[:-p]) for p in range(4, 60))
+    for row in batch[n_rep:]:  # text rows are consecutive corpus tokens
+        assert torch.equal(row[2:] - row[1:-1], torch.ones(126, dtype=torch.long))
+
+
+def test_bpe_recipe_short_run_is_reproducible(tmp_path):
+    small = dataclasses.replace(bpe.BPE_LLAMA, vocab_size=300, train_chars=30_000, batch_size=4, seq_len=32)
+    threads = torch.get_num_threads()
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    a, tok, info = bpe.train(recipe=small, steps=2, progress=False)
+    assert torch.equal(torch.rand(3), expected) and torch.get_num_threads() == threads  # global state untouched
+    b, _, _ = bpe.train(recipe=small, steps=2, progress=False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert info["steps"] == 2 and math.isfinite(info["final_loss"]) and info["hyper_parameters"]["d_vocab"] == 300
+    out = bpe.save(a, tok, info, tmp_path / "ckpt")
+    for f in HF_FILES:
+        assert (out / f).is_file(), f
+    model = load_model(out)
+    toks = torch.tensor([[0, 5, 77, 123, 5, 77]])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(toks).log_softmax(-1), a(toks).logits.log_softmax(-1), atol=1e-4, rtol=0)
+    with pytest.raises(LensworksError, match="steps"):
+        bpe.train(steps=0)
+    with pytest.raises(LensworksError, match="unknown"):
+        bpe.train("gpt2")

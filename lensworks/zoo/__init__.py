@@ -1,4 +1,10 @@
-"""Bundled demo models (trained by lensworks itself), their recipes, and the stdlib text corpus."""
+"""Bundled demo models (trained by lensworks itself), their recipes, and the stdlib text corpus.
+
+``induction-2l`` and ``char-mlp`` are checkpoints in lensworks' own format (recipes in
+:mod:`lensworks.zoo.recipes`); ``bpe-llama`` is a Hugging Face ``LlamaForCausalLM`` directory
+with a byte-level BPE tokenizer (recipe in :mod:`lensworks.zoo.bpe`), loaded like any user's
+Hugging Face checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from lensworks.model import HookedTransformer, LensworksError, load_model
 __all__ = ["names", "load", "path", "corpus", "describe"]
 
 #: The bundled models, in a fixed order.
-_NAMES = ("induction-2l", "char-mlp")
+_NAMES = ("induction-2l", "char-mlp", "bpe-llama")
 
 _CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
@@ -78,11 +84,11 @@ def names() -> list[str]:
     """Names of the bundled demo models.
 
     Returns:
-        ``["induction-2l", "char-mlp"]``.
+        ``["induction-2l", "char-mlp", "bpe-llama"]``.
 
     Example:
         >>> names()
-        ['induction-2l', 'char-mlp']
+        ['induction-2l', 'char-mlp', 'bpe-llama']
     """
     return list(_NAMES)
 
@@ -94,8 +100,12 @@ def _check_name(name: str) -> str:
 
 
 def path(name: str) -> Path:
-    """The directory holding a bundled checkpoint (``config.json``, ``model.safetensors``,
-    ``vocab.json``, ``recipe.json``).
+    """The directory holding a bundled checkpoint.
+
+    ``induction-2l`` and ``char-mlp``: ``config.json``, ``model.safetensors``, ``vocab.json``,
+    ``recipe.json`` (lensworks' format). ``bpe-llama``: a Hugging Face directory
+    (``config.json``, ``generation_config.json``, ``model.safetensors``, ``tokenizer.json``,
+    ``tokenizer_config.json``) plus ``recipe.json``.
 
     Args:
         name: One of :func:`names`.
@@ -119,7 +129,7 @@ def load(
     """Load a bundled demo model, offline.
 
     Args:
-        name: ``"induction-2l"`` or ``"char-mlp"``.
+        name: One of :func:`names`.
         device: Where to put the weights (default CPU).
         dtype: Floating dtype (default float32).
 
@@ -155,9 +165,7 @@ def describe(name: str) -> dict[str, Any]:
         >>> describe("induction-2l")["hyper_parameters"]["n_layers"]
         2
     """
-    from lensworks.zoo import recipes
-
-    recipe = recipes.RECIPES[_check_name(name)]
+    recipe = _recipe(_check_name(name))
     info: dict[str, Any] = {
         "name": name,
         "summary": recipe.summary,
@@ -179,6 +187,13 @@ def describe(name: str) -> dict[str, Any]:
         if "hyper_parameters" in stored:
             info["hyper_parameters"] = stored["hyper_parameters"]
     return info
+
+
+def _recipe(name: str) -> Any:
+    """The recipe object of a bundled model (``recipes.Recipe`` or ``bpe.SubwordRecipe``)."""
+    from lensworks.zoo import bpe, recipes
+
+    return recipes.RECIPES[name] if name in recipes.RECIPES else bpe.RECIPES[name]
 
 
 def _clean(text: str) -> str:

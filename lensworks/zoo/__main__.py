@@ -20,10 +20,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lensworks.zoo import recipes
+    from lensworks.zoo import bpe, recipes
 
     out = args.out or f"out/zoo/{args.name}"
-    directory = recipes.train_and_save(args.name, out, steps=args.steps, threads=args.threads, log=print)
+    if args.name in bpe.RECIPES:  # a Hugging Face model, trained with transformers
+        directory = bpe.train_and_save(args.name, out, steps=args.steps, threads=args.threads, log=print)
+    else:
+        directory = recipes.train_and_save(args.name, out, steps=args.steps, threads=args.threads, log=print)
     info = json.loads((directory / "recipe.json").read_text())
     print(f"wrote {directory} in {info['train_time_s']} s; final train loss {info['final_loss']:.4f}")
     print(json.dumps(info["metrics"], indent=1))
