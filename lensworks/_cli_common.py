@@ -46,18 +46,16 @@ def model_from_args(args: argparse.Namespace, default: str):
 
 
 def write_outputs(args: argparse.Namespace, payload: dict[str, Any], figures: Sequence[Any], title: str) -> None:
-    """Write ``--json`` (payload) and ``--html`` (all figures on one self-contained page)."""
+    """Write ``--json`` (payload) and ``--html`` (all figures on one self-contained page), atomically."""
+    from lensworks.model._io import write_atomic
+
     if getattr(args, "json", None):
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=1))
+        path = write_atomic(args.json, json.dumps(payload, indent=1))
         print(f"wrote {path}")
     if getattr(args, "html", None):
         from lensworks.plotting import figures_to_html
 
-        path = Path(args.html)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(figures_to_html(figures, title=title))
+        path = write_atomic(args.html, figures_to_html(figures, title=title))
         print(f"wrote {path}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,12 @@ def run_report(args: argparse.Namespace) -> int:
     positive = _read(args.positive, "--positive")
     negative = _read(args.negative, "--negative")
     model, name = model_from_args(args, default_model())
+    from lensworks import zoo
+
+    if text is None and corpus is None and name not in zoo.names():
+        print(f"lensworks report: note: no --text given; geometry and probes read the fallback text, "
+              f"{report.FALLBACK_SOURCE}, which {name} may never have seen. Pass --text FILE for your own text; "
+              "the page says which text each analysis read.", file=sys.stderr)
     results = report.analyse(
         model, text=text, corpus=corpus, positive=positive, negative=negative,
         n_prompts=args.n_prompts, prompt_len=args.prompt_len, seed=args.seed, progress=not args.no_progress,

@@ -14,6 +14,7 @@ token cannot close the script element.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import html
 import json
@@ -25,8 +26,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import torch
 
 from lensworks.model import HookedTransformer, LensworksError, check_model, model_streams, text_windows, uses_bos
+from lensworks.model._io import write_atomic
 
-__all__ = ["build", "analyse", "SECTIONS", "safe_markup"]
+__all__ = ["build", "analyse", "Analyses", "DataRead", "SECTIONS", "safe_markup"]
 
 #: Known sections, in page order (others follow in the order they first appear).
 SECTIONS = ("circuits", "geometry", "probes")
@@ -49,6 +51,50 @@ _SECTION_INTRO = {
 
 Item = Any  # a result with .figure(), a plotly Figure, or (item, caption)
 Results = Union[Sequence[Item], Mapping[str, Sequence[Item]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRead:
+    """Which text (or tokens) one group of analyses read, and how much; shown on the page.
+
+    Attributes:
+        analyses: The analyses that read it.
+        source: Where it came from (``"text"``, ``"corpus"``, the fallback, random tokens).
+        n_windows, tokens_per_window: How much was read.
+        note: What the reader should know.
+        fallback: True when no text was given and lensworks chose this one.
+    """
+
+    analyses: str
+    source: str
+    n_windows: int
+    tokens_per_window: int | None
+    note: str = ""
+    fallback: bool = False
+
+
+class Analyses(dict):
+    """What :func:`analyse` returns: a dict ``section -> results`` that also carries ``data``,
+    the :class:`DataRead` records saying which text each group of analyses read.
+
+    Example:
+        >>> results = analyse(model)  # doctest: +SKIP
+        >>> list(results), results.data[0].source  # doctest: +SKIP
+        (['circuits', 'geometry', 'probes'], 'random token sequences, each repeated once (seed 0)')
+    """
+
+    def __init__(self, sections: Mapping[str, list[Any]], *, data: Sequence[DataRead] = ()):
+        super().__init__(sections)
+        self.data: list[DataRead] = list(data)
+
+
+#: The text read when a report is asked for without any: the part of the zoo corpus the demo
+#: models never trained on.
+FALLBACK_SOURCE = "held-out Python standard-library source (lensworks.zoo.corpus after its first 1,000,000 characters)"
+FALLBACK_NOTE = (
+    "No text was given, so this is a fallback: the bundled demo models' held-out corpus, not necessarily text "
+    "like this model's training data. Pass text= (CLI: --text FILE) for numbers about your own text."
+)
 
 # Tags plotly.js itself interprets in text; any other "<" or ">" is escaped.
 _ALLOWED_TAG = re.compile(r"(</?(?:b|i|em|sup|sub|s|u|extra)>|<br\s*/?>)", re.IGNORECASE)
@@ -330,6 +376,21 @@ def _highlights_html(sections: Mapping[str, Sequence[tuple[Any, str | None]]]) -
     return f"<section id='highlights'><h2>At a glance</h2><ul class='highlights'>{''.join(lines)}</ul></section>"
 
 
+def _data_html(data_read: Sequence[DataRead]) -> str:
+    """The "Data read" table: which text each analysis read, how much, and caveats."""
+    if not data_read:
+        return ""
+    head = "<tr><th>analyses</th><th>source</th><th>windows</th><th>tokens each</th><th>note</th></tr>"
+    rows = "".join(
+        f"<tr><td>{_esc(d.analyses)}</td><td>{_esc(d.source)}</td><td>{d.n_windows}</td>"
+        f"<td>{'varies' if d.tokens_per_window is None else d.tokens_per_window}</td><td>{_esc(d.note)}</td></tr>"
+        for d in data_read
+    )
+    fallback = any(d.fallback for d in data_read)
+    warn = f"<p class='note'><strong>Fallback text.</strong> {_esc(FALLBACK_NOTE)}</p>" if fallback else ""
+    return f"<section id='data-read'><h2>Data read</h2>{warn}<table class='model'>{head}{rows}</table></section>"
+
+
 def _model_html(model: Any, name: str | None) -> str:
     if model is None:
         return ""
@@ -478,7 +539,8 @@ def build(
     Args:
         results: A list of lensworks results (anything with ``.figure()``), plotly Figures or
             ``(item, caption)`` pairs, placed in the circuits / geometry / probes section by the
-            module they come from (plain figures go to "figures"); or a dict ``section -> list``.
+            module they come from (plain figures go to "figures"); or a dict ``section -> list``
+            (an :class:`Analyses` from :func:`analyse` also brings its "Data read" table).
         path: The ``.html`` file to write (parent folders are created).
         title: Page title.
         model: When given, a table of its configuration, weight processing and vocabulary.
@@ -495,6 +557,7 @@ def build(
     """
     import plotly.offline
 
+    data_read: Sequence[DataRead] = list(getattr(results, "data", ()))
     sections = _normalise(results)
     specs: list[dict[str, Any]] = []
     body: list[str] = []
@@ -546,7 +609,7 @@ def build(
 
     from lensworks import __version__
 
-    model_section = _model_html(model, model_name)
+    model_section = _model_html(model, model_name) + _data_html(data_read)
     highlights = _highlights_html(sections)
     if model_section:
         toc.insert(0, "<li><a href='#model'>Model</a></li>")
@@ -570,10 +633,7 @@ def build(
         f"<script type='application/json' id='lw-figures'>{payload}</script>\n"
         f"<script>{_RENDER_JS}</script>\n</body></html>\n"
     )
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    return out
+    return write_atomic(path, page)
 
 
 def _figures_json(specs: list[dict[str, Any]]) -> str:
@@ -647,7 +707,9 @@ def analyse(
             warning counting them) instead of raising.
 
     Returns:
-        ``{"circuits": [...], "geometry": [...], "probes": [...]}``.
+        An :class:`Analyses` dict ``{"circuits": [...], "geometry": [...], "probes": [...]}``
+        whose ``.data`` lists which text each group of analyses read (:class:`DataRead`;
+        :func:`build` shows it under "Data read", with a plain warning for fallback text).
 
     Example:
         >>> from lensworks import zoo
@@ -668,28 +730,42 @@ def analyse(
     prompt_len = max(4, min(int(prompt_len), cfg.n_ctx))
     out: dict[str, list[Any]] = {"circuits": [], "geometry": [], "probes": []}
     state: dict[str, Any] = {}
+    data: list[DataRead] = []
 
-    def windows(n: int) -> torch.Tensor:
-        source = text if text is not None else corpus
-        if source is not None:
+    def windows(n: int, analyses: str) -> torch.Tensor:
+        w, source, note = _windows(n)
+        fallback = note == FALLBACK_NOTE
+        note = "fallback text, chosen by lensworks (see the note above)" if fallback else note
+        data.append(DataRead(analyses, source, int(w.shape[0]), int(w.shape[1]), note, fallback))
+        return w
+
+    def _windows(n: int) -> tuple[torch.Tensor, str, str]:
+        given = text if text is not None else corpus
+        if given is not None:
             if model.tokenizer is None:
                 raise LensworksError("the model has no tokenizer, so it cannot read text; leave text/corpus out")
-            return _text_windows(model, source, n, prompt_len, skip_unknown=skip_unknown)
+            name = "text" if text is not None else "corpus"
+            skipped = " (characters the vocabulary lacks were skipped, as asked)" if skip_unknown else ""
+            return (_text_windows(model, given, n, prompt_len, skip_unknown=skip_unknown),
+                    f"the {name} given ({len(given):,} characters)", f"consecutive windows from its start{skipped}")
         if model.tokenizer is not None:
             from lensworks import zoo
 
             source = zoo.corpus(1_000_000 + 40 * n * prompt_len)[1_000_000:]
+            what = FALLBACK_SOURCE
             if len(source) < 4 * n * prompt_len:  # short standard library: use all of it
-                source = zoo.corpus(None)
+                source, what = zoo.corpus(None), "Python standard-library source (lensworks.zoo.corpus)"
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # lensworks' own fallback text: skipping is expected
-                    return _text_windows(model, source, n, prompt_len, skip_unknown=True)
+                    return _text_windows(model, source, n, prompt_len, skip_unknown=True), what, FALLBACK_NOTE
             except LensworksError:  # a vocabulary that cannot spell Python source: random tokens instead
                 pass
         bos = uses_bos(model)
         half = (prompt_len - int(bos)) // 2
-        return repeated_tokens(model, seq_len=max(2, half), n_seqs=n, seed=seed, prepend_bos=bos)
+        toks = repeated_tokens(model, seq_len=max(2, half), n_seqs=n, seed=seed, prepend_bos=bos)
+        why = "the model has no tokenizer" if model.tokenizer is None else "its vocabulary cannot spell the fallback text"
+        return toks, f"random token sequences, each repeated once (seed {seed})", f"No text could be read: {why}."
 
     def run_induction():
         rep = circuits.find_induction_heads(model, seed=seed)
@@ -712,19 +788,26 @@ def analyse(
         out["circuits"].insert(k + 2, comps[1])
 
     def run_data():
-        state["windows"] = windows(n_prompts)
+        state["windows"] = windows(n_prompts, "geometry: block ablation, decomposition, logit lens")
 
     def run_stats():
         if positive is not None:
-            data = {"positive": _read_prompts(positive, "positive"), "negative": _read_prompts(negative, "negative")}
-            out["geometry"].append(geometry.residual_stats(model, data, streams=_streams(model), progress=False))
+            data_sets = {"positive": _read_prompts(positive, "positive"), "negative": _read_prompts(negative, "negative")}
+            data.append(DataRead("geometry: residual statistics", "the positive and negative prompts given",
+                                 sum(len(v) for v in data_sets.values()), None, "one window per prompt"))
+            data_sets_ = data_sets
+            out["geometry"].append(geometry.residual_stats(model, data_sets_, streams=_streams(model), progress=False))
             return
         if model.tokenizer is not None:
             from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 
-            data = {"Python code": list(BUILTIN_POSITIVE), "English prose": list(BUILTIN_NEGATIVE)}
+            builtin = {"Python code": list(BUILTIN_POSITIVE), "English prose": list(BUILTIN_NEGATIVE)}
             try:
-                out["geometry"].append(geometry.residual_stats(model, data, streams=_streams(model), progress=False))
+                out["geometry"].append(geometry.residual_stats(model, builtin, streams=_streams(model), progress=False))
+                data.append(DataRead("geometry: residual statistics", "lensworks' built-in prompts: Python code against "
+                                     "English prose", len(BUILTIN_POSITIVE) + len(BUILTIN_NEGATIVE), None,
+                                     "one window per prompt; pass positive=/negative= (CLI: --positive/--negative) "
+                                     "to compare your own data sets"))
                 return
             except LensworksError:  # the vocabulary cannot spell them: compare text with shuffled text
                 pass
@@ -735,8 +818,8 @@ def analyse(
         for i in range(shuffled.shape[0]):
             perm = torch.randperm(shuffled.shape[1] - start, generator=gen) + start
             shuffled[i, start:] = w[i, perm]
-        data = {"text": w, "shuffled text": shuffled}
-        out["geometry"].append(geometry.residual_stats(model, data, streams=_streams(model), progress=False))
+        out["geometry"].append(geometry.residual_stats(model, {"text": w, "shuffled text": shuffled},
+                                                       streams=_streams(model), progress=False))
 
     def run_ablation():
         out["geometry"].append(geometry.block_ablation(model, state["windows"], progress=False))
@@ -748,7 +831,7 @@ def analyse(
         out["geometry"].append(geometry.logit_lens(model, state["windows"][: min(12, n_prompts)], progress=False))
 
     def run_probes():
-        w = windows(2 * n_prompts)
+        w = windows(2 * n_prompts, "probes: input-token probes")
         res = probes.probe_inputs(model, w, seed=seed, progress=False)
         state["probe"] = res
         out["probes"].append(res)
@@ -786,7 +869,13 @@ def analyse(
         bar.set_postfix_str(name)
         fn()
     bar.close()
-    return {k: v for k, v in out.items() if v}
+    rep = state.get("induction")
+    if rep is not None:
+        n_seq = rep.thresholds["seq_len"]
+        data.insert(0, DataRead("circuits: head scores, induction verdict", f"random token sequences, each repeated once "
+                                f"(seed {seed})", int(rep.thresholds["n_seqs"]),
+                                int(rep.thresholds["prepend_bos"]) + 2 * n_seq, "No text: weights and synthetic tokens only."))
+    return Analyses({k: v for k, v in out.items() if v}, data=data)
 
 
 def _streams(model: HookedTransformer) -> tuple[str, ...]:

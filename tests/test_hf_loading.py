@@ -221,3 +221,17 @@ def test_non_finite_weights_are_named(tmp_path, where):
     if where == "W_V":
         with pytest.raises(LensworksError, match="W_V of block 1 holds 1 inf"):
             composition_scores(model, "V", baseline=False)
+
+
+def test_bundled_bpe_llama_directory_on_this_line():
+    """The subword demo model is a Hugging Face directory: it loads on either TransformerLens line,
+    matches Hugging Face's forward, and its induction heads are found with default arguments."""
+    from lensworks import zoo
+    from lensworks.circuits import find_induction_heads
+
+    path = zoo.path("bpe-llama")
+    model = load_model("bpe-llama")
+    toks = sample_tokens(path, n_seqs=2, seq_len=64, random=True)
+    assert (_log_probs(model, toks) - hf_log_probs(path, toks)).abs().max().item() < 1e-4
+    report = find_induction_heads(model)
+    assert report.heads and {layer for layer, _ in report.heads} == {1}, report.summary()

@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lensworks._results import ResultMixin, require_finite
+from lensworks.model._core import check_int
 from lensworks.model import HookedTransformer, LensworksError, attention_weights, head_labels, processing_state
 
 __all__ = ["composition_scores", "CompositionScores", "Baseline", "HeadPair", "random_composition_baseline"]
@@ -116,8 +117,7 @@ class CompositionScores(ResultMixin):
             >>> comp.top(1)[0].label  # doctest: +SKIP
             'L0H1 -> L1H0'
         """
-        if k < 1:
-            raise LensworksError(f"k must be >= 1, got {k}")
+        k = check_int(k, "k", low=1)
         flat = torch.where(self.mask(), self.scores, torch.full_like(self.scores, -math.inf)).flatten()
         n_valid = int(self.mask().sum())
         vals, idx = flat.topk(min(k, n_valid))

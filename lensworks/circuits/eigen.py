@@ -22,6 +22,7 @@ from jaxtyping import Complex, Float
 from torch import Tensor
 
 from lensworks._results import ResultMixin
+from lensworks.model._core import check_int
 from lensworks.model import HookedTransformer, LensworksError, attention_weights, embedding, head_labels, processing_state, unembedding
 
 __all__ = ["copying_scores", "HeadScores", "CopyingScores", "eigen_copying_score"]
@@ -58,8 +59,7 @@ class HeadScores(ResultMixin):
             >>> scores.top(1)  # doctest: +SKIP
             [('L1H2', 0.93)]
         """
-        if k < 1:
-            raise LensworksError(f"k must be >= 1, got {k}")
+        k = check_int(k, "k", low=1)
         vals, idx = self.scores.flatten().topk(min(k, self.scores.numel()))
         return [(self.labels[i], v) for v, i in zip(vals.tolist(), idx.tolist())]
 

@@ -180,7 +180,8 @@ def behaviour_scores(
             worst = float((rows - 1).abs().max())
             raise LensworksError(
                 f"attention pattern rows of layer {layer} do not sum to 1 (max deviation {worst:.2e}); "
-                "the pattern hook did not see a normal softmax pattern"
+                "the pattern hook did not see a normal softmax pattern (rows of zeros: the attention scores held NaN or "
+                "inf, which TransformerLens zeroes, so the residual stream entering this layer overflowed)"
             )
         for k in kinds:
             d, lo, hi = slices[k]

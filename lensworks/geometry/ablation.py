@@ -14,7 +14,7 @@ from torch import Tensor
 from lensworks._results import ResultMixin
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, kl_divergence, progress_bar
-from lensworks.model._compat import logits_from_block
+from lensworks.model._compat import logits_from_block, require_finite_activation
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, token_label
 
 __all__ = ["hellinger", "AblationTable", "block_ablation", "BlockDecomposition", "block_decomposition",
@@ -89,7 +89,8 @@ def _run_full(model: HookedTransformer, tokens: Tensor) -> tuple[Tensor, dict[st
     names = set(_full_names(model))
     with torch.inference_mode():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    return logits, dict(cache.items())
+    acts = {k: require_finite_activation(v, k) for k, v in cache.items()}
+    return require_finite_activation(logits, "the logits"), acts
 
 
 def _ablate_with_hooks(model: HookedTransformer, tokens: Tensor, layer: int, kind: str) -> Tensor:

@@ -17,6 +17,7 @@ from lensworks._results import ResultMixin
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, gather_at, has_hook, iter_batches, progress_bar
 from lensworks.model import BOS_NAMES, HookedTransformer, LensworksError, bos_token_id, model_vocab, check_encodable, check_layer, hook_name, token_label, uses_bos
+from lensworks.model._core import check_int
 from lensworks.model._tokens import VOCAB_TOKENIZER_NAME
 
 __all__ = [
@@ -581,10 +582,12 @@ class NeighbourApproximation:
 
     def window_text(self, index: int) -> str:
         """The text of window ``index`` (token ids joined by spaces without a tokenizer)."""
+        index = check_int(index, "index", low=0, high=len(self.windows_))
         return token_label(self.model, self.windows_[index].tolist())
 
     def next_counts(self, index: int) -> Int[Tensor, " d_vocab"]:
         """Dense next-token counts of window ``index``."""
+        index = check_int(index, "index", low=0, high=len(self.windows_))
         lo, hi = int(self.next_ptr_[index]), int(self.next_ptr_[index + 1])
         c = torch.zeros(self.d_vocab, dtype=torch.long)
         c[self.next_token_[lo:hi].long()] = self.next_count_[lo:hi].long()
@@ -690,13 +693,14 @@ class NeighbourApproximation:
             >>> best = approx.tune(train_prompts)  # doctest: +SKIP
             >>> approx.evaluate(test_prompts, best.thresholds, best.weights).mean  # doctest: +SKIP
         """
-        grid_list = sorted(set(float(x) for x in threshold_grid))
+        grid_list = sorted(set(_grid_values(threshold_grid, "threshold_grid")))
         grid = torch.tensor(grid_list, dtype=torch.float32)
         if grid.numel() == 0 or bool((grid < -1).any() | (grid > 1).any()):
             raise LensworksError(f"threshold_grid: expected values in [-1, 1], got {list(threshold_grid)}")
-        wgrid = sorted(set(float(x) for x in weight_grid))
+        wgrid = sorted(set(_grid_values(weight_grid, "weight_grid")))
         if not wgrid or min(wgrid) < 0:
             raise LensworksError(f"weight_grid: expected non-negative values, got {list(weight_grid)}")
+        rounds = check_int(rounds, "rounds", low=0)
         q, model_probs, labels = self._prompt_outputs(prompts, batch_size)
         n_b = len(self.blocks)
         counts, _ = self._search(q, grid[None].expand(n_b, -1), chunk_size=chunk_size, progress=progress)
@@ -735,6 +739,18 @@ class NeighbourApproximation:
             history.append((f"round {r + 1}", best))
         return TuneResult(thresholds=tuple(grid_list[i] for i in t_idx), weights=tuple(w), mean_hellinger=best,
                           history=tuple(history), blocks=self.blocks)
+
+
+def _grid_values(values: Any, name: str) -> list[float]:
+    """A search grid as finite floats (NaN would silently win or lose every comparison)."""
+    try:
+        out = [float(x) for x in values]
+    except (TypeError, ValueError) as exc:
+        raise LensworksError(f"{name}: expected a sequence of numbers, got {values!r}") from exc
+    bad = [x for x in out if not math.isfinite(x)]
+    if bad:
+        raise LensworksError(f"{name}: expected finite numbers, got {bad}")
+    return out
 
 
 def _evaluation(probs, model_probs, matched, n_similar, labels, thresholds, weights, blocks) -> NeighbourEvaluation:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from lensworks._results import ResultMixin
 from lensworks.geometry._common import progress_bar, softcap
+from lensworks.model._core import check_int
 from lensworks.model._compat import logits_from_block
 from lensworks.model import HookedTransformer, LensworksError, check_layer, token_strings
 
@@ -192,7 +193,8 @@ class Alignment(ResultMixin):
 
     def top(self, vector: int, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` best-aligned tokens of one vector with their cosines."""
-        idx = self.ranking[vector, :k].tolist()
+        vector = check_int(vector, "vector", low=0, high=self.ranking.shape[0])
+        idx = self.ranking[vector, : check_int(k, "k", low=1)].tolist()
         return [(self.token_labels[i], float(self.cosine[vector, i])) for i in idx]
 
     def criterion(self, probs: Float[Tensor, "n_vectors d_vocab"], *, mass: float = 0.9,

@@ -105,6 +105,28 @@ def require_finite_weight(tensor: Tensor, name: str) -> Tensor:
     return tensor
 
 
+def require_finite_activation(tensor: Tensor, name: str) -> Tensor:
+    """Return an activation, or raise naming its hook, its NaN / inf count and the first place.
+
+    Finite weights can still overflow on some input (float16 residual streams, huge token
+    norms); a number computed from such an activation would look plausible and be wrong.
+
+    Example:
+        >>> require_finite_activation(torch.tensor([[1.0, float("inf")]]), "blocks.0.hook_resid_post")  # doctest: +SKIP
+        LensworksError: the activation blocks.0.hook_resid_post holds 1 inf (first at index (0, 1)) ...
+    """
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = ~torch.isfinite(tensor)
+        n_nan = int(torch.isnan(tensor).sum())
+        n_inf = int(bad.sum()) - n_nan
+        first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+        parts = [f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else ""]
+        raise LensworksError(
+            f"the activation {name} holds {' and '.join(p for p in parts if p)} (first at index {first}) on this "
+            f"input; the model overflows here (load it in float32, or check the weights), so nothing is computed from it"
+        )
+    return tensor
+
 
 def stacked(model: Any, name: str, layers: Sequence[int]) -> Tensor:
     """``blocks[l].attn.<name>`` for the given layers, stacked and detached, GQA expanded."""
@@ -176,10 +198,13 @@ def has_hook(model: Any, name: str) -> bool:
 
 def capture_hooks(names: Sequence[str], fn: Callable[[str, Tensor], Any]) -> list[tuple[str, Callable]]:
     """``fwd_hooks`` that call ``fn(name, activation)`` with the name asked for (never
-    ``hook.name``, which a bridge reports under its own names)."""
+    ``hook.name``, which a bridge reports under its own names); activations holding NaN or
+    inf raise :class:`LensworksError` naming the hook instead of reaching ``fn``."""
 
     def make(name: str):
-        return lambda act, hook: fn(name, act)
+        if name.endswith(("attn_scores", "hook_mask")):  # masked positions hold -inf by design
+            return lambda act, hook: fn(name, act)
+        return lambda act, hook: fn(name, require_finite_activation(act, name))
 
     return [(n, make(n)) for n in names]
 

@@ -71,6 +71,24 @@ def hook_name(kind: str, layer: int | None = None) -> str:
     return template
 
 
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int within ``[low, high)``, or a LensworksError naming ``name``.
+
+    Accepts Python and numpy/torch integers; refuses floats (``2.5``), bools and strings.
+
+    Example:
+        >>> check_int(3, "k", low=1)
+        3
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise LensworksError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value.__index__())
+    if (low is not None and value < low) or (high is not None and value >= high):
+        bounds = f">= {low}" if high is None else f"in [{0 if low is None else low}, {high})"
+        raise LensworksError(f"{name} must be {bounds}, got {value}")
+    return value
+
+
 def check_layer(model: HookedTransformer, layer: int) -> int:
     """Return ``layer`` as a non-negative index, or raise naming the valid range.
 

@@ -9,6 +9,7 @@ and reads fields transformers 5 removed, so the mapping is done here, from confi
 from __future__ import annotations
 
 import json
+import re
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -219,15 +220,55 @@ def _weight_files(path: Path) -> tuple[list[Path], str]:
     )
 
 
-def torch_load(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` (never unpickles code); errors name the file."""
+def _numpy_scalar_globals() -> list[Any]:
+    """The numpy globals a pickled numpy scalar needs (``cfg.to_dict()`` holds numpy floats)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy comes with torch
+        return []
+    core = getattr(np, "_core", None) or np.core
+    allowed: list[Any] = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType")
+                    if hasattr(dtypes, n)]
+    return allowed
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain_reason(exc: BaseException, limit: int = 240) -> str:
+    """An exception's message as one plain line: colour codes stripped, the telling line kept.
+
+    torch's weights-only errors open with advice and give the reason ("Unsupported global:
+    ...") further down; that line is the one shown.
+
+    Example:
+        >>> plain_reason(ValueError("\x1b[1mbad\x1b[0m\nmore"))
+        'bad'
+    """
+    text = _ANSI.sub("", str(exc))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("Unsupported global", "Unsupported operand", "Trying to load unsupported")) or "WeightsUnpickler error" in ln:
+            return ln[:limit]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` (never unpickles code); errors name the file.
+
+    numpy scalars (which ``HookedTransformerConfig.to_dict()`` contains) are allowed: they
+    rebuild a number, never run code.
+    """
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise LensworksError(
             f"{path}: could not be read as a weights-only torch checkpoint "
-            f"(lensworks never unpickles arbitrary objects): {type(exc).__name__}: {first}"
+            f"(lensworks never unpickles arbitrary objects): {type(exc).__name__}: {plain_reason(exc)}"
         ) from exc
 
 

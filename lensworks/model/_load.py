@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -14,6 +16,7 @@ from torch import Tensor
 from lensworks.model import _hf
 from lensworks.model._compat import TL_MAJOR, check_model, is_bridge, is_model, move, quiet
 from lensworks.model._core import HookedTransformer, HookedTransformerConfig, LensworksError
+from lensworks.model._io import atomic_path, check_writable, write_atomic
 from lensworks.model._tokens import BOS_NAMES, model_vocab, vocab_tokenizer
 
 ModelSource = Union[Any, str, Path]
@@ -102,7 +105,13 @@ def load_model(
         )
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise LensworksError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
+    _check_device(device)
     path = Path(source).expanduser()
+    if isinstance(source, str) and not path.exists():
+        from lensworks import zoo
+
+        if source in zoo.names():  # a bundled demo model by name
+            path = zoo.path(source)
     if path.is_dir():
         if _hf.is_hf_dir(path):
             return _load_hf_dir(path, device=device, dtype=dtype, flags=flags, n_ctx=n_ctx)
@@ -213,6 +222,21 @@ def _cfg_from_dict(raw: Any, *, where: str) -> dict[str, Any]:
         unknown = sorted(set(raw) - fields)
         if unknown:
             raise LensworksError(f"{where}: unknown HookedTransformerConfig fields {unknown}")
+    for key, value in list(raw.items()):
+        if type(value).__module__ == "numpy" and hasattr(value, "item"):  # cfg.to_dict() holds numpy scalars
+            raw[key] = value.item()
+    for key in _SIZE_FIELDS:
+        value = raw.get(key)
+        if value is None and key not in _REQUIRED_SIZES:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = raw[key] = int(value)
+        derived = key in ("d_vocab", "d_vocab_out", "n_heads") and value == -1  # TransformerLens fills these in
+        if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and not derived):
+            raise LensworksError(f"{where}: config field {key!r} must be a positive integer, got {value!r}")
+    for key in ("act_fn", "normalization_type", "positional_embedding_type", "original_architecture", "model_name"):
+        if key in raw and raw[key] is not None and not isinstance(raw[key], str):
+            raise LensworksError(f"{where}: config field {key!r} must be a string or None, got {raw[key]!r}")
     if isinstance(raw.get("dtype"), str):
         name = raw["dtype"].replace("torch.", "")
         if not isinstance(getattr(torch, name, None), torch.dtype):
@@ -220,6 +244,38 @@ def _cfg_from_dict(raw: Any, *, where: str) -> dict[str, Any]:
         raw["dtype"] = getattr(torch, name)
     raw.pop("device", None)
     return raw
+
+
+_SIZE_FIELDS = ("n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_vocab", "d_mlp", "n_key_value_heads", "d_vocab_out")
+_REQUIRED_SIZES = ("n_layers", "d_model", "n_ctx", "d_head")
+
+
+def _check_declared_shapes(raw: dict[str, Any], sd: dict[str, Tensor], *, where: str) -> None:
+    """Compare the sizes a config declares with the stored tensors before anything is allocated.
+
+    A config claiming ``d_vocab=10**7`` next to a 150-row embedding is refused here, instead of
+    TransformerLens allocating gigabytes for it first.
+    """
+    d_model = raw["d_model"]
+    n_layers = raw["n_layers"]
+    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if blocks and blocks != set(range(n_layers)):
+        raise LensworksError(f"{where}: the config says n_layers={n_layers} but the weights hold blocks {sorted(blocks)[:8]}")
+    expect: dict[str, tuple[int | None, ...]] = {"embed.W_E": (raw.get("d_vocab"), d_model), "pos_embed.W_pos": (raw["n_ctx"], d_model)}
+    d_vocab_out = raw.get("d_vocab_out") or raw.get("d_vocab")
+    expect["unembed.W_U"] = (d_model, d_vocab_out if d_vocab_out and d_vocab_out > 0 else None)
+    n_heads = raw.get("n_heads")
+    expect["blocks.0.attn.W_Q"] = (n_heads, d_model, raw["d_head"])
+    for name, dims in expect.items():
+        tensor = sd.get(name)
+        if tensor is None:
+            continue
+        if tensor.ndim != len(dims) or any(d is not None and d > 0 and d != s for d, s in zip(dims, tensor.shape)):
+            declared = tuple("?" if d is None or d < 1 else d for d in dims)
+            raise LensworksError(
+                f"{where}: {name} has shape {tuple(tensor.shape)} but the config declares {declared} "
+                "(d_vocab, d_model, n_ctx, n_heads, d_head)"
+            )
 
 
 def _build(
@@ -233,6 +289,7 @@ def _build(
     where: str,
     tokenizer_dir: Path | None = None,
 ) -> Any:
+    _check_declared_shapes(raw_cfg, state_dict, where=where)
     stored = raw_cfg.get("dtype", torch.float32)
     target = dtype or (stored if stored != torch.float16 else torch.float32)
     raw_cfg = {**raw_cfg, "dtype": target}
@@ -249,8 +306,12 @@ def _build(
         return _bridge.boot_tl_state_dict(raw_cfg, sd, tokenizer=tokenizer, dtype=target, device=device or "cpu",
                                           where=where, **flags.resolved(False))
     cfg = _make_cfg(raw_cfg, where=where)
-    with quiet():
-        model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    try:
+        with quiet():
+            model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    except (ValueError, TypeError, KeyError, AssertionError, NotImplementedError) as exc:  # TL's own config checks
+        raise LensworksError(f"{where}: TransformerLens cannot build a model from this config: "
+                             f"{type(exc).__name__}: {_hf.plain_reason(exc)}") from exc
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd and not k.endswith(("IGNORE", ".mask"))]
     unexpected = [k for k in sd if k not in expected]
@@ -274,6 +335,24 @@ def _build(
     return _finish(model, device)
 
 
+def _check_device(device: Any) -> None:
+    """Refuse a malformed or absent device before any weights are read."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise LensworksError(f"device {device!r} is not a torch device; expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LensworksError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+                                 f"built {'with' if torch.version.cuda else 'without'} CUDA); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LensworksError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LensworksError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+
+
 def _finish(model: Any, device: Any) -> Any:
     if device is not None:
         try:
@@ -293,6 +372,7 @@ def _load_pretrained(name: str, *, device: Any, dtype: Any, flags: _Processing) 
         except Exception as exc:
             first = str(exc).splitlines()[0][:300] if str(exc) else ""
             raise LensworksError(f"could not load {name!r}: not a local checkpoint, and booting it by name failed: {first}") from exc
+    _check_pretrained_name(name)
     kwargs: dict[str, Any] = dict(flags.resolved(True))
     if device is not None:
         kwargs["device"] = device
@@ -307,6 +387,27 @@ def _load_pretrained(name: str, *, device: Any, dtype: Any, flags: _Processing) 
             f"could not load {name!r}: it is not a local checkpoint (directory or .pt/.pth file), "
             f"and loading it as a TransformerLens pretrained name failed: {type(exc).__name__}: {first}"
         ) from exc
+
+
+def _check_pretrained_name(name: str) -> None:
+    """Refuse an unknown name with a few close matches, not TransformerLens's list of every model."""
+    import difflib
+
+    try:
+        from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, MODEL_ALIASES
+    except ImportError:  # pragma: no cover - layout of other TransformerLens versions
+        return
+    known = list(OFFICIAL_MODEL_NAMES) + [a for aliases in MODEL_ALIASES.values() for a in aliases]
+    if name in known or name.lower() in {k.lower() for k in known}:
+        return
+    from lensworks import zoo
+
+    close = difflib.get_close_matches(name, zoo.names() + known, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise LensworksError(
+        f"could not load {name!r}: no such file or directory, and not a TransformerLens pretrained name{hint} "
+        f"(bundled demo models: {', '.join(zoo.names())})"
+    )
 
 
 def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> HookedTransformer:
@@ -394,23 +495,29 @@ def save_model(model: HookedTransformer, path: str | Path, *, vocab: Sequence[st
             "model.original_model.save_pretrained(dir) and its tokenizer with model.tokenizer.save_pretrained(dir)"
         )
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise LensworksError(f"save_model needs a directory, but {path} is a file")
+    check_writable(path / _CFG_FILE, what="checkpoint")
     cfg = _cfg_to_dict(model.cfg)
     cfg.pop("tokenizer_name", None)  # the tokenizer travels as files, never as a hub name
-    (path / _CFG_FILE).write_text(json.dumps(cfg, indent=1, sort_keys=True))
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask"))}
-    save_file(sd, str(path / _WEIGHTS_FILE))
     tok = model.tokenizer
     if vocab is None and tok is not None and getattr(tok, "name_or_path", "") == "lensworks-vocab":
         vocab = model_vocab(model)
+    # Every file goes to a temporary sibling and is renamed into place: a failed save leaves
+    # the previous checkpoint readable, never a mix of half-written files.
+    with atomic_path(path / _WEIGHTS_FILE) as tmp:
+        save_file(sd, str(tmp))
+    write_atomic(path / _CFG_FILE, json.dumps(cfg, indent=1, sort_keys=True))
     for stale in (_VOCAB_FILE, *_TOKENIZER_FILES, "special_tokens_map.json", "vocab.txt", "merges.txt"):
         (path / stale).unlink(missing_ok=True)
     if vocab is not None:
-        (path / _VOCAB_FILE).write_text(json.dumps(list(vocab)))
+        write_atomic(path / _VOCAB_FILE, json.dumps(list(vocab)))
     elif tok is not None:
-        with quiet():
-            tok.save_pretrained(str(path))
-        # save_pretrained writes a config-free tokenizer; drop files that would shadow ours
-        for extra in ("chat_template.jinja",):
-            (path / extra).unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory(dir=path, prefix=".tokenizer.") as staging:
+            with quiet():
+                tok.save_pretrained(staging)
+            for f in Path(staging).iterdir():
+                if f.name != "chat_template.jinja":  # a config-free tokenizer: nothing may shadow ours
+                    os.replace(f, path / f.name)
     return path

@@ -97,6 +97,8 @@ def check_token_tensor(model: HookedTransformer, toks: Tensor, *, what: str = "t
     from lensworks.model._compat import check_model
 
     check_model(model)
+    if not isinstance(toks, Tensor):
+        raise LensworksError(f"{what}: expected a torch tensor of token ids, got {type(toks).__name__}")
     if toks.ndim == 1:
         toks = toks[None]
     if toks.ndim != 2:
@@ -138,6 +140,8 @@ def as_tokens(
     else:
         if isinstance(data, str):
             data = [data]
+        if not isinstance(data, (list, tuple)) and not hasattr(data, "__iter__"):
+            raise LensworksError(f"{what}: expected strings or a token tensor, got {type(data).__name__}")
         data = list(data)
         if not all(isinstance(s, str) for s in data):
             raise LensworksError(f"{what}: expected strings or a token tensor, got {type(data[0]).__name__ if data else 'nothing'}")

@@ -21,6 +21,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from lensworks.model import HookedTransformer, LensworksError, hook_name, save_model
+from lensworks.model._io import write_atomic
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -560,6 +561,6 @@ def train_and_save(
     cfg_file = out / "config.json"
     cfg = json.loads(cfg_file.read_text())
     cfg["dtype"] = "float32"  # stored weights may be float16; load_model upcasts to this
-    cfg_file.write_text(json.dumps(cfg, indent=1, sort_keys=True))
-    (out / "recipe.json").write_text(json.dumps(info, indent=1))
+    write_atomic(cfg_file, json.dumps(cfg, indent=1, sort_keys=True))
+    write_atomic(out / "recipe.json", json.dumps(info, indent=1))
     return out
