@@ -376,3 +376,15 @@ def test_property_malformed_configs_give_a_model_or_a_lensworks_error(tmp_path_f
         assert "\x1b[" not in str(exc)
         return
     assert model.cfg.d_model == attn_model.cfg.d_model
+
+
+def test_token_id_map_vocabulary_is_mapped_by_id(tmp_path, mlp_model):
+    out = save_model(mlp_model, tmp_path / "ckpt")
+    vocab = json.loads((out / "vocab.json").read_text())
+    shuffled = list(reversed(range(len(vocab))))
+    (out / "vocab.json").write_text(json.dumps({vocab[i]: i for i in shuffled}))  # keys out of id order
+    loaded = load_model(out)
+    assert loaded.to_str_tokens("the end", prepend_bos=False) == mlp_model.to_str_tokens("the end", prepend_bos=False)
+    (out / "vocab.json").write_text(json.dumps({t: 0 for t in vocab}))
+    with pytest.raises(LensworksError, match="each id 0..* exactly once"):
+        load_model(out)
