@@ -1,4 +1,11 @@
-"""Shared helpers for result dataclasses: JSON-ready dicts and tensor checks."""
+"""The contract every analysis result follows, and helpers for result dataclasses.
+
+Every result an analysis returns is a frozen dataclass deriving from :class:`Result`: it
+carries ``processing`` (the state of the weights it was computed from, see
+:func:`lensworks.model.processing_state`) and answers ``figure()``, ``to_frame()``,
+``caption()``, ``headline()`` and ``to_dict()``. The HTML report asks results these questions
+and never looks at their type names, so a new analysis joins the report by being listed.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["to_jsonable", "ResultMixin", "require_finite"]
+__all__ = ["Result", "ResultMixin", "to_jsonable", "require_finite"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -62,3 +69,41 @@ class ResultMixin:
     def to_dict(self) -> dict[str, Any]:
         """All fields as JSON-ready Python values (tensors become nested lists)."""
         return to_jsonable(self)
+
+
+class Result(ResultMixin):
+    """Base of every analysis result (a frozen dataclass with a ``processing`` field).
+
+    Subclasses implement :meth:`figure`, :meth:`to_frame` and :meth:`caption`;
+    :meth:`headline` and :meth:`html_attrs` are optional. ``tests/test_results_contract.py``
+    checks every public result class against this contract.
+
+    Example:
+        >>> from lensworks.circuits import copying_scores
+        >>> res = copying_scores(model)  # doctest: +SKIP
+        >>> res.caption(), res.headline(), res.processing["fold_ln"]  # doctest: +SKIP
+    """
+
+    #: The state of the weights the numbers come from (``processing_state(model)``); a field of
+    #: every subclass.
+    processing: dict[str, Any]
+
+    def figure(self) -> Any:
+        """An interactive plotly Figure of the result."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement figure()")
+
+    def to_frame(self) -> Any:
+        """The numbers as a pandas DataFrame (one row per head, layer, prompt, ...)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement to_frame()")
+
+    def caption(self) -> str:
+        """One paragraph saying what the figure shows and how to read it (plain text)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement caption()")
+
+    def headline(self) -> str | None:
+        """One plain-text sentence with the main finding, or None when there is none to state."""
+        return None
+
+    def html_attrs(self) -> dict[str, str]:
+        """``data-*`` attributes the report puts on the figure's element (for page scripts)."""
+        return {}
