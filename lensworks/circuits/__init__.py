@@ -1,7 +1,8 @@
 """Circuits: composition, copying and behavioural head scores, and induction-head detection."""
 
 from lensworks.circuits.composition import CompositionScores, composition_scores
-from lensworks.circuits.eigen import CopyingScores, HeadScores, copying_scores
+from lensworks.circuits.eigen import CopyingScores, copying_scores
+from lensworks.circuits.scores import HeadScores
 from lensworks.circuits.heads import BehaviourScores, head_scores, repeated_tokens
 from lensworks.circuits.induction import InductionReport, find_induction_heads
 

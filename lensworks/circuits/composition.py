@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lensworks._results import ResultMixin, require_finite
+from lensworks._results import Result, ResultMixin, require_finite
 from lensworks.model._core import check_int
 from lensworks.model import HookedTransformer, LensworksError, attention_weights, head_labels, processing_state
 
@@ -64,7 +64,7 @@ class Baseline(ResultMixin):
 
 
 @dataclasses.dataclass(frozen=True)
-class CompositionScores(ResultMixin):
+class CompositionScores(Result):
     """Composition scores between all pairs of heads.
 
     Attributes:
@@ -129,6 +129,31 @@ class CompositionScores(ResultMixin):
             lb, hb = divmod(rem, H)
             out.append(HeadPair(la, ha, lb, hb, v))
         return out
+
+    def caption(self) -> str:
+        """What the score measures, with the random-factor baseline when it was computed."""
+        target = {"Q": "queries", "K": "keys", "V": "values"}.get(self.mode, self.mode)
+        text = (
+            f"{self.mode}-composition: how much an earlier head's output (row) is read by a later head's "
+            f"{target} (column): ‖W_OV^A M^B‖_F / (‖W_OV^A‖_F ‖M^B‖_F), between 0 and 1. "
+            "Blank cells are pairs that cannot compose (the reader is not in a later layer)."
+        )
+        if self.baseline is not None:
+            text += (f" Random factors of the same shapes score {self.baseline.mean:.3f} ± {self.baseline.std:.3f} "
+                     f"({self.baseline.n_samples} samples): read a cell relative to that.")
+        return text
+
+    def headline(self) -> str | None:
+        """The strongest pair, beside the random baseline (None for a one-layer model)."""
+        if self.n_layers < 2:
+            return None
+        p = self.top(1)[0]
+        base = f" (random factors: {self.baseline.mean:.3f} ± {self.baseline.std:.3f})" if self.baseline is not None else ""
+        return f"Strongest {self.mode}-composition: {p.label}, {p.score:.3f}{base}."
+
+    def html_attrs(self) -> dict[str, str]:
+        """Marks the heatmap for the report's head picker."""
+        return {"kind": "composition", "mode": self.mode}
 
     def to_frame(self):
         """One row per valid pair: ``src, dst, src_layer, src_head, dst_layer, dst_head, score``

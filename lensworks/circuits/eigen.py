@@ -21,79 +21,10 @@ import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
 
-from lensworks._results import ResultMixin
-from lensworks.model._core import check_int
+from lensworks.circuits.scores import HeadScores
 from lensworks.model import HookedTransformer, LensworksError, attention_weights, embedding, head_labels, processing_state, unembedding
 
-__all__ = ["copying_scores", "HeadScores", "CopyingScores", "eigen_copying_score"]
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadScores(ResultMixin):
-    """One number per head.
-
-    Attributes:
-        scores: ``[n_layers, n_heads]``.
-        kind: Which score ("copying", "previous_token", "duplicate_token", "induction").
-        labels: Head labels ``L{layer}H{head}``, layer-major.
-        options: The options the score was computed with.
-        processing: The model's weight-processing state.
-    """
-
-    scores: Float[Tensor, "n_layers n_heads"]
-    kind: str
-    labels: list[str]
-    options: dict[str, Any]
-    processing: dict[str, Any]
-
-    def __post_init__(self) -> None:
-        if self.scores.ndim != 2:
-            raise LensworksError(f"scores must be [n_layers, n_heads], got shape {tuple(self.scores.shape)}")
-        if len(self.labels) != self.scores.numel():
-            raise LensworksError(f"{len(self.labels)} labels for {self.scores.numel()} heads")
-
-    def top(self, k: int = 5) -> list[tuple[str, float]]:
-        """The ``k`` highest-scoring heads as ``(label, score)``, strongest first.
-
-        Example:
-            >>> scores.top(1)  # doctest: +SKIP
-            [('L1H2', 0.93)]
-        """
-        k = check_int(k, "k", low=1)
-        vals, idx = self.scores.flatten().topk(min(k, self.scores.numel()))
-        return [(self.labels[i], v) for v, i in zip(vals.tolist(), idx.tolist())]
-
-    def to_frame(self):
-        """One row per head: ``label, layer, head, score``."""
-        import pandas as pd
-
-        n_layers, n_heads = self.scores.shape
-        flat = self.scores.detach().cpu().flatten().tolist()
-        return pd.DataFrame(
-            {"label": self.labels, "layer": [i // n_heads for i in range(len(flat))],
-             "head": [i % n_heads for i in range(len(flat))], "score": flat}
-        )
-
-    def figure(self):
-        """Heatmap of the score, layers by heads."""
-        from lensworks.plotting import head_heatmap
-
-        n_layers, n_heads = self.scores.shape
-        pretty = self.kind.replace("_", "-")
-        diverging = self.kind == "copying"
-        return head_heatmap(
-            self.scores.detach().cpu(),
-            title=f"{pretty} score per head",
-            x_labels=[f"H{h}" for h in range(n_heads)],
-            y_labels=[f"L{l}" for l in range(n_layers)],
-            x_title="head",
-            y_title="layer",
-            colorbar_title="score (-1..1)" if diverging else "mean attention (0..1)",
-            zmin=-1.0 if diverging else 0.0,
-            zmax=1.0,
-            colorscale="RdBu" if diverging else "Viridis",
-            hover_name=pretty,
-        )
+__all__ = ["copying_scores", "CopyingScores", "eigen_copying_score"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +46,21 @@ class CopyingScores(HeadScores):
     positive_fraction: Float[Tensor, "n_layers n_heads"] = None  # type: ignore[assignment]
     baseline_mean: float | None = None
     baseline_std: float | None = None
+
+    def caption(self) -> str:
+        """What a copying score is, with the random-weights baseline when it was computed."""
+        text = ("Copying score per head: sum of the real parts of the eigenvalues of the full OV circuit "
+                "W_E W_V W_O W_U over the sum of their absolute values, from -1 (the head suppresses the token "
+                "it attends to) to +1 (it copies it).")
+        if self.baseline_mean is not None:
+            text += f" Random W_V, W_O with this model's embeddings score {self.baseline_mean:+.3f} ± {self.baseline_std:.3f}."
+        return text
+
+    def headline(self) -> str | None:
+        """The most copying head and how many heads score above 0.5."""
+        label, score = self.top(1)[0]
+        n_pos = int((self.scores > 0.5).sum())
+        return f"Most copying head: {label} ({score:+.3f}); {n_pos} of {self.scores.numel()} heads score above 0.5."
 
 
 def eigen_copying_score(eigenvalues: Tensor, *, rel_tol: float = 1e-6) -> tuple[Tensor, Tensor]:

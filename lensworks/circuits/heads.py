@@ -22,7 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lensworks.circuits.eigen import HeadScores
+from lensworks.circuits.scores import HeadScores
 from lensworks.model._compat import capture_hooks
 from lensworks.model import (
     HookedTransformer,
@@ -54,6 +54,24 @@ class BehaviourScores(HeadScores):
 
     bos_attention: Float[Tensor, "n_layers n_heads"] = None  # type: ignore[assignment]
     chance: float = 0.0
+
+    def caption(self) -> str:
+        """What the behaviour is, measured on repeated random tokens, with the chance level."""
+        what = _BEHAVIOUR.get(self.kind, self.kind)
+        return (f"{self.kind.replace('_', '-')} score per head: mean {what}, on repeated random token sequences. "
+                f"Uniform attention would score about {float(self.chance):.3f}.")
+
+    def headline(self) -> str | None:
+        """The strongest head for this behaviour."""
+        label, score = self.top(1)[0]
+        return f"Strongest {self.kind.replace('_', '-')} head: {label} ({score:.3f}; chance {float(self.chance):.3f})."
+
+
+_BEHAVIOUR = {
+    "previous_token": "attention from each position to the one before it",
+    "duplicate_token": "attention from the second copy of a token to its first copy",
+    "induction": "attention to the token just after the previous copy of the current token",
+}
 
 
 def _special_ids(model: HookedTransformer) -> set[int]:

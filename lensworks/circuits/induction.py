@@ -18,7 +18,7 @@ import dataclasses
 from typing import Any
 
 
-from lensworks._results import ResultMixin
+from lensworks._results import Result, ResultMixin
 from lensworks.circuits.composition import CompositionScores, composition_scores
 from lensworks.circuits.eigen import CopyingScores, copying_scores
 from lensworks.circuits.heads import BehaviourScores, behaviour_scores, repeated_tokens
@@ -47,7 +47,7 @@ class HeadEvidence(ResultMixin):
 
 
 @dataclasses.dataclass(frozen=True)
-class InductionReport(ResultMixin):
+class InductionReport(Result):
     """Which heads are induction heads, and why.
 
     Attributes:
@@ -59,6 +59,7 @@ class InductionReport(ResultMixin):
         copying: Copying scores.
         k_composition: K-composition scores.
         thresholds: The thresholds used.
+        processing: The model's weight-processing state.
     """
 
     heads: list[tuple[int, int]]
@@ -68,6 +69,18 @@ class InductionReport(ResultMixin):
     copying: CopyingScores
     k_composition: CompositionScores
     thresholds: dict[str, Any]
+    processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def caption(self) -> str:
+        """How the verdict is reached."""
+        return ("Induction verdict: a head is an induction head when its induction score passes the threshold, "
+                "its OV circuit copies (positive copying score), and it K-composes with an earlier previous-token "
+                "head well above random factors. Hover a point for the evidence.")
+
+    def headline(self) -> str | None:
+        """The induction heads found, or that there are none."""
+        heads = ", ".join(f"L{l}H{h}" for l, h in self.heads)
+        return f"Induction heads: {heads}." if heads else "No induction heads (behaviour and mechanism do not agree on any head)."
 
     def to_frame(self):
         """One row per head with every piece of evidence."""
@@ -188,4 +201,5 @@ def find_induction_heads(
             "seed": seed,
             "prepend_bos": bos,
         },
+        processing=ind.processing,
     )

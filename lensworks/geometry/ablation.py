@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lensworks._results import ResultMixin
+from lensworks._results import Result
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, kl_divergence, progress_bar
 from lensworks.model._compat import logits_from_block, require_finite_activation
@@ -107,7 +107,7 @@ def _ablate_with_hooks(model: HookedTransformer, tokens: Tensor, layer: int, kin
 
 
 @dataclass(frozen=True)
-class AblationTable(ResultMixin):
+class AblationTable(Result):
     """Effect on the next-token distribution of dropping each block's attention or MLP output.
 
     Per-prompt values have shape ``[n_layers, n_prompts]``. "drop attention" means the block
@@ -144,6 +144,23 @@ class AblationTable(ResultMixin):
     @staticmethod
     def _std(x: Tensor) -> Tensor:
         return _common.std_or_zero(x, dim=1)
+
+    def caption(self) -> str:
+        """What each bar is."""
+        return ("Block ablation: for each block, pass on x + mlp_out (attention dropped) or x + attn_out (MLP "
+                "dropped) and measure the Hellinger distance between the final next-token distribution and the "
+                "normal one; bars are the mean over prompts, whiskers one standard deviation.")
+
+    def headline(self) -> str | None:
+        """The single ablation that moves the output most."""
+        attn, mlp = self.drop_attn_hellinger.mean(1), self.drop_mlp_hellinger.mean(1)
+        which, values = ("attention", attn) if float(attn.max()) >= float(mlp.max()) else ("MLP", mlp)
+        b = int(values.argmax())
+        line = (f"Largest single ablation: dropping block {b}'s {which} moves the next-token distribution by "
+                f"Hellinger {float(values[b]):.3f} on average")
+        if float(mlp.abs().sum()) == 0.0:  # attention-only model
+            return line + "."
+        return line + f" (summed over blocks: attention {float(attn.sum()):.3f}, MLP {float(mlp.sum()):.3f})."
 
     def to_frame(self):
         """One row per block (0-based ``block``): mean and std of each metric over prompts.
@@ -262,7 +279,7 @@ def block_ablation(
 
 
 @dataclass(frozen=True)
-class BlockDecomposition(ResultMixin):
+class BlockDecomposition(Result):
     """How each block's two updates relate to the residual they are added to (per prompt).
 
     Attributes:
@@ -290,6 +307,18 @@ class BlockDecomposition(ResultMixin):
     ffn_only_norm_ratio: Float[Tensor, " n_prompts"]
     prompt_labels: tuple[str, ...]
     position: int = -1
+    processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def caption(self) -> str:
+        """How to read the tip-to-tail drawing."""
+        return ("The embedding and every block's attention and MLP outputs drawn tip to tail for one prompt: "
+                "arrow lengths are the real norms and each arrow's angle to the running sum is the real one. "
+                "The title gives the cosine between the final residual and the sum of the embedding and MLP outputs only.")
+
+    def headline(self) -> str | None:
+        """Seed 004's observation: does the FFN-only sum point where the residual does?"""
+        return (f"The embedding plus all MLP outputs points along the final residual with cosine "
+                f"{float(self.ffn_only_cosine.mean()):.3f} on average over {self.ffn_only_cosine.numel()} prompts.")
 
     def to_frame(self):
         """One row per block: means over prompts of every per-block quantity."""
@@ -388,5 +417,5 @@ def block_decomposition(
         attn_norm=cat["an"], mlp_norm=cat["mn"], attn_cos_input=cat["aci"], mlp_cos_input=cat["mci"],
         attn_mlp_cos=cat["amc"], mlp_cos_mid=cat["mcm"], ffn_path_cos=cat["fpc"],
         embed_norm=cat["en"], ffn_only_cosine=cat["foc"], ffn_only_norm_ratio=cat["fnr"],
-        prompt_labels=tuple(labels), position=position,
+        prompt_labels=tuple(labels), position=position, processing=processing_state(model),
     )

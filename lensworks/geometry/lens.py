@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks._results import ResultMixin
+from lensworks._results import Result
 from lensworks.geometry._common import Data, gather_at, iter_batches, kl_divergence, progress_bar, softcap, std_or_zero
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, token_label
 
@@ -35,7 +35,7 @@ def read_logits(model: HookedTransformer, resid: Float[Tensor, "... d_model"]) -
 
 
 @dataclass(frozen=True)
-class LogitLens(ResultMixin):
+class LogitLens(Result):
     """Per-layer next-token predictions read off the residual stream.
 
     Rows are ``embed`` (input of block 0) then ``L0`` ... ``L{n-1}`` (each block's output).
@@ -84,6 +84,18 @@ class LogitLens(ResultMixin):
             "top1_agreement": agree.tolist(),
             "final_token_prob_mean": self.final_token_prob.mean(1).tolist(),
         })
+
+    def caption(self) -> str:
+        """How the lens reads each layer."""
+        return ("Logit lens: the residual stream after each block read through the final LayerNorm (with its own "
+                "statistics) and the unembedding; colour is KL(final ‖ layer) in nats, hover shows that layer's top token.")
+
+    def headline(self) -> str | None:
+        """The first layer whose top token agrees with the final one on most prompts."""
+        agree = (self.top_tokens[..., 0] == self.top_tokens[-1:, :, 0]).float().mean(1)
+        first = next(i for i in range(len(self.layer_labels)) if float(agree[i]) >= 0.5)
+        return (f"The final top token is already the top token at {self.layer_labels[first]} on "
+                f"{float(agree[first]):.0%} of prompts (mean KL there {float(self.kl[first].mean()):.3f} nats).")
 
     def figure(self):
         """Heatmap of KL(final || layer) per layer and prompt; hover shows the top token."""

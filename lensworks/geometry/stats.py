@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lensworks._results import ResultMixin
+from lensworks._results import Result
 from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, progress_bar
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state
 
@@ -47,7 +47,7 @@ class _Moments:
 
 
 @dataclass(frozen=True)
-class ResidualStats(ResultMixin):
+class ResidualStats(Result):
     """Per data set, stream and layer: mean vector, unbiased per-feature variance and mean norm.
 
     Attributes:
@@ -154,6 +154,20 @@ class ResidualStats(ResultMixin):
                     )
         return pd.DataFrame(rows, columns=["dataset", "stream", "layer", "var_mean", "var_max", "norm_mean", "n_samples"])
 
+    def caption(self) -> str:
+        """What the panels show."""
+        return ("Residual-stream statistics at one token position, per layer and stream (resid_pre, resid_mid, "
+                "resid_post): cosine between the two data sets' mean vectors, and the mean and max over features "
+                "of the per-feature variance. Growing variance with depth is the effect of summing block outputs.")
+
+    def headline(self) -> str | None:
+        """How much the mean per-feature variance grows from the first layer to the last."""
+        name = self.datasets[0]
+        stream = self.streams[-1] if "resid_post" not in self.streams else "resid_post"
+        var = self.var[name][self.streams.index(stream)].mean(-1)
+        return (f"Mean per-feature variance of {stream} on {name!r}: {float(var[0]):.3g} at layer 0, "
+                f"{float(var[-1]):.3g} at layer {var.numel() - 1}.")
+
     def figure(self, a: str | None = None, b: str | None = None):
         """Three panels: cosine of the two data sets' means, mean of variance, max of variance.
 
@@ -246,7 +260,7 @@ def residual_stats(
 
 
 @dataclass(frozen=True)
-class UpdateAlignment(ResultMixin):
+class UpdateAlignment(Result):
     """Cosine between the mean update directions written by every attention layer and MLP.
 
     Attributes:
@@ -261,6 +275,22 @@ class UpdateAlignment(ResultMixin):
     mean_norm: Float[Tensor, " update"]
     n_samples: int
     position: int = -1
+    processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def caption(self) -> str:
+        """What the heatmap compares."""
+        return ("Cosine between the mean update directions that the attention layers and MLPs write into the "
+                "residual stream (mean of attn_out / mlp_out over the samples at one position), every pair. "
+                "Large off-diagonal values mean successive layers push the state along shared directions.")
+
+    def headline(self) -> str | None:
+        """The most aligned pair of distinct updates."""
+        n = self.cosine.shape[0]
+        if n < 2:
+            return None
+        off = self.cosine.clone().fill_diagonal_(-2.0)
+        i, j = divmod(int(off.argmax()), n)
+        return f"Most aligned updates: {self.labels[i]} and {self.labels[j]} (cosine {float(self.cosine[i, j]):.3f})."
 
     def to_frame(self):
         """Long format: one row per pair of updates with their cosine."""
@@ -315,4 +345,4 @@ def update_alignment(
     v = torch.stack(vecs)
     cos = cosine(v[:, None, :], v[None, :, :]).float()
     return UpdateAlignment(labels=tuple(labels), cosine=cos, mean_norm=v.norm(dim=-1),
-                           n_samples=stats.count["data"], position=position)
+                           n_samples=stats.count["data"], position=position, processing=processing_state(model))

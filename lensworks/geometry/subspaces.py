@@ -3,6 +3,7 @@ with near certainty, their best-fitting low-rank subspace, and how other vectors
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
@@ -11,11 +12,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks._results import ResultMixin
+from lensworks._results import Result
 from lensworks.geometry._common import progress_bar, softcap
 from lensworks.model._core import check_int
 from lensworks.model._compat import logits_from_block
-from lensworks.model import HookedTransformer, LensworksError, check_layer, token_strings
+from lensworks.model import HookedTransformer, LensworksError, check_layer, processing_state, token_strings
 
 __all__ = ["TokenSubspaces", "Alignment", "token_subspaces", "alignment"]
 
@@ -31,7 +32,7 @@ def _tail_logits(model: HookedTransformer, x: Tensor, at: Union[str, int]) -> Te
 
 
 @dataclass(frozen=True)
-class TokenSubspaces(ResultMixin):
+class TokenSubspaces(Result):
     """Learned embeddings per token and the rank-k subspace that fits them.
 
     Attributes:
@@ -55,6 +56,18 @@ class TokenSubspaces(ResultMixin):
     at: Union[str, int]
     target_prob: float
     steps_run: int
+    processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def caption(self) -> str:
+        """What was learned and what the bars compare."""
+        return (f"Token subspaces (seed 004): for each token, embeddings inserted at {self.at} were learned until the "
+                f"model gives the token probability {self.target_prob:g}; bars show how often they got there and the "
+                "probability reached by their first singular direction alone (scaled to their mean norm).")
+
+    def headline(self) -> str | None:
+        """How well one direction per token stands in for the learned embeddings."""
+        return (f"One direction per token gives the token probability {float(self.basis_prob.mean()):.2f} on average "
+                f"over {self.tokens.numel()} tokens.")
 
     def to_frame(self):
         """One row per token: reach of the target, singular-value ratio s1/s2, basis probability."""
@@ -170,12 +183,12 @@ def token_subspaces(
     return TokenSubspaces(
         tokens=toks, token_labels=labels, basis=basis.cpu(), singular_values=s.cpu(),
         final_prob=probs.view(n_t, n_samples).cpu(), basis_prob=basis_prob.cpu(), at=at,
-        target_prob=target_prob, steps_run=steps_run,
+        target_prob=target_prob, steps_run=steps_run, processing=processing_state(model),
     )
 
 
 @dataclass(frozen=True)
-class Alignment(ResultMixin):
+class Alignment(Result):
     """How each vector aligns with each token subspace.
 
     Attributes:
@@ -190,6 +203,27 @@ class Alignment(ResultMixin):
     ranking: Int[Tensor, "n_vectors n_tokens"]
     tokens: Int[Tensor, " n_tokens"]
     token_labels: tuple[str, ...]
+    processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def caption(self) -> str:
+        """What the heatmap shows."""
+        return ("Cosine between each vector and its projection onto each token's subspace (||B x|| / ||x||, "
+                "between 0 and 1), for the tokens best aligned on average.")
+
+    def to_frame(self):
+        """Long format: one row per vector and token with the cosine and the token's rank for it."""
+        import pandas as pd
+
+        n_vec, n_tok = self.cosine.shape
+        rank = torch.empty_like(self.ranking)
+        rank.scatter_(1, self.ranking, torch.arange(n_tok).expand_as(self.ranking).contiguous())
+        return pd.DataFrame({
+            "vector": [v for v in range(n_vec) for _ in range(n_tok)],
+            "token": self.tokens.tolist() * n_vec,
+            "label": list(self.token_labels) * n_vec,
+            "cosine": self.cosine.flatten().tolist(),
+            "rank": rank.flatten().tolist(),
+        })
 
     def top(self, vector: int, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` best-aligned tokens of one vector with their cosines."""
@@ -265,4 +299,4 @@ def alignment(subspaces: TokenSubspaces, vectors: Float[Tensor, "n_vectors d_mod
     cos = torch.where(norm > 0, coef.norm(dim=-1) / norm.clamp_min(1e-30), torch.zeros_like(coef[..., 0]))
     cos = cos.clamp(0.0, 1.0)
     return Alignment(cosine=cos, ranking=cos.argsort(-1, descending=True), tokens=subspaces.tokens,
-                     token_labels=subspaces.token_labels)
+                     token_labels=subspaces.token_labels, processing=subspaces.processing)

@@ -1,0 +1,87 @@
+"""``HeadScores``: one number per attention head, the shape most circuit scores share."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jaxtyping import Float
+from torch import Tensor
+
+from lensworks._results import Result
+from lensworks.model import LensworksError
+from lensworks.model._core import check_int
+
+__all__ = ["HeadScores"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadScores(Result):
+    """One number per head.
+
+    Attributes:
+        scores: ``[n_layers, n_heads]``.
+        kind: Which score ("copying", "previous_token", "duplicate_token", "induction").
+        labels: Head labels ``L{layer}H{head}``, layer-major.
+        options: The options the score was computed with.
+        processing: The model's weight-processing state.
+    """
+
+    scores: Float[Tensor, "n_layers n_heads"]
+    kind: str
+    labels: list[str]
+    options: dict[str, Any]
+    processing: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.scores.ndim != 2:
+            raise LensworksError(f"scores must be [n_layers, n_heads], got shape {tuple(self.scores.shape)}")
+        if len(self.labels) != self.scores.numel():
+            raise LensworksError(f"{len(self.labels)} labels for {self.scores.numel()} heads")
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` highest-scoring heads as ``(label, score)``, strongest first.
+
+        Example:
+            >>> scores.top(1)  # doctest: +SKIP
+            [('L1H2', 0.93)]
+        """
+        k = check_int(k, "k", low=1)
+        vals, idx = self.scores.flatten().topk(min(k, self.scores.numel()))
+        return [(self.labels[i], v) for v, i in zip(vals.tolist(), idx.tolist())]
+
+    def to_frame(self):
+        """One row per head: ``label, layer, head, score``."""
+        import pandas as pd
+
+        n_layers, n_heads = self.scores.shape
+        flat = self.scores.detach().cpu().flatten().tolist()
+        return pd.DataFrame(
+            {"label": self.labels, "layer": [i // n_heads for i in range(len(flat))],
+             "head": [i % n_heads for i in range(len(flat))], "score": flat}
+        )
+
+    def figure(self):
+        """Heatmap of the score, layers by heads."""
+        from lensworks.plotting import head_heatmap
+
+        n_layers, n_heads = self.scores.shape
+        pretty = self.kind.replace("_", "-")
+        diverging = self.kind == "copying"
+        return head_heatmap(
+            self.scores.detach().cpu(),
+            title=f"{pretty} score per head",
+            x_labels=[f"H{h}" for h in range(n_heads)],
+            y_labels=[f"L{l}" for l in range(n_layers)],
+            x_title="head",
+            y_title="layer",
+            colorbar_title="score (-1..1)" if diverging else "mean attention (0..1)",
+            zmin=-1.0 if diverging else 0.0,
+            zmax=1.0,
+            colorscale="RdBu" if diverging else "Viridis",
+            hover_name=pretty,
+        )
+
+    def caption(self) -> str:
+        """What the score measures (subclasses with more to say override this)."""
+        return f"{self.kind.replace('_', '-')} score per head, layers by heads."
