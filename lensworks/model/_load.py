@@ -15,8 +15,9 @@ from torch import Tensor
 
 from lensworks.model import _hf
 from lensworks.model._compat import TL_MAJOR, check_model, is_bridge, is_model, move, quiet
-from lensworks.model._core import HookedTransformer, HookedTransformerConfig, LensworksError
+from lensworks.model._core import HookedTransformer, LensworksError
 from lensworks.model._io import atomic_path, check_writable, write_atomic
+from lensworks.model._tlconfig import cfg_from_dict, cfg_to_dict, check_declared_shapes, make_cfg
 from lensworks.model._tokens import BOS_NAMES, model_vocab, vocab_tokenizer
 
 ModelSource = Union[Any, str, Path]
@@ -153,7 +154,7 @@ def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_c
         except Exception as exc:
             raise LensworksError(f"{where}: TransformerBridge.boot_transformers failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
         return bridge
-    cfg = _make_cfg({**fields, "dtype": target, "device": "cpu", "init_weights": False}, where=where)
+    cfg = make_cfg({**fields, "dtype": target, "device": "cpu", "init_weights": False}, where=where)
     if tokenizer is not None:
         cfg.tokenizer_name = str(path)
     sd = _hf.read_state_dict(path)
@@ -186,98 +187,6 @@ def _hf_tokenizer(path: Path):
 # --------------------------------------------------------------------------- TransformerLens format
 
 
-def _cfg_to_dict(cfg: HookedTransformerConfig) -> dict[str, Any]:
-    """Config fields that round-trip through JSON and the constructor."""
-    fields = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
-    out = {}
-    for name in sorted(fields):
-        value = getattr(cfg, name, None)
-        if isinstance(value, torch.dtype):
-            value = str(value).replace("torch.", "")
-        if isinstance(value, torch.device) or name in ("device", "checkpoint_index", "checkpoint_value", "n_devices"):
-            continue
-        try:
-            json.dumps(value)
-        except TypeError:
-            continue
-        out[name] = value
-    return out
-
-
-def _make_cfg(raw: dict[str, Any], *, where: str) -> HookedTransformerConfig:
-    try:
-        with quiet():
-            return HookedTransformerConfig(**raw)
-    except Exception as exc:  # config validation inside TransformerLens
-        raise LensworksError(f"{where}: the config could not build a HookedTransformerConfig: {exc}") from exc
-
-
-def _cfg_from_dict(raw: Any, *, where: str) -> dict[str, Any]:
-    """Check a stored TransformerLens config (a dict of HookedTransformerConfig fields)."""
-    if not isinstance(raw, dict):
-        raise LensworksError(f"{where}: 'cfg' must be a dict of HookedTransformerConfig fields, got {type(raw).__name__}")
-    raw = dict(raw)
-    if HookedTransformerConfig is not None:
-        fields = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
-        unknown = sorted(set(raw) - fields)
-        if unknown:
-            raise LensworksError(f"{where}: unknown HookedTransformerConfig fields {unknown}")
-    for key, value in list(raw.items()):
-        if type(value).__module__ == "numpy" and hasattr(value, "item"):  # cfg.to_dict() holds numpy scalars
-            raw[key] = value.item()
-    for key in _SIZE_FIELDS:
-        value = raw.get(key)
-        if value is None and key not in _REQUIRED_SIZES:
-            continue
-        if isinstance(value, float) and value.is_integer():
-            value = raw[key] = int(value)
-        derived = key in ("d_vocab", "d_vocab_out", "n_heads") and value == -1  # TransformerLens fills these in
-        if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and not derived):
-            raise LensworksError(f"{where}: config field {key!r} must be a positive integer, got {value!r}")
-    for key in ("act_fn", "normalization_type", "positional_embedding_type", "original_architecture", "model_name"):
-        if key in raw and raw[key] is not None and not isinstance(raw[key], str):
-            raise LensworksError(f"{where}: config field {key!r} must be a string or None, got {raw[key]!r}")
-    if isinstance(raw.get("dtype"), str):
-        name = raw["dtype"].replace("torch.", "")
-        if not isinstance(getattr(torch, name, None), torch.dtype):
-            raise LensworksError(f"{where}: 'dtype' {raw['dtype']!r} is not a torch dtype")
-        raw["dtype"] = getattr(torch, name)
-    raw.pop("device", None)
-    return raw
-
-
-_SIZE_FIELDS = ("n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_vocab", "d_mlp", "n_key_value_heads", "d_vocab_out")
-_REQUIRED_SIZES = ("n_layers", "d_model", "n_ctx", "d_head")
-
-
-def _check_declared_shapes(raw: dict[str, Any], sd: dict[str, Tensor], *, where: str) -> None:
-    """Compare the sizes a config declares with the stored tensors before anything is allocated.
-
-    A config claiming ``d_vocab=10**7`` next to a 150-row embedding is refused here, instead of
-    TransformerLens allocating gigabytes for it first.
-    """
-    d_model = raw["d_model"]
-    n_layers = raw["n_layers"]
-    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    if blocks and blocks != set(range(n_layers)):
-        raise LensworksError(f"{where}: the config says n_layers={n_layers} but the weights hold blocks {sorted(blocks)[:8]}")
-    expect: dict[str, tuple[int | None, ...]] = {"embed.W_E": (raw.get("d_vocab"), d_model), "pos_embed.W_pos": (raw["n_ctx"], d_model)}
-    d_vocab_out = raw.get("d_vocab_out") or raw.get("d_vocab")
-    expect["unembed.W_U"] = (d_model, d_vocab_out if d_vocab_out and d_vocab_out > 0 else None)
-    n_heads = raw.get("n_heads")
-    expect["blocks.0.attn.W_Q"] = (n_heads, d_model, raw["d_head"])
-    for name, dims in expect.items():
-        tensor = sd.get(name)
-        if tensor is None:
-            continue
-        if tensor.ndim != len(dims) or any(d is not None and d > 0 and d != s for d, s in zip(dims, tensor.shape)):
-            declared = tuple("?" if d is None or d < 1 else d for d in dims)
-            raise LensworksError(
-                f"{where}: {name} has shape {tuple(tensor.shape)} but the config declares {declared} "
-                "(d_vocab, d_model, n_ctx, n_heads, d_head)"
-            )
-
-
 def _build(
     raw_cfg: dict[str, Any],
     state_dict: dict[str, Tensor],
@@ -289,7 +198,7 @@ def _build(
     where: str,
     tokenizer_dir: Path | None = None,
 ) -> Any:
-    _check_declared_shapes(raw_cfg, state_dict, where=where)
+    check_declared_shapes(raw_cfg, state_dict, where=where)
     stored = raw_cfg.get("dtype", torch.float32)
     target = dtype or (stored if stored != torch.float16 else torch.float32)
     raw_cfg = {**raw_cfg, "dtype": target}
@@ -305,7 +214,7 @@ def _build(
 
         return _bridge.boot_tl_state_dict(raw_cfg, sd, tokenizer=tokenizer, dtype=target, device=device or "cpu",
                                           where=where, **flags.resolved(False))
-    cfg = _make_cfg(raw_cfg, where=where)
+    cfg = make_cfg(raw_cfg, where=where)
     try:
         with quiet():
             model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
@@ -421,7 +330,7 @@ def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> 
         raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
         raise LensworksError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    cfg = _cfg_from_dict(raw, where=str(cfg_path))
+    cfg = cfg_from_dict(raw, where=str(cfg_path))
     state_dict = _hf.read_safetensors(w_path)
     tok_dir = path if any((path / f).is_file() for f in _TOKENIZER_FILES) else None
     vocab = _read_vocab(path / _VOCAB_FILE) if tok_dir is None and (path / _VOCAB_FILE).is_file() else None
@@ -459,7 +368,7 @@ def _load_file(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> Ho
     vocab = obj.get("vocab")
     if vocab is not None and not (isinstance(vocab, (list, tuple)) and all(isinstance(s, str) for s in vocab)):
         raise LensworksError(f"{path}: 'vocab' must be a list of token strings")
-    cfg = _cfg_from_dict(obj["cfg"], where=str(path))
+    cfg = cfg_from_dict(obj["cfg"], where=str(path))
     return _build(cfg, sd, vocab, device=device, dtype=dtype, flags=flags, where=str(path))
 
 
@@ -498,7 +407,7 @@ def save_model(model: HookedTransformer, path: str | Path, *, vocab: Sequence[st
     if path.exists() and not path.is_dir():
         raise LensworksError(f"save_model needs a directory, but {path} is a file")
     check_writable(path / _CFG_FILE, what="checkpoint")
-    cfg = _cfg_to_dict(model.cfg)
+    cfg = cfg_to_dict(model.cfg)
     cfg.pop("tokenizer_name", None)  # the tokenizer travels as files, never as a hub name
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask"))}
     tok = model.tokenizer
