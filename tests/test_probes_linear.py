@@ -10,7 +10,8 @@ from helpers import tiny_model
 
 from lensworks.model import LensworksError, hook_name
 from lensworks.probes import probe_inputs
-from lensworks.probes.linear import RIDGE_GRID, _plan, ridge_from_moments
+from lensworks.probes._data import make_plan
+from lensworks.probes.linear import DEFAULT_STREAMS, RIDGE_GRID, ridge_from_moments
 
 
 def _moments(x, y, c):
@@ -95,7 +96,7 @@ def test_pipeline_matches_dense_features(mlp_model):
     """Accuracy and weights equal a dense fit on run_with_cache features with the same split."""
     toks = torch.randint(1, mlp_model.cfg.d_vocab, (12, 10), generator=torch.Generator().manual_seed(0))
     res = probe_inputs(mlp_model, toks, streams=("resid_mid",), offsets=(-1,), layers=[1], alpha=1e-3, controls=False, batch_size=5)
-    plan = _plan(toks, torch.full((12,), 10), (-1,), 0, 0.2, 0)
+    plan = make_plan(toks, torch.full((12,), 10), (-1,), 0, 0.2, 0)
     _, cache = mlp_model.run_with_cache(toks)
     acts = cache[hook_name("resid_mid", 1)].double()
     x, y = acts[plan.train[0]], plan.target[0][plan.train[0]]
@@ -145,6 +146,24 @@ def test_attn_only_streams(attn_model):
     assert res.options["skipped_streams"] == ["resid_mid"]
     with pytest.raises(LensworksError, match="resid_mid"):
         probe_inputs(attn_model, toks, streams=("resid_pre", "resid_mid"))
+
+
+def test_streams_none_is_the_model_default_explicit_is_as_given(mlp_model, attn_model):
+    """None: the model's default streams (resid_mid skipped where absent); any explicit tuple,
+    DEFAULT_STREAMS itself or an equal copy, is taken as given."""
+    toks = torch.randint(1, mlp_model.cfg.d_vocab, (10, 8), generator=torch.Generator().manual_seed(3))
+    kw = dict(offsets=(0,), layers=[0], method="lda", controls=False)
+    default = probe_inputs(mlp_model, toks, **kw)
+    for streams in (DEFAULT_STREAMS, tuple(list(DEFAULT_STREAMS))):
+        explicit = probe_inputs(mlp_model, toks, streams=streams, **kw)
+        assert explicit.streams == default.streams == DEFAULT_STREAMS
+        assert torch.equal(explicit.probe_weights, default.probe_weights)
+        assert explicit.options == default.options
+    atoks = torch.randint(0, 50, (10, 8), generator=torch.Generator().manual_seed(0))
+    assert probe_inputs(attn_model, atoks, **kw).options["skipped_streams"] == ["resid_mid"]
+    for streams in (DEFAULT_STREAMS, tuple(list(DEFAULT_STREAMS))):
+        with pytest.raises(LensworksError, match="resid_mid"):
+            probe_inputs(attn_model, atoks, streams=streams, **kw)
 
 
 def test_bad_input(mlp_model):

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from lensworks.plotting import escape_label
+from lensworks.probes._streams import STREAM_DEPTH
 
 __all__ = ["probe_accuracy_figure", "comparison_figure", "basis_figure", "unlikely_usage_figure"]
 
@@ -22,8 +23,6 @@ def probe_accuracy_figure(res: Any) -> go.Figure:
     ``resid_post`` at ``l + 1``. Solid: the probe; dashed: random-model control; dotted:
     shuffled-label control; grey: majority-class chance.
     """
-    from lensworks.probes.linear import STREAM_DEPTH
-
     fig = go.Figure()
     points = sorted(
         ((layer + STREAM_DEPTH[s], i, j, layer, s) for i, layer in enumerate(res.layers) for j, s in enumerate(res.streams)),

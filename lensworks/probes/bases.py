@@ -26,7 +26,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensworks._results import ResultMixin, require_finite
-from lensworks.model import HookedTransformer, LensworksError, embedding, model_vocab, unembedding
+from lensworks.model import HookedTransformer, LensworksError, bos_token_id, embedding, model_vocab, unembedding
+from lensworks.probes._data import model_tokens
 
 __all__ = ["Basis", "embedding_basis", "nmf"]
 
@@ -290,9 +291,6 @@ def embedding_basis(
         raise LensworksError("method='frequency' needs a vocabulary-indexed matrix ('W_E' or 'W_U'), not activations")
     if data is None:
         raise LensworksError("method='frequency' needs data (tokens or strings) whose token counts order the basis")
-    from lensworks.model import bos_token_id
-    from lensworks.probes.linear import model_tokens
-
     toks, lengths = model_tokens(model, data)
     mask = torch.arange(toks.shape[1], device=toks.device)[None, :] < lengths[:, None]
     flat = toks[mask]

@@ -22,6 +22,8 @@ from torch import Tensor
 
 from lensworks._results import ResultMixin, require_finite
 from lensworks.model import HookedTransformer, LensworksError, embedding, unembedding
+from lensworks.probes._nulls import check_null_options, null_interval
+from lensworks.probes.bases import Basis, embedding_basis
 
 __all__ = ["Comparison", "compare_to_embedding"]
 
@@ -98,7 +100,7 @@ class Comparison(ResultMixin):
             ("overlap_unembed", self.overlap_unembed, self.overlap_unembed_null, True),
             ("mass_position", self.mass_position, self.mass_position_null, False),
         ):
-            lo, hi = _interval(null, q)
+            lo, hi = null_interval(null, q)
             lo, hi = float(lo), float(hi)
             if lo <= value <= hi:
                 verdict = "within chance"
@@ -140,11 +142,6 @@ class Comparison(ResultMixin):
         from lensworks.probes._plots import comparison_figure
 
         return comparison_figure(self)
-
-
-def _interval(null: Tensor, q: float, dim: int = 0) -> tuple[Tensor, Tensor]:
-    a = (1 - q) / 2
-    return torch.quantile(null.double(), a, dim=dim), torch.quantile(null.double(), 1 - a, dim=dim)
 
 
 def haar_orthogonal(d: int, generator: torch.Generator) -> Float[Tensor, "d d"]:
@@ -205,8 +202,6 @@ def compare_to_embedding(
         >>> cmp.summary()["overlap_embed"]["verdict"]  # doctest: +SKIP
         'closer than chance'
     """
-    from lensworks.probes.bases import Basis, embedding_basis
-
     d = model.cfg.d_model
     if not isinstance(probe_weights, Tensor) or probe_weights.ndim != 2 or probe_weights.shape[0] != d:
         shape = tuple(probe_weights.shape) if isinstance(probe_weights, Tensor) else type(probe_weights).__name__
@@ -223,10 +218,7 @@ def compare_to_embedding(
         raise LensworksError(f"tokens: expected {n} ids (one per probe column), got shape {tuple(tokens.shape)}")
     if n == 0 or int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.d_vocab:
         raise LensworksError(f"tokens must be ids in [0, {model.cfg.d_vocab}), got {tokens.tolist()[:5]}...")
-    if not isinstance(n_random, int) or n_random < 2:
-        raise LensworksError(f"n_random must be an int >= 2, got {n_random!r}")
-    if not 0 < interval < 1:
-        raise LensworksError(f"interval must lie in (0, 1), got {interval}")
+    check_null_options(n_random, interval)
     limit = min(n, d)
     r = max(1, limit // 2) if rank is None else rank
     if not isinstance(r, int) or not 1 <= r <= limit:
@@ -274,9 +266,9 @@ def compare_to_embedding(
         null_mass.append(m)
         null_pos.append(position(m))
     nce, ncu, nm = torch.stack(null_cos_e), torch.stack(null_cos_u), torch.stack(null_mass)
-    ce_lo, ce_hi = _interval(nce, interval)
-    cu_lo, cu_hi = _interval(ncu, interval)
-    m_lo, m_hi = _interval(nm, interval)
+    ce_lo, ce_hi = null_interval(nce, interval)
+    cu_lo, cu_hi = null_interval(ncu, interval)
+    m_lo, m_hi = null_interval(nm, interval)
     f = lambda t: t.float()  # noqa: E731
     return Comparison(
         rank=r,

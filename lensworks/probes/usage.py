@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 from lensworks._results import ResultMixin, require_finite
 from lensworks.model._compat import capture_hooks
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, unembedding
+from lensworks.probes._data import model_tokens
+from lensworks.probes._nulls import check_null_options, null_interval
 
 __all__ = ["UnlikelyTokenUsage", "unlikely_token_usage"]
 
@@ -136,8 +138,6 @@ def unlikely_token_usage(
         >>> usage.share_unlikely.shape[0] == model.cfg.n_layers + 1
         True
     """
-    from lensworks.probes.linear import model_tokens
-
     d, V = model.cfg.d_model, model.cfg.d_vocab_out
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise LensworksError(f"k must be a positive int, got {k!r}")
@@ -145,10 +145,7 @@ def unlikely_token_usage(
         raise LensworksError(f"k={k} is larger than the vocabulary ({V} tokens)")
     if k >= d:
         raise LensworksError(f"k={k} must be smaller than d_model={d}, or the span of k directions is the whole residual stream")
-    if not isinstance(n_random, int) or n_random < 2:
-        raise LensworksError(f"n_random must be an int >= 2, got {n_random!r}")
-    if not 0 < interval < 1:
-        raise LensworksError(f"interval must lie in (0, 1), got {interval}")
+    check_null_options(n_random, interval)
     toks, lengths = model_tokens(model, prompts, what="prompts")
     n_layers = model.cfg.n_layers
     names = [hook_name("resid_pre", 0)] + [hook_name("resid_post", l) for l in range(n_layers)]
@@ -178,7 +175,7 @@ def unlikely_token_usage(
         lows.append(low.cpu())
     per_prompt = torch.cat(shares_u)
     rnd = torch.cat(shares_r).mean(0)  # [n_random, depth], each draw averaged over prompts
-    a = (1 - interval) / 2
+    lo, hi = null_interval(rnd, interval)
     require_finite("unlikely-token share", per_prompt)
     return UnlikelyTokenUsage(
         k=k,
@@ -186,8 +183,8 @@ def unlikely_token_usage(
         share_unlikely=per_prompt.mean(0).float().cpu(),
         share_likely=torch.cat(shares_l).mean(0).float().cpu(),
         random_mean=rnd.mean(0).float().cpu(),
-        random_lo=torch.quantile(rnd, a, dim=0).float().cpu(),
-        random_hi=torch.quantile(rnd, 1 - a, dim=0).float().cpu(),
+        random_lo=lo.float().cpu(),
+        random_hi=hi.float().cpu(),
         per_prompt_unlikely=per_prompt.float().cpu(),
         unlikely_tokens=torch.cat(lows),
         options={"n_random": n_random, "seed": seed, "interval": interval, "batch_size": batch_size},
