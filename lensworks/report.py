@@ -799,7 +799,7 @@ def analyse(
             out["geometry"].append(geometry.residual_stats(model, data_sets_, streams=_streams(model), progress=False))
             return
         if model.tokenizer is not None:
-            from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
+            from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 
             builtin = {"Python code": list(BUILTIN_POSITIVE), "English prose": list(BUILTIN_NEGATIVE)}
             try:

@@ -31,7 +31,7 @@ def test_geometry_builtin_sets(ckpt, tmp_path, capsys):
     assert "built-in sets" in text and "block ablation" in text
     data = json.loads(out_json.read_text())
     assert data["builtin_sets"] and data["decomposition_ok"]
-    from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
+    from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 
     both = list(BUILTIN_POSITIVE) + list(BUILTIN_NEGATIVE)
     ref = block_ablation(model, both).to_frame()

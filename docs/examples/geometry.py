@@ -6,8 +6,8 @@ Writes out/geometry.html. In a notebook, any result's ``.figure()`` displays as 
 
 from lensworks import report, zoo
 from lensworks.geometry import NeighbourApproximation, block_ablation, block_decomposition, logit_lens, residual_stats
-from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 from lensworks.model import text_windows
+from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 
 model = zoo.load("char-mlp")  # 4 layers with MLPs, characters of Python source
 held_out = zoo.corpus(1_050_000)[1_000_000:]  # text the model was not trained on

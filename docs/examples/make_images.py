@@ -42,9 +42,9 @@ def figures() -> dict[str, tuple[Callable[[], object], str]]:
     """Name -> (function computing the result, window size); computed only when asked for."""
     from lensworks.circuits import composition_scores, find_induction_heads
     from lensworks.geometry import block_ablation, block_decomposition, logit_lens, residual_stats
-    from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
     from lensworks.probes import embedding_basis, probe_inputs
     from lensworks.model import text_windows
+    from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 
     ind = lambda: zoo.load("induction-2l")  # noqa: E731
     char = lambda: zoo.load("char-mlp")  # noqa: E731

@@ -15,9 +15,9 @@ import torch
 from lensworks import zoo
 from lensworks.circuits import find_induction_heads
 from lensworks.geometry import NeighbourApproximation, block_ablation, block_decomposition, residual_stats
-from lensworks.geometry._cli import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 from lensworks.probes import compare_to_embedding, probe_inputs
 from lensworks.model import text_windows
+from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 
 
 def table(header, rows):

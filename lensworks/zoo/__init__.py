@@ -1,4 +1,5 @@
-"""Bundled demo models (trained by lensworks itself), their recipes, and the stdlib text corpus.
+"""Bundled demo models (trained by lensworks itself), their recipes, the stdlib text corpus and
+the built-in example prompts (:mod:`lensworks.zoo.prompts`).
 
 ``induction-2l`` and ``char-mlp`` are checkpoints in lensworks' own format (recipes in
 :mod:`lensworks.zoo.recipes`); ``bpe-llama`` is a Hugging Face ``LlamaForCausalLM`` directory
@@ -16,8 +17,9 @@ from typing import Any
 import torch
 
 from lensworks.model import HookedTransformer, LensworksError, load_model
+from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 
-__all__ = ["names", "load", "path", "corpus", "describe"]
+__all__ = ["names", "load", "path", "corpus", "describe", "BUILTIN_POSITIVE", "BUILTIN_NEGATIVE"]
 
 #: The bundled models, in a fixed order.
 _NAMES = ("induction-2l", "char-mlp", "bpe-llama")

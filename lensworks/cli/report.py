@@ -7,31 +7,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lensworks._cli_common import add_model_argument, model_from_args
+from lensworks.cli._common import add_model_argument, add_option, model_from_args
 
-__all__ = ["register", "run_report", "default_model"]
-
-
-def default_model() -> str:
-    """``"char-mlp"`` when its bundled checkpoint exists (it has MLPs, so every section applies),
-    else ``"induction-2l"``.
-
-    Example:
-        >>> default_model() in ("char-mlp", "induction-2l")
-        True
-    """
-    try:
-        from lensworks import zoo
-
-        if (zoo.path("char-mlp") / "model.safetensors").is_file():
-            return "char-mlp"
-    except Exception:  # zoo missing or broken: fall back to the attention-only demo
-        pass
-    return "induction-2l"
+__all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``report`` subcommand."""
+    """Add the ``report`` subcommand.
+
+    Args:
+        subparsers: The top-level parser's ``add_subparsers()`` action.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> register(parser.add_subparsers(dest="command"))
+        >>> parser.parse_args(["report"]).output
+        'report.html'
+    """
     p = subparsers.add_parser(
         "report",
         help="one self-contained HTML report (circuits, geometry, probes) for a checkpoint",
@@ -52,9 +44,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-prompts", type=int, default=32, help="text windows read by geometry (probes read 2x; default 32)")
     p.add_argument("--prompt-len", type=int, default=64, help="tokens per window (default 64)")
     p.add_argument("--title", default=None, help="page title (default: lensworks report: CHECKPOINT)")
-    p.add_argument("--seed", type=int, default=0)
+    add_option(p, "--seed")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run_report)
+    p.set_defaults(func=run)
 
 
 def _read(path: str | None, flag: str) -> str | None:
@@ -71,8 +63,20 @@ def _read(path: str | None, flag: str) -> str | None:
     return text
 
 
-def run_report(args: argparse.Namespace) -> int:
-    """Run the analyses and write the report; prints where it wrote."""
+def run(args: argparse.Namespace) -> int:
+    """Run the analyses and write the report; prints where it wrote.
+
+    Args:
+        args: The parsed ``report`` arguments.
+
+    Returns:
+        0.
+
+    Example:
+        >>> from lensworks.cli import main
+        >>> main(["report", "-o", "out/report.html"])  # doctest: +SKIP
+        0
+    """
     from lensworks import report
     from lensworks.model import LensworksError
 
@@ -82,7 +86,7 @@ def run_report(args: argparse.Namespace) -> int:
     corpus = _read(args.corpus, "--corpus")
     positive = _read(args.positive, "--positive")
     negative = _read(args.negative, "--negative")
-    model, name = model_from_args(args, default_model())
+    model, name = model_from_args(args)
     from lensworks import zoo
 
     if text is None and corpus is None and name not in zoo.names():

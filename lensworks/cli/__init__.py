@@ -1,14 +1,14 @@
 """The ``lensworks`` command: argument parsing only; every number comes from the library.
 
-Each area registers its own subcommands through a ``register(subparsers)`` function in
-``lensworks/<area>/_cli.py``; this module only assembles them.
+One module per subcommand (``heads``, ``geometry``, ``neighbours``, ``probes``, ``report``), each
+with a ``register(subparsers)`` and a ``run(args)``; the options they share and their default
+models live in :mod:`lensworks.cli._common`. This module assembles them and runs one:
+``lensworks COMMAND ...`` or ``python -m lensworks.cli COMMAND ...``. The library never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import re
 import sys
@@ -16,11 +16,23 @@ from typing import Sequence
 
 __all__ = ["main", "build_parser"]
 
-_AREAS = ("lensworks.circuits._cli", "lensworks.geometry._cli", "lensworks.probes._cli", "lensworks._report_cli")
+#: The subcommand modules, in the order ``--help`` lists them.
+_COMMANDS = ("heads", "geometry", "neighbours", "probes", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every available subcommand."""
+    """The top-level parser with every subcommand.
+
+    Returns:
+        An ``argparse`` parser; a parsed subcommand's ``func`` runs it.
+
+    Example:
+        >>> args = build_parser().parse_args(["heads", "--top", "3"])
+        >>> args.command, args.top
+        ('heads', 3)
+    """
+    from importlib import import_module
+
     from lensworks import __version__
 
     parser = argparse.ArgumentParser(
@@ -30,10 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lensworks {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks (accepted anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _AREAS:
-        if importlib.util.find_spec(name) is None:
-            continue
-        importlib.import_module(name).register(sub)
+    for name in _COMMANDS:
+        import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
@@ -48,6 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print one line on stderr and return 2; an unexpected failure prints one line and returns
     1. ``--debug`` (anywhere on the command line, or ``LENSWORKS_DEBUG=1``) shows the Python
     traceback instead. A closed output pipe (``lensworks heads | head -1``) exits quietly.
+    Output paths (``--json``, ``--html``, ``--output``) are checked before any work.
+
+    Args:
+        argv: The arguments after ``lensworks``; ``None`` reads ``sys.argv``.
+
+    Returns:
+        0 on success, 2 for a user error or no command, 1 for an unexpected failure, 130 when
+        interrupted.
 
     Example:
         >>> main(["heads", "--top", "3"])  # doctest: +SKIP
@@ -107,7 +125,3 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
         pass
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -3,35 +3,57 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from lensworks._cli_common import add_model_argument, format_table, model_from_args, write_outputs
+from lensworks.cli._common import (
+    add_model_argument, add_option, add_outputs, format_table, model_from_args, write_outputs,
+)
 
-__all__ = ["register", "run_heads"]
-
-DEFAULT_MODEL = "induction-2l"
+__all__ = ["register", "run"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``heads`` subcommand."""
-    p = sub.add_parser("heads", help="composition, copying and behavioural head scores, and induction heads")
+def register(subparsers: Any) -> None:
+    """Add the ``heads`` subcommand.
+
+    Args:
+        subparsers: The top-level parser's ``add_subparsers()`` action.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> register(parser.add_subparsers(dest="command"))
+        >>> parser.parse_args(["heads"]).top
+        5
+    """
+    p = subparsers.add_parser("heads", help="composition, copying and behavioural head scores, and induction heads")
     add_model_argument(p)
     p.add_argument("--top", type=int, default=5, help="rows per table (default 5)")
     p.add_argument("--seq-len", type=int, default=None, help="length of the repeated random sequence")
     p.add_argument("--n-seqs", type=int, default=32, help="number of repeated sequences (default 32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="write every score as JSON")
-    p.add_argument("--html", metavar="PATH", help="write the figures as one self-contained HTML page")
-    p.set_defaults(func=run_heads)
+    add_option(p, "--seed")
+    add_outputs(p, "write every score as JSON", "write the figures as one self-contained HTML page")
+    p.set_defaults(func=run)
 
 
-def run_heads(args: argparse.Namespace) -> int:
-    """Compute and print the head scores; write JSON/HTML when asked."""
+def run(args: argparse.Namespace) -> int:
+    """Compute and print the head scores; write JSON/HTML when asked.
+
+    Args:
+        args: The parsed ``heads`` arguments.
+
+    Returns:
+        0.
+
+    Example:
+        >>> from lensworks.cli import main
+        >>> main(["heads", "--top", "3"])  # doctest: +SKIP
+        0
+    """
     from lensworks.circuits import composition_scores, find_induction_heads, head_scores
     from lensworks.model import LensworksError
 
     if args.top < 1:
         raise LensworksError(f"--top must be >= 1, got {args.top}")
-    model, name = model_from_args(args, DEFAULT_MODEL)
+    model, name = model_from_args(args)
     cfg = model.cfg
     print(f"model: {name} ({cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_vocab {cfg.d_vocab})")
     report = find_induction_heads(model, seq_len=args.seq_len, n_seqs=args.n_seqs, seed=args.seed)

@@ -6,16 +6,25 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lensworks.cli._common import (
+    add_model_argument, add_option, add_outputs, format_table, model_from_args, records, write_outputs,
+)
 
-from lensworks._cli_common import add_model_argument, format_table, model_from_args, write_outputs
-
-__all__ = ["register"]
-
-DEFAULT_MODEL = "char-mlp"
+__all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``probes`` subcommand."""
+    """Add the ``probes`` subcommand.
+
+    Args:
+        subparsers: The top-level parser's ``add_subparsers()`` action.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> register(parser.add_subparsers(dest="command"))
+        >>> parser.parse_args(["probes"]).offsets
+        '0,-1,-2'
+    """
     p = subparsers.add_parser(
         "probes",
         help="linear probes: which input tokens each layer still holds",
@@ -39,20 +48,30 @@ def register(subparsers: Any) -> None:
     p.add_argument("--streams", default=None, help="comma-separated streams (default resid_pre,resid_mid,resid_post)")
     p.add_argument("--shared", action="store_true", help="one probe per offset shared by every layer and stream")
     p.add_argument("--no-controls", action="store_true", help="skip the random-model and shuffled-label controls")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    p.add_argument("--html", default=None, metavar="PATH", help="write the figures as one HTML page")
+    add_option(p, "--batch-size", default=16)
+    add_option(p, "--seed")
+    add_outputs(p, "write the results as JSON", "write the figures as one HTML page")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the probes subcommand."""
-    from lensworks._results import to_jsonable
+    """Fit the probes, print their accuracy beside the controls; write JSON/HTML when asked.
+
+    Args:
+        args: The parsed ``probes`` arguments.
+
+    Returns:
+        0.
+
+    Example:
+        >>> from lensworks.cli import main
+        >>> main(["probes", "--max-tokens", "5000", "--no-controls"])  # doctest: +SKIP
+        0
+    """
     from lensworks.model import LensworksError
     from lensworks.probes import compare_to_embedding, probe_inputs
 
-    model, name = model_from_args(args, DEFAULT_MODEL)
+    model, name = model_from_args(args)
     if args.text:
         path = Path(args.text)
         if not path.is_file():
@@ -96,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     payload = {
         "model": name,
         "windows": list(windows.shape),
-        "table": to_jsonable(frame.to_dict(orient="records")),
+        "table": records(frame),
         "results": res.to_dict(),
         "comparison": {"probe": {"layer": last[0], "stream": last[1], "offset": last[2]}, "summary": summary},
     }

@@ -1,0 +1,276 @@
+"""What the subcommands share: the default models, the shared options, loading, writing, tables.
+
+Every option more than one command takes is declared here once (:data:`SHARED_OPTIONS` and
+:func:`add_model_argument`), and every command's default model is named here once
+(:data:`DEFAULT_MODEL`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "SHARED_OPTIONS",
+    "default_model",
+    "add_model_argument",
+    "add_option",
+    "add_outputs",
+    "model_from_args",
+    "read_lines",
+    "records",
+    "write_outputs",
+    "format_table",
+]
+
+#: The bundled model each command reads when no CHECKPOINT is given.
+DEFAULT_MODEL: dict[str, str] = {
+    "heads": "induction-2l",
+    "geometry": "char-mlp",
+    "neighbours": "char-mlp",
+    "probes": "char-mlp",
+    "report": "char-mlp",
+}
+
+#: Read instead of the default when the default's weights are not bundled. Only the report has
+#: one: every report section that applies runs on the attention-only demo too.
+_FALLBACK_MODEL: dict[str, str] = {"report": "induction-2l"}
+
+#: Options several commands take: flag -> argparse keywords. A command adds one with
+#: :func:`add_option`, overriding the help text or the default where its own differ.
+SHARED_OPTIONS: dict[str, dict[str, Any]] = {
+    "--seed": {"type": int, "default": 0},
+    "--batch-size": {"type": int},
+    "--json": {"metavar": "PATH", "default": None},
+    "--html": {"metavar": "PATH", "default": None},
+}
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "float64": "float64"}
+
+
+def default_model(command: str) -> str:
+    """The bundled model ``command`` reads when no CHECKPOINT is given.
+
+    :data:`DEFAULT_MODEL` names it; the report falls back to ``"induction-2l"`` when
+    ``char-mlp``'s weights are not bundled.
+
+    Args:
+        command: A subcommand name, e.g. ``"heads"``.
+
+    Returns:
+        A zoo name.
+
+    Example:
+        >>> default_model("heads")
+        'induction-2l'
+        >>> default_model("report") in ("char-mlp", "induction-2l")
+        True
+    """
+    name = DEFAULT_MODEL[command]
+    fallback = _FALLBACK_MODEL.get(command)
+    if fallback is None:
+        return name
+    try:
+        from lensworks import zoo
+
+        if (zoo.path(name) / "model.safetensors").is_file():
+            return name
+    except Exception:  # zoo missing or broken: fall back to the attention-only demo
+        pass
+    return fallback
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, **overrides: Any) -> None:
+    """Add one of :data:`SHARED_OPTIONS` to ``parser``.
+
+    Args:
+        parser: A subcommand's parser.
+        flag: A key of :data:`SHARED_OPTIONS`, e.g. ``"--seed"``.
+        **overrides: argparse keywords that replace the shared ones (``default``, ``help``).
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> add_option(p, "--batch-size", default=32)
+        >>> p.parse_args([]).batch_size
+        32
+    """
+    parser.add_argument(flag, **{**SHARED_OPTIONS[flag], **overrides})
+
+
+def add_outputs(parser: argparse.ArgumentParser, json_help: str | None = None, html_help: str | None = None) -> None:
+    """Add ``--json PATH`` and ``--html PATH`` (written by :func:`write_outputs`).
+
+    Args:
+        parser: A subcommand's parser.
+        json_help: Help text of ``--json``.
+        html_help: Help text of ``--html``.
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> add_outputs(p, "write the numbers as JSON")
+        >>> p.parse_args(["--json", "o.json"]).json
+        'o.json'
+    """
+    add_option(parser, "--json", help=json_help)
+    add_option(parser, "--html", help=html_help)
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the optional positional CHECKPOINT (bundled demo when absent), ``--device``, ``--dtype``
+    and ``--no-processing``.
+
+    Args:
+        parser: A subcommand's parser.
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> add_model_argument(p)
+        >>> p.parse_args(["char-mlp", "--dtype", "float64"]).dtype
+        'float64'
+    """
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="checkpoint directory, .pt/.pth file, zoo name or pretrained name (default: bundled demo)",
+    )
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
+                        help="load the weights in this precision (default float32)")
+    parser.add_argument("--no-processing", action="store_true",
+                        help="load a Hugging Face checkpoint without folding LayerNorm or centring weights")
+
+
+def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
+    """Load ``args.checkpoint``, a bundled zoo name, or the command's default model when none was given.
+
+    Args:
+        args: Parsed arguments of a subcommand (``command``, ``checkpoint``, ``device`` and the
+            optional ``dtype``/``no_processing``).
+
+    Returns:
+        ``(model, name)``: the loaded model and the name it was asked for.
+
+    Example:
+        >>> args = argparse.Namespace(command="heads", checkpoint=None, device="cpu")
+        >>> model, name = model_from_args(args)  # doctest: +SKIP
+        >>> name  # doctest: +SKIP
+        'induction-2l'
+    """
+    from lensworks import zoo
+    from lensworks.model import load_model
+
+    import torch
+
+    name = args.checkpoint or default_model(args.command)
+    source = zoo.path(name) if name in zoo.names() else name
+    kwargs = {}
+    if getattr(args, "dtype", None):
+        kwargs["dtype"] = getattr(torch, _DTYPES[args.dtype])
+    if getattr(args, "no_processing", False):
+        kwargs.update(fold_ln=False, center_writing_weights=False, center_unembed=False)
+    return load_model(source, device=args.device, **kwargs), name
+
+
+def read_lines(path: str | None, what: str) -> list[str] | None:
+    """The non-empty lines of a prompt file (one prompt per line); ``None`` when ``path`` is.
+
+    Args:
+        path: The file, or ``None``.
+        what: The option's name without dashes, for error messages (``"positive"``).
+
+    Returns:
+        At least two lines, without their line endings.
+
+    Raises:
+        LensworksError: The file is missing or has fewer than two non-empty lines.
+
+    Example:
+        >>> read_lines(None, "positive") is None
+        True
+    """
+    from lensworks.model import LensworksError
+
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise LensworksError(f"--{what}: no such file {path!r}")
+    lines = [line.rstrip("\r\n") for line in p.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line.strip()]
+    if len(lines) < 2:
+        raise LensworksError(f"--{what}: {path!r} has {len(lines)} non-empty lines; need at least 2 (one prompt per line)")
+    return lines
+
+
+def records(frame: Any) -> list[dict[str, Any]]:
+    """A pandas frame's rows as JSON-ready dicts.
+
+    Args:
+        frame: A ``pandas.DataFrame``.
+
+    Returns:
+        One dict per row, with numpy values turned into Python ones.
+
+    Example:
+        >>> import pandas as pd
+        >>> records(pd.DataFrame({"a": [1]}))
+        [{'a': 1}]
+    """
+    from lensworks._results import to_jsonable
+
+    return to_jsonable(frame.to_dict(orient="records"))
+
+
+def write_outputs(args: argparse.Namespace, payload: dict[str, Any], figures: Sequence[Any], title: str) -> None:
+    """Write ``--json`` (payload) and ``--html`` (all figures on one self-contained page), atomically.
+
+    Args:
+        args: Parsed arguments; ``json``/``html`` are the paths (absent or ``None``: not written).
+        payload: JSON-ready numbers.
+        figures: plotly figures for the HTML page.
+        title: The HTML page's title.
+
+    Example:
+        >>> write_outputs(argparse.Namespace(json=None, html=None), {}, [], "t")
+    """
+    from lensworks.model._io import write_atomic
+
+    if getattr(args, "json", None):
+        path = write_atomic(args.json, json.dumps(payload, indent=1))
+        print(f"wrote {path}")
+    if getattr(args, "html", None):
+        from lensworks.plotting import figures_to_html
+
+        path = write_atomic(args.html, figures_to_html(figures, title=title))
+        print(f"wrote {path}")
+
+
+def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain fixed-width text table.
+
+    Args:
+        rows: The cells, row by row; floats are printed with three decimals.
+        header: Column names.
+
+    Returns:
+        The table, lines joined by newlines.
+
+    Example:
+        >>> print(format_table([("L1H2", 0.9)], ["head", "score"]))
+        head  score
+        ----  -----
+        L1H2  0.900
+    """
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(v) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""``lensworks geometry``: residual statistics of two prompt sets, block ablations, logit lens."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lensworks.cli._common import (
+    add_model_argument, add_option, add_outputs, format_table, model_from_args, read_lines, records, write_outputs,
+)
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``geometry`` subcommand.
+
+    Args:
+        subparsers: The top-level parser's ``add_subparsers()`` action.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> register(parser.add_subparsers(dest="command"))
+        >>> parser.parse_args(["geometry"]).batch_size
+        32
+    """
+    g = subparsers.add_parser(
+        "geometry", help="residual statistics of two prompt sets, block ablations, logit lens",
+        description="Per-layer residual statistics for two contrastive prompt sets (one prompt per line), "
+                    "attention/MLP ablation per block (Hellinger), logit lens and block decomposition. Without "
+                    "files, built-in sets (Python code vs English prose) are used.")
+    add_model_argument(g)
+    g.add_argument("--positive", metavar="FILE", help="prompts of the first set, one per line")
+    g.add_argument("--negative", metavar="FILE", help="prompts of the second set, one per line")
+    add_option(g, "--batch-size", default=32)
+    add_outputs(g, "write all numbers as JSON", "write all figures as one HTML page")
+    g.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print residual statistics, block ablations and the logit lens; write JSON/HTML when asked.
+
+    Args:
+        args: The parsed ``geometry`` arguments.
+
+    Returns:
+        0.
+
+    Example:
+        >>> from lensworks.cli import main
+        >>> main(["geometry", "--json", "out/geometry.json"])  # doctest: +SKIP
+        0
+    """
+    from lensworks.geometry import block_ablation, block_decomposition, logit_lens, residual_stats, update_alignment
+    from lensworks.model import LensworksError, model_streams
+
+    pos = read_lines(args.positive, "positive")
+    neg = read_lines(args.negative, "negative")
+    if (pos is None) != (neg is None):
+        raise LensworksError("give both --positive and --negative, or neither (for the built-in sets)")
+    if pos is None:
+        from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
+
+        pos, neg = list(BUILTIN_POSITIVE), list(BUILTIN_NEGATIVE)
+        print(f"no --positive/--negative files: using the built-in sets ({len(pos)} lines of Python code vs "
+              f"{len(neg)} lines of English prose)")
+    model, name = model_from_args(args)
+    print(f"model: {name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})")
+    both = pos + neg
+    bs = args.batch_size
+    stats = residual_stats(model, {"positive": pos, "negative": neg},
+                           streams=model_streams(model),
+                           batch_size=bs)
+    table = block_ablation(model, both, batch_size=bs)
+    lens = logit_lens(model, both, batch_size=bs)
+    dec = block_decomposition(model, both, batch_size=bs)
+    align = update_alignment(model, both, batch_size=bs)
+
+    cos = stats.cosine("positive", "negative")
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        row = [layer]
+        for s in stats.streams:
+            row.append(float(cos[s][layer]))
+        si = stats.streams.index("resid_post")
+        row += [float(stats.var_mean("positive")[si, layer]), float(stats.var_mean("negative")[si, layer])]
+        rows.append(row)
+    print("\nresidual statistics at the last token (cosine of the class means; mean variance of resid_post)")
+    print(format_table(rows, ["layer"] + [f"cos {s}" for s in stats.streams] + ["var pos", "var neg"]))
+
+    df = table.to_frame()
+    print("\nblock ablation (Hellinger distance to the normal next-token distribution, mean ± std over prompts)")
+    print(format_table(
+        [(int(r.block), f"{r.drop_attn_hellinger_mean:.3f} ± {r.drop_attn_hellinger_std:.3f}",
+          f"{r.drop_mlp_hellinger_mean:.3f} ± {r.drop_mlp_hellinger_std:.3f}", float(r.drop_attn_top1_agreement),
+          float(r.drop_mlp_top1_agreement)) for r in df.itertuples()],
+        ["block", "drop attention", "drop MLP", "top1 kept (attn)", "top1 kept (MLP)"]))
+    if not table.decomposition_ok:
+        print(f"WARNING: embed + attn + MLP outputs do not add up to the final residual "
+              f"(relative error {table.decomposition_error:.2e}); read the ablations with care")
+
+    lf = lens.to_frame()
+    print("\nlogit lens (each layer normalised with its own statistics)")
+    print(format_table([(r.layer, float(r.kl_mean), float(r.top1_agreement)) for r in lf.itertuples()],
+                       ["layer", "KL to final (nats)", "top1 = final"]))
+    print(f"\ncosine(final residual, embed + MLP outputs only): mean {float(dec.ffn_only_cosine.mean()):.3f} "
+          f"over {len(both)} prompts")
+
+    payload = {
+        "model": name,
+        "n_positive": len(pos),
+        "n_negative": len(neg),
+        "builtin_sets": args.positive is None,
+        "residual_stats": records(stats.to_frame()),
+        "cosine_of_means": {s: v.tolist() for s, v in cos.items()},
+        "block_ablation": records(df),
+        "decomposition_ok": table.decomposition_ok,
+        "decomposition_error": table.decomposition_error,
+        "logit_lens": records(lf),
+        "block_decomposition": records(dec.to_frame()),
+        "ffn_only_cosine_mean": float(dec.ffn_only_cosine.mean()),
+        "update_alignment": {"labels": list(align.labels), "cosine": align.cosine.tolist()},
+    }
+    write_outputs(args, payload, [stats.figure(), table.figure(), lens.figure(), dec.figure(0), align.figure()],
+                  title=f"lensworks geometry: {name}")
+    return 0
