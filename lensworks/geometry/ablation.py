@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lensworks._deprecation import renamed_arguments
 from lensworks._results import Result
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, kl_divergence, progress_bar
@@ -194,9 +195,10 @@ class AblationTable(Result):
         return ablation_figure(self)
 
 
+@renamed_arguments(prompts="data")
 def block_ablation(
     model: HookedTransformer,
-    prompts: Data,
+    data: Data,
     *,
     position: int = -1,
     batch_size: int = 32,
@@ -214,10 +216,10 @@ def block_ablation(
 
     Args:
         model: The model.
-        prompts: Strings, a token tensor or an iterable of batches.
+        data: Strings, a token tensor or an iterable of batches.
         position: The position whose next-token distribution is compared.
         batch_size: Prompts per forward pass.
-        prepend_bos: Prepend BOS to string prompts (default: the model's setting).
+        prepend_bos: Prepend BOS to string data (default: the model's setting).
         progress: Progress bar (None: only on a terminal).
 
     Returns:
@@ -232,8 +234,8 @@ def block_ablation(
     worst = 0.0
     ok_all = True
     for toks, idx in progress_bar(
-        iter_batches(model, prompts, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
-                     what="prompts"),
+        iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
+                     what="data"),
         desc="block_ablation", progress=progress,
     ):
         rows = torch.arange(toks.shape[0], device=toks.device)
@@ -357,9 +359,10 @@ class BlockDecomposition(Result):
         return decomposition_figure(self, prompt)
 
 
+@renamed_arguments(prompts="data")
 def block_decomposition(
     model: HookedTransformer,
-    prompts: Data,
+    data: Data,
     *,
     position: int = -1,
     batch_size: int = 64,
@@ -386,8 +389,8 @@ def block_decomposition(
     acc = {k: [] for k in ("an", "mn", "aci", "mci", "amc", "mcm", "fpc", "en", "foc", "fnr")}
     labels: list[str] = []
     for toks, idx in progress_bar(
-        iter_batches(model, prompts, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
-                     what="prompts"),
+        iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
+                     what="data"),
         desc="block_decomposition", progress=progress,
     ):
         acts, _ = gather_at(model, toks, idx, names)

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._deprecation import renamed_arguments
 from lensworks._results import Result
 from lensworks.geometry._common import Data, gather_at, iter_batches, kl_divergence, progress_bar, softcap, std_or_zero
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, token_label
@@ -104,9 +105,10 @@ class LogitLens(Result):
         return logit_lens_figure(self)
 
 
+@renamed_arguments(prompts="data")
 def logit_lens(
     model: HookedTransformer,
-    prompts: Data,
+    data: Data,
     *,
     position: int = -1,
     top_k: int = 5,
@@ -123,11 +125,11 @@ def logit_lens(
 
     Args:
         model: The model.
-        prompts: Strings, a token tensor or an iterable of batches.
+        data: Strings, a token tensor or an iterable of batches.
         position: Position read in each prompt (negative counts from each prompt's end).
         top_k: How many top tokens to keep per layer.
         batch_size: Prompts per forward pass.
-        prepend_bos: Prepend BOS to string prompts (default: the model's setting).
+        prepend_bos: Prepend BOS to string data (default: the model's setting).
         progress: Progress bar (None: only on a terminal).
 
     Returns:
@@ -146,8 +148,8 @@ def logit_lens(
     prompt_labels: list[str] = []
     worst = 0.0
     for toks, idx in progress_bar(
-        iter_batches(model, prompts, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
-                     what="prompts"),
+        iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
+                     what="data"),
         desc="logit_lens", progress=progress,
     ):
         acts, model_logits = gather_at(model, toks, idx, names, logits=True)

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lensworks._deprecation import renamed_arguments
 from lensworks._results import Result
 from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, progress_bar
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state
@@ -197,9 +198,10 @@ def _check_streams(model: HookedTransformer, streams: Sequence[str]) -> tuple[st
     return streams
 
 
+@renamed_arguments(datasets="data")
 def residual_stats(
     model: HookedTransformer,
-    datasets: Mapping[str, Data],
+    data: Mapping[str, Data],
     *,
     streams: Sequence[str] = ("resid_pre", "resid_mid", "resid_post"),
     position: int = -1,
@@ -215,7 +217,7 @@ def residual_stats(
 
     Args:
         model: The model.
-        datasets: Name -> data: a list of strings, a ``[batch, pos]`` token tensor, or an
+        data: Data-set name -> data: a list of strings, a ``[batch, pos]`` token tensor, or an
             iterable yielding such batches (e.g. a generator, for data sets too large to store).
             Each needs at least 2 samples.
         streams: Which of ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``.
@@ -231,16 +233,16 @@ def residual_stats(
         >>> stats = residual_stats(model, {"python": code_lines, "prose": text_lines})  # doctest: +SKIP
         >>> stats.cosine("python", "prose")["resid_post"]  # doctest: +SKIP
     """
-    if not isinstance(datasets, Mapping) or not datasets:
-        raise LensworksError(f"datasets: expected a non-empty mapping of name -> data, got {type(datasets).__name__}")
+    if not isinstance(data, Mapping) or not data:
+        raise LensworksError(f"data: expected a non-empty mapping of name -> data, got {type(data).__name__}")
     streams = _check_streams(model, streams)
     n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
     names = [hook_name(s, layer) for s in streams for layer in range(n_layers)]
     count, mean, var, norm = {}, {}, {}, {}
-    for name, data in datasets.items():
+    for name, one in data.items():
         acc = _Moments((len(streams), n_layers, d_model), model.cfg.device)
         for toks, idx in progress_bar(
-            iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
+            iter_batches(model, one, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
                          what=f"data set {name!r}"),
             desc=f"residual_stats {name}", progress=progress,
         ):
@@ -254,7 +256,7 @@ def residual_stats(
         var[name] = (acc.m2 / (acc.n - 1)).float().cpu()
         norm[name] = (acc.norm_sum / acc.n).float().cpu()
     return ResidualStats(
-        datasets=tuple(datasets), streams=streams, count=count, mean=mean, var=var, norm_mean=norm,
+        datasets=tuple(data), streams=streams, count=count, mean=mean, var=var, norm_mean=norm,
         position=position, processing=processing_state(model),
     )
 
