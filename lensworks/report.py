@@ -152,82 +152,18 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-# --------------------------------------------------------------------------- captions
-
-_BEHAVIOUR = {
-    "previous_token": "attention from each position to the one before it",
-    "duplicate_token": "attention from the second copy of a token to its first copy",
-    "induction": "attention to the token just after the previous copy of the current token",
-}
+# --------------------------------------------------------------------------- what results say
 
 
-def _default_caption(obj: Any) -> str:
-    name = type(obj).__name__
-    if name == "CompositionScores":
-        target = {"Q": "queries", "K": "keys", "V": "values"}.get(obj.mode, obj.mode)
-        text = (
-            f"{obj.mode}-composition: how much an earlier head's output (row) is read by a later head's "
-            f"{target} (column): ‖W_OV^A M^B‖_F / (‖W_OV^A‖_F ‖M^B‖_F), between 0 and 1. "
-            "Blank cells are pairs that cannot compose (the reader is not in a later layer)."
-        )
-        if obj.baseline is not None:
-            text += (f" Random factors of the same shapes score {obj.baseline.mean:.3f} ± {obj.baseline.std:.3f} "
-                     f"({obj.baseline.n_samples} samples): read a cell relative to that.")
-        return text
-    if name == "CopyingScores":
-        text = ("Copying score per head: sum of the real parts of the eigenvalues of the full OV circuit "
-                "W_E W_V W_O W_U over the sum of their absolute values, from -1 (the head suppresses the token "
-                "it attends to) to +1 (it copies it).")
-        if obj.baseline_mean is not None:
-            text += f" Random W_V, W_O with this model's embeddings score {obj.baseline_mean:+.3f} ± {obj.baseline_std:.3f}."
-        return text
-    if name == "BehaviourScores":
-        what = _BEHAVIOUR.get(obj.kind, obj.kind)
-        text = f"{obj.kind.replace('_', '-')} score per head: mean {what}, on repeated random token sequences."
-        chance = getattr(obj, "chance", None)
-        if chance is not None:
-            try:
-                text += f" Uniform attention would score about {float(chance):.3f}."
-            except (TypeError, ValueError):
-                pass
-        return text
-    if name == "InductionReport":
-        return ("Induction verdict: a head is an induction head when its induction score passes the threshold, "
-                "its OV circuit copies (positive copying score), and it K-composes with an earlier previous-token "
-                "head well above random factors. Hover a point for the evidence.")
-    if name == "ResidualStats":
-        return ("Residual-stream statistics at one token position, per layer and stream (resid_pre, resid_mid, "
-                "resid_post): cosine between the two data sets' mean vectors, and the mean and max over features "
-                "of the per-feature variance. Growing variance with depth is the effect of summing block outputs.")
-    if name == "AblationTable":
-        return ("Block ablation: for each block, pass on x + mlp_out (attention dropped) or x + attn_out (MLP "
-                "dropped) and measure the Hellinger distance between the final next-token distribution and the "
-                "normal one; bars are the mean over prompts, whiskers one standard deviation.")
-    if name == "BlockDecomposition":
-        return ("The embedding and every block's attention and MLP outputs drawn tip to tail for one prompt: "
-                "arrow lengths are the real norms and each arrow's angle to the running sum is the real one. "
-                "The title gives the cosine between the final residual and the sum of the embedding and MLP outputs only.")
-    if name == "LogitLens":
-        return ("Logit lens: the residual stream after each block read through the final LayerNorm (with its own "
-                "statistics) and the unembedding; colour is KL(final ‖ layer) in nats, hover shows that layer's top token.")
-    if name == "ProbeResults":
-        return ("Linear probes that recover the input token at each offset from the residual stream, per layer and "
-                "stream: held-out top-1 accuracy beside chance (most frequent token), a randomly initialised copy of "
-                "the model, and labels shuffled during training.")
-    if name == "Comparison":
-        return ("How the probe's read directions relate to the embedding: principal-angle overlap with W_E and W_U "
-                "and where the probe's weight sits along the embedding's PCA basis, each against random matrices "
-                "with the same singular values.")
-    if name == "Basis":
-        return "Share of the embedding matrix's variance captured by each basis direction, in order of importance."
-    if name == "NeighbourEvaluation":
-        return ("FFN-neighbour approximation: next-token distributions predicted from the corpus windows whose "
-                "FFN outputs are most similar, compared with the model's own by Hellinger distance.")
-    if name == "UnlikelyTokenUsage":
-        return "How much of the activations lies along the directions of tokens the model rarely predicts."
-    if name == "UpdateAlignment":
-        return "Cosine between each vector and its projection onto each token's subspace."
-    return ""
+def _ask(obj: Any, method: str) -> Any:
+    """``obj.<method>()`` for a result that has it (plain figures have none); never fails the page."""
+    fn = getattr(obj, method, None)
+    if not callable(fn):
+        return None
+    try:
+        return fn()
+    except Exception:  # a caption or headline is a bonus; never fail the report over it
+        return None
 
 
 def _section_of(obj: Any) -> str:
@@ -330,45 +266,11 @@ def _summary_html(obj: Any) -> str:
     return f"<pre class='summary'>{_esc(text)}</pre>" if isinstance(text, str) else ""
 
 
-def _highlight(obj: Any) -> str | None:
-    """One plain-text line with the headline of a known result, or None."""
-    name = type(obj).__name__
-    if name == "InductionReport":
-        heads = ", ".join(f"L{l}H{h}" for l, h in obj.heads)
-        return f"Induction heads: {heads}." if heads else "No induction heads (behaviour and mechanism do not agree on any head)."
-    if name == "CompositionScores" and obj.n_layers > 1:
-        p = obj.top(1)[0]
-        base = f" (random factors: {obj.baseline.mean:.3f} ± {obj.baseline.std:.3f})" if obj.baseline is not None else ""
-        return f"Strongest {obj.mode}-composition: {p.label}, {p.score:.3f}{base}."
-    if name == "CopyingScores":
-        label, score = obj.top(1)[0]
-        n_pos = int((obj.scores > 0.5).sum())
-        return f"Most copying head: {label} ({score:+.3f}); {n_pos} of {obj.scores.numel()} heads score above 0.5."
-    if name == "AblationTable":
-        attn, mlp = obj.drop_attn_hellinger.mean(1), obj.drop_mlp_hellinger.mean(1)
-        which, values = ("attention", attn) if float(attn.max()) >= float(mlp.max()) else ("MLP", mlp)
-        b = int(values.argmax())
-        line = (f"Largest single ablation: dropping block {b}'s {which} moves the next-token distribution by "
-                f"Hellinger {float(values[b]):.3f} on average")
-        if float(mlp.abs().sum()) == 0.0:  # attention-only model
-            return line + "."
-        return line + f" (summed over blocks: attention {float(attn.sum()):.3f}, MLP {float(mlp.sum()):.3f})."
-    if name == "ProbeResults" and 0 in obj.offsets:
-        k = obj.offsets.index(0)
-        first, last = obj.accuracy[0, 0, k], obj.accuracy[-1, -1, k]
-        return (f"Current input token read back linearly: {float(first):.0%} at layer {obj.layers[0]} {obj.streams[0]}, "
-                f"{float(last):.0%} at layer {obj.layers[-1]} {obj.streams[-1]} (chance {float(obj.chance[k]):.0%}).")
-    return None
-
-
 def _highlights_html(sections: Mapping[str, Sequence[tuple[Any, str | None]]]) -> str:
     lines = []
     for items in sections.values():
         for item, _ in items:
-            try:
-                line = _highlight(item)
-            except Exception:  # a headline is a bonus; never fail the report over it
-                line = None
+            line = _ask(item, "headline")
             if line:
                 lines.append(f"<li>{_esc(line)}</li>")
     if not lines:
@@ -417,112 +319,12 @@ def _model_html(model: Any, name: str | None) -> str:
 
 # --------------------------------------------------------------------------- page
 
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
-header{background:#23395d;color:#fff;padding:14px 28px}header h1{margin:0;font-size:1.5em}
-header p{margin:4px 0 0;opacity:.85;font-size:.9em}
-.layout{display:flex;align-items:flex-start}
-nav{position:sticky;top:0;max-height:100vh;overflow:auto;min-width:230px;max-width:260px;padding:14px 10px 14px 20px;
-font-size:.88em;border-right:1px solid #ddd;background:#f2f4f7;box-sizing:border-box}
-nav ul{list-style:none;padding-left:0;margin:0}nav ul ul{padding-left:12px}nav li{margin:3px 0}
-nav a{color:#23395d;text-decoration:none}nav a:hover{text-decoration:underline}
-main{flex:1;padding:10px 28px 40px;min-width:0}
-section>h2{border-bottom:2px solid #23395d;padding-bottom:4px;margin-top:28px}
-figure{background:#fff;border:1px solid #ddd;border-radius:6px;margin:18px 0;padding:10px 12px}
-.plot{width:100%;min-height:460px}
-figcaption{font-size:.9em;color:#444;margin-top:6px;line-height:1.4}
-pre.summary{background:#f4f4f4;padding:8px;font-size:.85em;overflow:auto}
-table{border-collapse:collapse;font-size:.82em}td,th{border:1px solid #ddd;padding:2px 7px;text-align:left}
-th{background:#eef1f5}.tablewrap{max-height:360px;overflow:auto}
-table.model th{width:170px}code.tok{background:#eef1f5;padding:0 3px;margin:1px;display:inline-block;white-space:pre}
-.picker{background:#fff8e1;border:1px solid #e6c86e;border-radius:6px;padding:8px 12px;margin:12px 0}
-.picker ul{margin:6px 0 0;font-size:.88em}
-#lw-errors{display:none;background:#fde2e2;border:1px solid #c33;padding:8px;white-space:pre-wrap}
-.note{color:#777;font-size:.85em}
-ul.highlights{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 10px 10px 30px;line-height:1.5}
-"""
+def _asset(name: str) -> str:
+    """A file shipped in ``lensworks/assets`` (the page's CSS and scripts), as text."""
+    from importlib.resources import files
 
-# Runs before plotly loads: records script errors (shown in a red box) so a broken figure is visible.
-_ERRORS_JS = """
-(function(){
-  var box = null, pending = [];
-  function record(msg){
-    box = box || document.getElementById('lw-errors');
-    if(!box){ pending.push(msg); return; }
-    while(pending.length){ box.appendChild(document.createTextNode(pending.shift() + '\\n')); }
-    box.appendChild(document.createTextNode(String(msg) + '\\n'));
-    box.style.display = 'block';
-  }
-  window.lwRecordError = record;
-  window.addEventListener('error', function(e){ record('error: ' + (e.message || e)); });
-  window.addEventListener('unhandledrejection', function(e){ record('unhandled rejection: ' + (e.reason && e.reason.message || e.reason)); });
-})();
-"""
+    return files("lensworks").joinpath("assets", name).read_text(encoding="utf-8")
 
-# Draws every figure from the JSON block, then wires the head picker.
-_RENDER_JS = """
-(function(){
-  var specs = JSON.parse(document.getElementById('lw-figures').textContent);
-  var config = {responsive: true, displaylogo: false};
-  var jobs = specs.map(function(spec){
-    var div = document.getElementById(spec.id);
-    try {
-      return Plotly.newPlot(div, spec.figure.data || [], spec.figure.layout || {}, config).catch(function(e){
-        window.lwRecordError('figure ' + spec.id + ': ' + e); });
-    } catch(e) { window.lwRecordError('figure ' + spec.id + ': ' + e); return Promise.resolve(); }
-  });
-  Promise.all(jobs).then(function(){
-    document.body.setAttribute('data-lw-rendered', String(specs.length));
-    var st = document.getElementById('lw-status'); if(st){ st.textContent = 'rendered ' + specs.length + ' figures'; }
-  });
-
-  var picker = document.getElementById('lw-head-picker');
-  if(!picker){ return; }
-  function top(values, labels, k){
-    var pairs = [];
-    for(var i = 0; i < values.length; i++){
-      var v = values[i];
-      if(v !== null && v !== undefined && !isNaN(v)){ pairs.push([v, labels[i]]); }
-    }
-    pairs.sort(function(a, b){ return b[0] - a[0]; });
-    return pairs.slice(0, k);
-  }
-  function describe(list){
-    if(!list.length){ return 'none'; }
-    return list.map(function(p){ return p[1] + ' ' + p[0].toFixed(3); }).join(', ');
-  }
-  picker.addEventListener('change', function(){
-    var head = picker.value;
-    var out = document.getElementById('lw-head-summary');
-    while(out.firstChild){ out.removeChild(out.firstChild); }
-    document.querySelectorAll('.plot[data-kind="composition"]').forEach(function(div){
-      var trace = (div.data || [])[0];
-      if(!trace){ return; }
-      var ys = trace.y || [], xs = trace.x || [];
-      var r = ys.indexOf(head), c = xs.indexOf(head);
-      var shapes = [];
-      if(head && r >= 0){
-        shapes.push({type:'rect', xref:'paper', yref:'y', x0:0, x1:1, y0:r-0.5, y1:r+0.5,
-                     line:{color:'crimson', width:3}, fillcolor:'rgba(0,0,0,0)'});
-      }
-      if(head && c >= 0){
-        shapes.push({type:'rect', xref:'x', yref:'paper', x0:c-0.5, x1:c+0.5, y0:0, y1:1,
-                     line:{color:'orange', width:3, dash:'dot'}, fillcolor:'rgba(0,0,0,0)'});
-      }
-      Plotly.relayout(div, {shapes: shapes});
-      if(head && r >= 0){
-        var z = trace.z || [];
-        var row = z[r] || [];
-        var col = z.map(function(zr){ return zr[c]; });
-        var li = document.createElement('li');
-        li.textContent = (div.getAttribute('data-mode') || '') + '-composition: ' + head + ' is read most by ' +
-          describe(top(row, xs, 3)) + '; reads most from ' + describe(top(col, ys, 3)) + '.';
-        out.appendChild(li);
-      }
-    });
-  });
-})();
-"""
 
 
 def build(
@@ -567,8 +369,9 @@ def build(
         sid = "section-" + re.sub(r"[^a-z0-9]+", "-", section.lower()).strip("-")
         entries: list[str] = []
         toc_items: list[str] = []
-        compositions = [item for item, _ in items if type(item).__name__ == "CompositionScores"]
-        for item, caption in items:
+        attrs = [(_ask(item, "html_attrs") or {}) for item, _ in items]
+        compositions = [item for (item, _), a in zip(items, attrs) if a.get("kind") == "composition"]
+        for i, (item, caption) in enumerate(items):
             fig = _figure_of(item)
             fig_dict = _sanitize(fig.to_plotly_json())
             fig_dict.setdefault("layout", {})
@@ -578,12 +381,10 @@ def build(
                 fig_dict["layout"]["title"] = dict(title_obj if isinstance(title_obj, dict) else {}, text=_wrap(fig_title))
             fid = f"fig-{n}"
             n += 1
-            caption = caption if caption is not None else _default_caption(item)
+            caption = caption if caption is not None else (_ask(item, "caption") or "")
             label = _plain(fig_title) or type(item).__name__
             short = label if len(label) <= 60 else label[:57].rstrip() + "…"
-            extra = ""
-            if type(item).__name__ == "CompositionScores":
-                extra = f' data-kind="composition" data-mode="{_esc(item.mode)}"'
+            extra = "".join(f' data-{_esc(k)}="{_esc(v)}"' for k, v in attrs[i].items())
             entries.append(
                 f"<figure id='{fid}'><div class='plot' id='{fid}-plot' role='img' aria-label='{_esc(label)}'{extra}></div>"
                 f"<figcaption>{_esc(caption)}</figcaption>{_summary_html(item)}{_table_html(item, max_table_rows)}</figure>"
@@ -600,7 +401,7 @@ def build(
                 "writes into) and column (orange: what it reads from) in every composition heatmap."
                 "<ul id='lw-head-summary'></ul></div>"
             )
-            first_comp = next(i for i, (item, _) in enumerate(items) if type(item).__name__ == "CompositionScores")
+            first_comp = next(i for i, a in enumerate(attrs) if a.get("kind") == "composition")
             entries.insert(first_comp, picker)
         intro = _SECTION_INTRO.get(section, "")
         body.append(f"<section id='{sid}'><h2>{_esc(section.capitalize())}</h2>"
@@ -621,8 +422,8 @@ def build(
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{_esc(title)}</title><style>{_CSS}</style>"
-        f"<script>{_ERRORS_JS}</script>"
+        f"<title>{_esc(title)}</title><style>{_asset('report.css')}</style>"
+        f"<script>{_asset('report_errors.js')}</script>"
         f"<script>{plotly.offline.get_plotlyjs()}</script></head>\n"
         f"<body><header><h1>{_esc(title)}</h1><p>lensworks {_esc(__version__)} · {n} figures · written {_esc(stamp)} · "
         "works offline; hover a figure for labels and values, drag to zoom, double-click to reset.</p></header>\n"
@@ -631,7 +432,7 @@ def build(
         f"<p class='note' id='lw-status'>rendering…</p></nav>\n"
         f"<main>{highlights}{model_section}{''.join(body)}</main></div>\n"
         f"<script type='application/json' id='lw-figures'>{payload}</script>\n"
-        f"<script>{_RENDER_JS}</script>\n</body></html>\n"
+        f"<script>{_asset('report_render.js')}</script>\n</body></html>\n"
     )
     return write_atomic(path, page)
 
@@ -728,7 +529,14 @@ def analyse(
         raise LensworksError(f"n_prompts must be >= 2, got {n_prompts}")
     cfg = model.cfg
     prompt_len = max(4, min(int(prompt_len), cfg.n_ctx))
-    out: dict[str, list[Any]] = {"circuits": [], "geometry": [], "probes": []}
+    # Named places on the page, in page order; each analysis fills its own.
+    slots: dict[str, dict[str, Any]] = {
+        "circuits": dict.fromkeys(["verdict", "induction", "previous_token", "duplicate_token", "Q composition",
+                                   "K composition", "V composition", "copying"]),
+        "geometry": dict.fromkeys(["residual statistics", "block ablation", "decomposition", "logit lens"]),
+        "probes": dict.fromkeys(["input-token probes", "comparison with W_E", "embedding basis"]),
+    }
+    circuits_out, geometry_out, probes_out = slots["circuits"], slots["geometry"], slots["probes"]
     state: dict[str, Any] = {}
     data: list[DataRead] = []
 
@@ -770,22 +578,20 @@ def analyse(
     def run_induction():
         rep = circuits.find_induction_heads(model, seed=seed)
         state["induction"] = rep
-        out["circuits"] += [rep, rep.induction, rep.previous]
+        circuits_out.update({"verdict": rep, "induction": rep.induction, "previous_token": rep.previous,
+                             "copying": rep.copying})
         if cfg.n_layers > 1:
-            out["circuits"].append(rep.k_composition)
-        out["circuits"].append(rep.copying)
+            circuits_out["K composition"] = rep.k_composition
 
     def run_duplicate():
         rep = state["induction"]
-        out["circuits"].insert(3, circuits.head_scores(
+        circuits_out["duplicate_token"] = (circuits.head_scores(
             model, "duplicate_token", seq_len=rep.thresholds["seq_len"], seed=seed,
             prepend_bos=rep.thresholds["prepend_bos"]))
 
     def run_composition():
         comps = [circuits.composition_scores(model, m, progress=False) for m in ("Q", "V")]
-        k = next(i for i, r in enumerate(out["circuits"]) if type(r).__name__ == "CompositionScores")
-        out["circuits"][k:k] = [comps[0]]
-        out["circuits"].insert(k + 2, comps[1])
+        circuits_out["Q composition"], circuits_out["V composition"] = comps
 
     def run_data():
         state["windows"] = windows(n_prompts, "geometry: block ablation, decomposition, logit lens")
@@ -796,14 +602,16 @@ def analyse(
             data.append(DataRead("geometry: residual statistics", "the positive and negative prompts given",
                                  sum(len(v) for v in data_sets.values()), None, "one window per prompt"))
             data_sets_ = data_sets
-            out["geometry"].append(geometry.residual_stats(model, data_sets_, streams=_streams(model), progress=False))
+            geometry_out["residual statistics"] = geometry.residual_stats(model, data_sets_, streams=_streams(model),
+                                                                          progress=False)
             return
         if model.tokenizer is not None:
             from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 
             builtin = {"Python code": list(BUILTIN_POSITIVE), "English prose": list(BUILTIN_NEGATIVE)}
             try:
-                out["geometry"].append(geometry.residual_stats(model, builtin, streams=_streams(model), progress=False))
+                geometry_out["residual statistics"] = geometry.residual_stats(model, builtin, streams=_streams(model),
+                                                                              progress=False)
                 data.append(DataRead("geometry: residual statistics", "lensworks' built-in prompts: Python code against "
                                      "English prose", len(BUILTIN_POSITIVE) + len(BUILTIN_NEGATIVE), None,
                                      "one window per prompt; pass positive=/negative= (CLI: --positive/--negative) "
@@ -818,35 +626,35 @@ def analyse(
         for i in range(shuffled.shape[0]):
             perm = torch.randperm(shuffled.shape[1] - start, generator=gen) + start
             shuffled[i, start:] = w[i, perm]
-        out["geometry"].append(geometry.residual_stats(model, {"text": w, "shuffled text": shuffled},
-                                                       streams=_streams(model), progress=False))
+        geometry_out["residual statistics"] = geometry.residual_stats(model, {"text": w, "shuffled text": shuffled},
+                                                                      streams=_streams(model), progress=False)
 
     def run_ablation():
-        out["geometry"].append(geometry.block_ablation(model, state["windows"], progress=False))
+        geometry_out["block ablation"] = geometry.block_ablation(model, state["windows"], progress=False)
 
     def run_decomposition():
-        out["geometry"].append(geometry.block_decomposition(model, state["windows"], progress=False))
+        geometry_out["decomposition"] = geometry.block_decomposition(model, state["windows"], progress=False)
 
     def run_lens():
-        out["geometry"].append(geometry.logit_lens(model, state["windows"][: min(12, n_prompts)], progress=False))
+        geometry_out["logit lens"] = geometry.logit_lens(model, state["windows"][: min(12, n_prompts)], progress=False)
 
     def run_probes():
         w = windows(2 * n_prompts, "probes: input-token probes")
         res = probes.probe_inputs(model, w, seed=seed, progress=False)
         state["probe"] = res
-        out["probes"].append(res)
+        probes_out["input-token probes"] = res
 
     def run_compare():
         res = state["probe"]
         last = (res.layers[-1], res.streams[-1], res.offsets[0])
-        cmp = probes.compare_to_embedding(res.weights(*last), model, tokens=res.classes, n_random=50, seed=seed)
+        cmp = probes.compare_to_embedding(model, res.weights(*last), tokens=res.classes, n_random=50, seed=seed)
         caption = (f"The probe for the input token at offset {last[2]}, read from layer {last[0]} {last[1]}, "
                    "compared with the embedding: principal-angle overlap with W_E and W_U and where its weight sits "
                    "along the embedding's PCA basis, each against random matrices with the same singular values.")
-        out["probes"].append((cmp, caption))
+        probes_out["comparison with W_E"] = (cmp, caption)
 
     def run_basis():
-        out["probes"].append(probes.embedding_basis(model, "pca", k=min(cfg.d_model, cfg.d_vocab, 32)))
+        probes_out["embedding basis"] = probes.embedding_basis(model, "pca", k=min(cfg.d_model, cfg.d_vocab, 32))
 
     steps: list[tuple[str, Callable[[], None]]] = [
         ("circuits: induction verdict", run_induction),
@@ -875,7 +683,8 @@ def analyse(
         data.insert(0, DataRead("circuits: head scores, induction verdict", f"random token sequences, each repeated once "
                                 f"(seed {seed})", int(rep.thresholds["n_seqs"]),
                                 int(rep.thresholds["prepend_bos"]) + 2 * n_seq, "No text: weights and synthetic tokens only."))
-    return Analyses({k: v for k, v in out.items() if v}, data=data)
+    sections = {name: [r for r in slot.values() if r is not None] for name, slot in slots.items()}
+    return Analyses({k: v for k, v in sections.items() if v}, data=data)
 
 
 def _streams(model: HookedTransformer) -> tuple[str, ...]:

@@ -223,7 +223,7 @@ def test_probes_run_with_controls(arch):
     assert bool(((acc >= 0) & (acc <= 1)).all())
     assert res.figure().data and len(res.to_frame())
     W = torch.randn(model.cfg.d_model, 8, generator=torch.Generator().manual_seed(0))
-    cmp = compare_to_embedding(W, model, tokens=torch.arange(10, 18), n_random=5)
+    cmp = compare_to_embedding(model, W, tokens=torch.arange(10, 18), n_random=5)
     assert cmp.figure().data and len(cmp.to_frame())
 
 

@@ -80,7 +80,7 @@ def test_basis_bad_input(mlp_model):
 def test_compare_planted(mlp_model):
     V, d = mlp_model.cfg.d_vocab, mlp_model.cfg.d_model
     e = mlp_model.W_E.detach()
-    same = compare_to_embedding(e.T.clone(), mlp_model, n_random=40)
+    same = compare_to_embedding(mlp_model, e.T.clone(), n_random=40)
     assert same.overlap_embed == pytest.approx(1.0, abs=1e-5)
     torch.testing.assert_close(same.mass_share, same.embed_mass_share)
     s = same.summary()
@@ -90,7 +90,7 @@ def test_compare_planted(mlp_model):
     # a probe reading only along W_E's least important directions: farther than chance
     vh = torch.linalg.svd(e - e.mean(0), full_matrices=False)[2]
     low = vh[-4:]  # [4, d]
-    far = compare_to_embedding(low.T @ torch.randn(4, V, generator=torch.Generator().manual_seed(0)), mlp_model, n_random=40)
+    far = compare_to_embedding(mlp_model, low.T @ torch.randn(4, V, generator=torch.Generator().manual_seed(0)), n_random=40)
     assert far.summary()["mass_position"]["verdict"] == "farther than chance"
     assert far.mass_position > 0.8
     fig = far.figure()
@@ -102,13 +102,13 @@ def test_compare_with_probe_classes(mlp_model):
 
     toks = torch.randint(1, mlp_model.cfg.d_vocab, (10, 10), generator=torch.Generator().manual_seed(2))
     res = probe_inputs(mlp_model, toks, offsets=(0,), layers=[0], streams=("resid_pre",), controls=False)
-    cmp = compare_to_embedding(res.weights(0, "resid_pre", 0), mlp_model, tokens=res.classes, n_random=20)
+    cmp = compare_to_embedding(mlp_model, res.weights(0, "resid_pre", 0), tokens=res.classes, n_random=20)
     assert cmp.tokens.tolist() == res.classes.tolist()
     assert cmp.to_frame().shape[0] == len(cmp.basis_labels)
     with pytest.raises(LensworksError, match="tokens="):
-        compare_to_embedding(res.weights(0, "resid_pre", 0)[:, :5], mlp_model)
+        compare_to_embedding(mlp_model, res.weights(0, "resid_pre", 0)[:, :5])
     with pytest.raises(LensworksError, match="d_model"):
-        compare_to_embedding(torch.zeros(3, 5), mlp_model)
+        compare_to_embedding(mlp_model, torch.zeros(3, 5))
 
 
 def test_unlikely_token_usage_dense(mlp_model):
@@ -131,3 +131,11 @@ def test_unlikely_token_usage_dense(mlp_model):
         unlikely_token_usage(mlp_model, prompts, k=mlp_model.cfg.d_vocab + 1)
     with pytest.raises(LensworksError, match="empty"):
         unlikely_token_usage(mlp_model, [])
+
+
+def test_compare_to_embedding_old_argument_order_still_works(mlp_model):
+    w = mlp_model.W_E.detach().T.clone()
+    new = compare_to_embedding(mlp_model, w, n_random=5)
+    with pytest.warns(DeprecationWarning, match="compare_to_embedding\\(model, probe_weights\\)"):
+        old = compare_to_embedding(w, mlp_model, n_random=5)
+    assert old.overlap_embed == new.overlap_embed and old.processing == new.processing

@@ -19,7 +19,7 @@ print(probes.to_frame().round(3).to_string())
 
 # Does the last layer's probe read the input from the embedding's own directions?
 last = (probes.layers[-1], "resid_post", 0)
-comparison = compare_to_embedding(probes.weights(*last), model, tokens=probes.classes)
+comparison = compare_to_embedding(model, probes.weights(*last), tokens=probes.classes)
 print({k: round(v["value"], 3) for k, v in comparison.summary().items()})
 
 basis = embedding_basis(model, "pca", k=32)

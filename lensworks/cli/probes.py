@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{name}: {windows.shape[0]} windows of {windows.shape[1]} tokens, method={res.method}, shared={res.shared}")
     print(format_table([tuple(r) for r in frame.itertuples(index=False)], cols))
     last = (res.layers[-1], res.streams[-1], res.offsets[0])
-    cmp = compare_to_embedding(res.weights(*last), model, tokens=res.classes, n_random=100, seed=args.seed)
+    cmp = compare_to_embedding(model, res.weights(*last), tokens=res.classes, n_random=100, seed=args.seed)
     summary = cmp.summary()
     print(
         f"probe at layer {last[0]} {last[1]} offset {last[2]} vs W_E: overlap {summary['overlap_embed']['value']:.3f} "

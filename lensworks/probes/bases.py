@@ -25,15 +25,15 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks._results import ResultMixin, require_finite
-from lensworks.model import HookedTransformer, LensworksError, bos_token_id, embedding, model_vocab, unembedding
+from lensworks._results import Result, require_finite
+from lensworks.model import HookedTransformer, LensworksError, bos_token_id, embedding, model_vocab, processing_state, unembedding
 from lensworks.probes._data import model_tokens
 
 __all__ = ["Basis", "embedding_basis", "nmf"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Basis(ResultMixin):
+class Basis(Result):
     """Directions in model space ordered by importance.
 
     Attributes:
@@ -66,6 +66,17 @@ class Basis(ResultMixin):
     tokens: Int[Tensor, "k"] | None
     reconstruction_error: float
     options: dict[str, Any]
+    processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def caption(self) -> str:
+        """What the bars show."""
+        return (f"Share of the {self.source} matrix's variance ({self.importance_name}) captured by each {self.method} "
+                "basis direction, in order of importance.")
+
+    def headline(self) -> str | None:
+        """How concentrated the matrix is on its first directions."""
+        k = min(5, self.importance.numel())
+        return f"The first {k} {self.method} directions of {self.source} carry {float(self.importance[:k].sum()):.0%} of its {self.importance_name}."
 
     def to_frame(self):
         """One row per component: index, label, importance.
@@ -233,6 +244,12 @@ def embedding_basis(
         >>> basis.components.shape == (8, model.cfg.d_model)
         True
     """
+    basis = _embedding_basis(model, method, k, matrix=matrix, random_state=random_state, data=data, max_iter=max_iter)
+    return dataclasses.replace(basis, processing=processing_state(model) if model is not None else {})
+
+
+def _embedding_basis(model: HookedTransformer | None, method: str, k: int | None, *, matrix: Union[str, Tensor],
+                     random_state: int, data: Any, max_iter: int) -> Basis:
     if method not in ("pca", "nmf", "frequency"):
         raise LensworksError(f"method must be 'pca', 'nmf' or 'frequency', got {method!r}")
     x, source = _matrix(model, matrix)

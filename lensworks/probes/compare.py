@@ -14,14 +14,15 @@ Gaussian matrix.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks._results import ResultMixin, require_finite
-from lensworks.model import HookedTransformer, LensworksError, embedding, unembedding
+from lensworks._results import Result, require_finite
+from lensworks.model import HookedTransformer, LensworksError, embedding, processing_state, unembedding
 from lensworks.probes._nulls import check_null_options, null_interval
 from lensworks.probes.bases import Basis, embedding_basis
 
@@ -29,7 +30,7 @@ __all__ = ["Comparison", "compare_to_embedding"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Comparison(ResultMixin):
+class Comparison(Result):
     """A probe matrix against ``W_E``/``W_U`` and against random matrices of the same spectrum.
 
     Attributes:
@@ -81,6 +82,20 @@ class Comparison(ResultMixin):
     mass_position_null: Float[Tensor, "n_random"]
     tokens: Int[Tensor, "n"]
     options: dict[str, Any]
+    processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def caption(self) -> str:
+        """What is compared with what."""
+        return ("How the probe's read directions relate to the embedding: principal-angle overlap with W_E and W_U "
+                "and where the probe's weight sits along the embedding's PCA basis, each against random matrices "
+                "with the same singular values.")
+
+    def headline(self) -> str | None:
+        """The overlap with W_E beside the random matrices' interval."""
+        null = self.overlap_embed_null
+        lo, hi = float(null.quantile(0.025)), float(null.quantile(0.975))
+        return (f"Probe subspace overlap with W_E: {self.overlap_embed:.3f} (random matrices with the same spectrum: "
+                f"{lo:.3f} to {hi:.3f}).")
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Each headline statistic with its null mean, interval and a verdict.
@@ -158,8 +173,8 @@ def haar_orthogonal(d: int, generator: torch.Generator) -> Float[Tensor, "d d"]:
 
 
 def compare_to_embedding(
-    probe_weights: Float[Tensor, "d_model n"],
     model: HookedTransformer,
+    probe_weights: Float[Tensor, "d_model n"],
     *,
     basis: Any = None,
     n_random: int = 100,
@@ -182,9 +197,10 @@ def compare_to_embedding(
        from directions the embedding barely uses, its mass sits late in the order.
 
     Args:
+        model: The model whose ``W_E``/``W_U`` are compared (first, as in every analysis; the
+            old order ``(probe_weights, model)`` still works with a DeprecationWarning).
         probe_weights: ``[d_model, n]`` probe matrix (``logits = x @ W``), e.g.
             ``res.weights(layer, stream, offset)``.
-        model: The model whose ``W_E``/``W_U`` are compared.
         basis: A :class:`~lensworks.probes.bases.Basis` (default: PCA of ``W_E``).
         n_random: Null draws.
         tokens: Token ids of the columns (default ``arange(d_vocab)``; pass ``res.classes``
@@ -198,10 +214,14 @@ def compare_to_embedding(
         A :class:`Comparison`.
 
     Example:
-        >>> cmp = compare_to_embedding(res.weights(0, "resid_pre", 0), model, tokens=res.classes)
+        >>> cmp = compare_to_embedding(model, res.weights(0, "resid_pre", 0), tokens=res.classes)
         >>> cmp.summary()["overlap_embed"]["verdict"]  # doctest: +SKIP
         'closer than chance'
     """
+    if isinstance(model, Tensor) and not isinstance(probe_weights, Tensor):  # the old order (weights, model)
+        warnings.warn("compare_to_embedding(probe_weights, model) is now compare_to_embedding(model, probe_weights)",
+                      DeprecationWarning, stacklevel=2)
+        model, probe_weights = probe_weights, model
     d = model.cfg.d_model
     if not isinstance(probe_weights, Tensor) or probe_weights.ndim != 2 or probe_weights.shape[0] != d:
         shape = tuple(probe_weights.shape) if isinstance(probe_weights, Tensor) else type(probe_weights).__name__
@@ -294,4 +314,5 @@ def compare_to_embedding(
         mass_position_null=torch.tensor(null_pos, dtype=torch.float32),
         tokens=tokens,
         options={"n_random": n_random, "seed": seed, "interval": interval},
+        processing=processing_state(model),
     )

@@ -38,7 +38,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks._results import ResultMixin, require_finite, to_jsonable
+from lensworks._results import Result, require_finite, to_jsonable
 from lensworks.model import (
     HookedTransformer,
     LensworksError,
@@ -70,7 +70,7 @@ _plan = make_plan
 
 
 @dataclasses.dataclass(frozen=True)
-class ProbeResults(ResultMixin):
+class ProbeResults(Result):
     """Held-out accuracy of linear probes for the input token at each layer, stream and offset.
 
     Attributes:
@@ -183,6 +183,21 @@ class ProbeResults(ResultMixin):
         return {
             f.name: to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip
         }
+
+    def caption(self) -> str:
+        """What the probes recover and what they are compared with."""
+        return ("Linear probes that recover the input token at each offset from the residual stream, per layer and "
+                "stream: held-out top-1 accuracy beside chance (most frequent token), a randomly initialised copy of "
+                "the model, and labels shuffled during training.")
+
+    def headline(self) -> str | None:
+        """How well the current token reads back at the first and the last layer (offset 0 only)."""
+        if 0 not in self.offsets:
+            return None
+        k = self.offsets.index(0)
+        first, last = self.accuracy[0, 0, k], self.accuracy[-1, -1, k]
+        return (f"Current input token read back linearly: {float(first):.0%} at layer {self.layers[0]} {self.streams[0]}, "
+                f"{float(last):.0%} at layer {self.layers[-1]} {self.streams[-1]} (chance {float(self.chance[k]):.0%}).")
 
     def figure(self):
         """Held-out accuracy against depth: one line per offset, controls dashed/dotted.

@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lensworks._results import ResultMixin, require_finite
+from lensworks._results import Result, require_finite
 from lensworks.model._compat import capture_hooks
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, unembedding
 from lensworks.probes._data import model_tokens
@@ -28,7 +28,7 @@ __all__ = ["UnlikelyTokenUsage", "unlikely_token_usage"]
 
 
 @dataclasses.dataclass(frozen=True)
-class UnlikelyTokenUsage(ResultMixin):
+class UnlikelyTokenUsage(Result):
     """Share of the residual in the span of the least likely tokens' unembedding directions.
 
     Attributes:
@@ -76,6 +76,17 @@ class UnlikelyTokenUsage(ResultMixin):
                 "random_hi": self.random_hi.tolist(),
             }
         )
+
+    def caption(self) -> str:
+        """What the share measures."""
+        return (f"How much of the residual stream lies in the span of the {self.k} tokens the model finds least likely "
+                f"next (their unembedding directions), per depth, beside the {self.k} most likely tokens and random "
+                "token sets of the same size.")
+
+    def headline(self) -> str | None:
+        """The share at the last depth against random token sets."""
+        return (f"At {self.depth_labels[-1]}, {float(self.share_unlikely[-1]):.1%} of the residual lies along the "
+                f"{self.k} least likely tokens (random sets: {float(self.random_mean[-1]):.1%}).")
 
     def figure(self):
         """Share against depth, with the random-set band.
