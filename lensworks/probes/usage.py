@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lensworks._deprecation import renamed_arguments
 from lensworks._results import Result, require_finite
 from lensworks.model._compat import capture_hooks
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, unembedding
@@ -109,9 +110,10 @@ def _span_share(x: Tensor, dirs: Tensor) -> Tensor:
     return (proj**2).sum(-1) / (x**2).sum(-1).clamp_min(1e-300)
 
 
+@renamed_arguments(prompts="data")
 def unlikely_token_usage(
     model: HookedTransformer,
-    prompts: Union[Sequence[str], Tensor],
+    data: Union[Sequence[str], Tensor],
     *,
     k: int = 10,
     n_random: int = 20,
@@ -133,7 +135,7 @@ def unlikely_token_usage(
 
     Args:
         model: The model.
-        prompts: Strings (tokenized one by one) or a ``[batch, pos]`` token tensor.
+        data: Strings (tokenized one by one) or a ``[batch, pos]`` token tensor.
         k: Tokens per set, ``1 <= k < d_model`` and ``k <= d_vocab``.
         n_random: Random sets drawn.
         seed: Seed of the random sets.
@@ -157,7 +159,7 @@ def unlikely_token_usage(
     if k >= d:
         raise LensworksError(f"k={k} must be smaller than d_model={d}, or the span of k directions is the whole residual stream")
     check_null_options(n_random, interval)
-    toks, lengths = model_tokens(model, prompts, what="prompts")
+    toks, lengths = model_tokens(model, data, what="data")
     n_layers = model.cfg.n_layers
     names = [hook_name("resid_pre", 0)] + [hook_name("resid_post", l) for l in range(n_layers)]
     wu = unembedding(model).double()
