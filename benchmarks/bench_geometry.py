@@ -113,7 +113,8 @@ def main() -> None:
 
     from lensworks import zoo
     from lensworks.geometry import NeighbourApproximation, residual_stats
-    from lensworks.geometry import neighbours as nb
+    from lensworks.geometry import _common
+    from lensworks.geometry import _neighbour_index as nbi
 
     dev = args.device
     gpu = torch.cuda.get_device_name(0) if dev.startswith("cuda") else "no GPU"
@@ -154,10 +155,10 @@ def main() -> None:
     text = zoo.corpus(args.bytes)
     print(f"\n[1] window index, corpus {len(text):,} characters, window {args.window}")
     t0 = time.perf_counter()
-    toks = nb.corpus_tokens(model, text)
+    toks = nbi.corpus_tokens(model, text)
     w = toks.unfold(0, args.window, 1)[:-1]
-    first, inverse = nb._unique_rows(nb._pack(w, model.cfg.d_vocab))
-    pair, cnt = torch.unique(inverse * model.cfg.d_vocab + toks[args.window:], return_counts=True)
+    first, inverse = nbi.unique_rows(nbi.pack_rows(w, model.cfg.d_vocab))
+    pair, _ = torch.unique(inverse * model.cfg.d_vocab + toks[args.window:], return_counts=True)
     t_ours = time.perf_counter() - t0
     print(f"  ours : {t_ours:7.2f} s  ({first.numel():,} unique windows, {pair.numel():,} (window, next) pairs)")
     if not args.skip_naive_index:
@@ -176,13 +177,14 @@ def main() -> None:
     print(f"\n[2] end to end with real block outputs, corpus {len(small):,} characters")
     sync(dev)
     t0 = time.perf_counter()
-    approx = NeighbourApproximation.fit(model, small, window=args.window, progress=False)
+    approx = NeighbourApproximation(window=args.window, thresholds=thresholds, weights=weights)
+    approx.fit(model, small, progress=False)
     sync(dev)
     t_fit = time.perf_counter() - t0
     starts = torch.randint(0, len(small) - args.window, (args.prompts,), generator=g).tolist()
     prompts = [small[s : s + args.window] for s in starts]
     t0 = time.perf_counter()
-    ev = approx.evaluate(prompts, thresholds, weights, progress=False)
+    ev = approx.evaluate(prompts, progress=False)
     sync(dev)
     t_eval = time.perf_counter() - t0
     wpb = approx.n_windows * len(prompts) * n_blocks
@@ -195,24 +197,20 @@ def main() -> None:
     n_w = first.numel()
     print(f"\n[3] search on the {len(text):,}-character index ({n_w:,} windows, random unit outputs), "
           f"{args.prompts} prompts x {n_blocks} blocks")
-    windows = w[first].to(torch.int16)
-    ptr = torch.zeros(n_w + 1, dtype=torch.long)
-    ptr[1:] = torch.cumsum(torch.bincount(pair // model.cfg.d_vocab, minlength=n_w), 0)
+    counted = nbi.window_counts(toks, args.window, model.cfg.d_vocab)  # what fit counts (untimed here)
     outputs = F.normalize(torch.randn(n_blocks, n_w, model.cfg.d_model, generator=g), dim=-1).to(dev)
-    unigram = torch.bincount(toks[args.window:], minlength=model.cfg.d_vocab).float()
-    big = NeighbourApproximation(model, window=args.window, hook="mlp_out", blocks=tuple(range(n_blocks)),
-                                 prepend_bos=True, windows=windows, next_ptr=ptr,
-                                 next_token=(pair % model.cfg.d_vocab).int(), next_count=cnt.int(),
-                                 outputs=outputs, unigram=unigram / unigram.sum(), n_corpus_tokens=toks.numel())
+    index = nbi.WindowIndex(*counted[:4], outputs=outputs, unigram=counted[4])
+    big = NeighbourApproximation(window=args.window, prepend_bos=True)._set_index(
+        model, index, blocks=tuple(range(n_blocks)), prepend_bos=True, n_corpus_tokens=toks.numel())
     starts = torch.randint(0, len(text) - args.window, (args.prompts,), generator=g).tolist()
     prompts = [text[s : s + args.window] for s in starts]
     q, model_probs, _ = big._prompt_outputs(prompts, 256)
     thr = torch.tensor([0.2] * n_blocks)  # random 128-d unit vectors: cos > 0.2 matches ~1% of windows
     sync(dev)
     t0 = time.perf_counter()
-    counts, _ = big._search(q, thr[:, None], chunk_size=None, progress=False)
-    probs, matched = big._combine(counts[:, 0], torch.tensor(weights))
-    h = nb._common.hellinger(probs, model_probs.to(probs.device))
+    counts, _ = big.index_.search(q, thr[:, None], chunk_size=None, progress=False)
+    probs, matched = big.index_.combine(counts[:, 0], torch.tensor(weights))
+    h = _common.hellinger(probs, model_probs.to(probs.device))
     sync(dev)
     t_search = time.perf_counter() - t0
     rate = n_w * len(prompts) * n_blocks / t_search

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import random
+import warnings
 from collections import Counter
 
 import pytest
 import torch
+import pandas as pd
+import plotly.graph_objects as go
 import torch.nn.functional as F
 
 from helpers import CHAR_VOCAB, tiny_model
-from lensworks.geometry import NeighbourApproximation
+from lensworks._results import Result
+from lensworks.geometry import NeighbourApproximation, NeighbourEvaluation, NeighbourPrediction, SimilarWindows, TuneResult
+from lensworks.geometry import _neighbour_index as index_mod
 from lensworks.geometry import neighbours as nb_mod
-from lensworks.model import LensworksError
+from lensworks.model import LensworksError, processing_state
 
 WINDOW = 5
 
@@ -32,7 +39,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def approx(model, corpus):
-    return NeighbourApproximation.fit(model, corpus, window=WINDOW, batch_size=64, progress=False)
+    return NeighbourApproximation(window=WINDOW).fit(model, corpus, batch_size=64, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +86,7 @@ def test_index_matches_python_dict(approx, naive, corpus):
 @pytest.mark.parametrize("chunk_size,mode", [(None, "dense"), (50, "dense"), (37, "scatter"), (None, "scatter")])
 def test_predict_matches_naive_dense(approx, naive, model, corpus, monkeypatch, chunk_size, mode):
     if mode == "scatter":  # the large-vocabulary path: scatter only the matched windows' count rows
-        monkeypatch.setattr(nb_mod, "DENSE_VOCAB_LIMIT", 0)
+        monkeypatch.setattr(index_mod, "DENSE_VOCAB_LIMIT", 0)
     prompts = [corpus[i : i + WINDOW] for i in range(0, 600, 23)] + ["zzzzz", "the c"]
     thr, w = [0.9, 0.8, 0.7], [0.5, 1.0, 2.0]
     pred = approx.predict(prompts, thr, w, chunk_size=chunk_size, batch_size=8)
@@ -151,8 +158,8 @@ def test_tune_improves_and_agrees_with_evaluate(approx, corpus):
 
 def test_token_id_corpus_and_prompts(model, corpus):
     ids = torch.tensor(model.tokenizer(corpus[:400], add_special_tokens=False)["input_ids"])
-    a = NeighbourApproximation.fit(model, ids, window=4, blocks=[2], progress=False)
-    b = NeighbourApproximation.fit(model, corpus[:400], window=4, blocks=[2], progress=False)
+    a = NeighbourApproximation(window=4, blocks=[2]).fit(model, ids, progress=False)
+    b = NeighbourApproximation(window=4, blocks=[2]).fit(model, corpus[:400], progress=False)
     assert torch.equal(a.windows_, b.windows_) and torch.allclose(a.outputs_, b.outputs_)
     p_ids = model.to_tokens(["the c", "a dog"], prepend_bos=False)[:, -4:]
     pa = a.predict(p_ids, 0.9)
@@ -171,16 +178,22 @@ def test_fast_character_encoding_matches_tokenizer(model, corpus):
 
 def test_bad_input(model, corpus):
     with pytest.raises(LensworksError, match="longer than the corpus"):
-        NeighbourApproximation.fit(model, "abc", window=5)
+        NeighbourApproximation(window=5).fit(model, "abc")
     with pytest.raises(LensworksError, match="unknown stream or hook"):
-        NeighbourApproximation.fit(model, corpus, hook="mlp_output")
+        NeighbourApproximation(hook="mlp_output").fit(model, corpus)
     with pytest.raises(LensworksError, match="n_ctx"):
-        NeighbourApproximation.fit(model, corpus, window=40)
+        NeighbourApproximation(window=40).fit(model, corpus)
     with pytest.raises(LensworksError, match="out of range"):
-        NeighbourApproximation.fit(model, corpus, blocks=[5])
+        NeighbourApproximation(blocks=[5]).fit(model, corpus)
+    with pytest.raises(LensworksError, match="one per block"):
+        NeighbourApproximation(thresholds=[0.9, 0.9]).fit(model, corpus)
+    with pytest.raises(LensworksError, match="non-negative"):
+        NeighbourApproximation(weights=[1.0, -1.0, 0.0]).fit(model, corpus)
     attn_only = tiny_model(seed=1, vocab=CHAR_VOCAB)
     with pytest.raises(LensworksError, match="mlp_out"):
-        NeighbourApproximation.fit(attn_only, corpus)
+        NeighbourApproximation().fit(attn_only, corpus)
+    with pytest.raises(LensworksError, match="window"):  # the deprecated call checks the same way
+        NeighbourApproximation.fit(model, "abc", window=5)
 
 
 def test_bad_queries(approx):
@@ -198,3 +211,118 @@ def test_bad_queries(approx):
         approx.predict(["a" * 40], 0.9)
     with pytest.raises(LensworksError, match="empty"):
         approx.predict([], 0.9)
+
+
+# --------------------------------------------------------------------------- the estimator contract
+
+
+def test_hyper_parameters_only_in_the_constructor():
+    params = inspect.signature(NeighbourApproximation.__init__).parameters
+    assert list(params)[1:] == ["window", "hook", "blocks", "prepend_bos", "dtype", "thresholds", "weights"]
+    assert all(p.default is not p.empty for name, p in params.items() if name != "self")
+    est = NeighbourApproximation(window=4, blocks=[2], thresholds=0.8)
+    assert est.get_params() == {"window": 4, "hook": "mlp_out", "blocks": [2], "prepend_bos": None, "dtype": None,
+                                "thresholds": 0.8, "weights": None}
+    assert est.set_params(window=6) is est and est.window == 6
+    with pytest.raises(LensworksError, match="no hyper-parameter 'corpus'"):
+        est.set_params(corpus="abc")
+    fit_params = inspect.signature(NeighbourApproximation(window=4).fit).parameters
+    assert list(fit_params) == ["model", "corpus", "batch_size", "progress"]
+    assert "window=6" in repr(est) and "fitted" not in repr(est)
+
+
+def test_learned_attributes_before_fit_say_to_call_fit():
+    est = NeighbourApproximation()
+    for name in ("windows_", "outputs_", "unigram_", "blocks_", "model", "model_", "n_windows", "processing_"):
+        with pytest.raises(LensworksError, match=r"not fitted yet: call \.fit\(model, corpus\)"):
+            getattr(est, name)
+    assert not hasattr(est, "index_")
+    with pytest.raises(LensworksError, match="call .fit"):
+        est.predict(["the c"])
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        getattr(est, "nonsense")
+
+
+def test_fit_returns_self_and_sets_learned_attributes(model, corpus):
+    est = NeighbourApproximation(window=4, blocks=[1, 2], thresholds=[0.9, 0.8])
+    assert est.fit(model, corpus[:300], progress=False) is est
+    assert est.model is model and est.model_ is model
+    assert est.blocks == [1, 2] and est.blocks_ == (1, 2)  # hyper-parameters are left as given
+    assert est.prepend_bos is None and est.prepend_bos_ is True
+    assert est.outputs_.shape == (2, est.n_windows, model.cfg.d_model) and est.windows_.shape[1] == 4
+    assert est.processing_ == processing_state(model)
+    assert "fitted" in repr(est)
+    pred = est.predict(["the c"])  # thresholds and weights from the constructor
+    assert pred.thresholds == pytest.approx((0.9, 0.8)) and pred.weights == (1.0, 1.0)
+
+
+def test_deprecated_classmethod_fit_warns_and_gives_identical_numbers(model, corpus, approx):
+    with pytest.warns(DeprecationWarning, match=r"NeighbourApproximation\(\.\.\.\)\.fit"):
+        old = NeighbourApproximation.fit(model, corpus, window=WINDOW, batch_size=64, progress=False)
+    assert isinstance(old, NeighbourApproximation)
+    assert old.blocks == (0, 1, 2) and old.prepend_bos is True  # what the old call left there
+    for name in ("windows_", "next_ptr_", "next_token_", "next_count_", "outputs_", "unigram_"):
+        assert torch.equal(getattr(old, name), getattr(approx, name)), name
+    prompts = [corpus[i : i + WINDOW] for i in range(0, 300, 31)]
+    a, b = old.evaluate(prompts, [0.9, 0.8, 0.7], [0.5, 1.0, 2.0]), approx.evaluate(prompts, [0.9, 0.8, 0.7], [0.5, 1.0, 2.0])
+    assert torch.equal(a.hellinger, b.hellinger) and (a.mean, a.std, a.baseline_mean) == (b.mean, b.std, b.baseline_mean)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NeighbourApproximation(window=WINDOW).fit(model, corpus[:100], progress=False)  # the new call: no warning
+
+
+def test_evaluate_accepts_a_prediction(approx, corpus):
+    prompts = [corpus[i : i + WINDOW] for i in range(5, 500, 19)] + ["zzzzz"]
+    pred = approx.predict(prompts, [0.9, 0.8, 0.7], [0.5, 1.0, 2.0], chunk_size=50)
+    from_pred = approx.evaluate(pred)
+    direct = approx.evaluate(prompts, [0.9, 0.8, 0.7], [0.5, 1.0, 2.0], chunk_size=50)
+    for f in dataclasses.fields(NeighbourEvaluation):
+        x, y = getattr(from_pred, f.name), getattr(direct, f.name)
+        assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, f.name
+    torch.testing.assert_close(pred.hellinger, direct.hellinger)
+    with pytest.raises(LensworksError, match="already fixes"):
+        approx.evaluate(pred, 0.5)
+    other = NeighbourApproximation(window=WINDOW, blocks=[0]).fit(approx.model, corpus[:200], progress=False)
+    with pytest.raises(LensworksError, match="blocks"):
+        other.evaluate(pred)
+    assert list(inspect.signature(approx.predict).parameters) == list(inspect.signature(approx.evaluate).parameters)
+    with pytest.warns(DeprecationWarning, match="prompts= is now called data="):
+        old_name = approx.evaluate(prompts=prompts, thresholds=[0.9, 0.8, 0.7], weights=[0.5, 1.0, 2.0], chunk_size=50)
+    assert torch.equal(old_name.hellinger, direct.hellinger)
+
+
+def test_results_follow_the_contract(approx, model, corpus):
+    prompts = [corpus[i : i + WINDOW] for i in range(0, 200, 13)]
+    pred = approx.predict(prompts, 0.8)
+    results = [approx.similar(prompts[0], block=1, threshold=0.8), pred, approx.evaluate(pred),
+               approx.tune(prompts, threshold_grid=(0.8, 0.9), weight_grid=(1.0,), rounds=1)]
+    for res, cls in zip(results, (SimilarWindows, NeighbourPrediction, NeighbourEvaluation, TuneResult)):
+        assert isinstance(res, cls) and isinstance(res, Result)
+        assert dataclasses.fields(cls)[-1].name == "processing"
+        assert res.processing == processing_state(model)
+        assert isinstance(res.figure(), go.Figure) and res.figure().layout.title.text
+        assert isinstance(res.to_frame(), pd.DataFrame)
+        caption = res.caption()
+        assert isinstance(caption, str) and len(caption) > 30 and "\n" not in caption
+        assert isinstance(res.headline(), str) and res.headline().endswith(".")
+    ev = results[2]
+    assert ev.caption().startswith("FFN-neighbour approximation: next-token distributions predicted from the corpus "
+                                   "windows whose FFN outputs are most similar, compared with the model's own by "
+                                   "Hellinger distance.")
+    assert f"{ev.mean:.3f}" in ev.headline() and f"{ev.n_unmatched} had no similar window" in ev.headline()
+    df = pred.to_frame()
+    assert list(df.columns) == ["prompt", "matched", "n_similar_b0", "n_similar_b1", "n_similar_b2", "top_token",
+                                "top_prob", "model_top_token", "model_top_prob", "hellinger"]
+    assert len(df) == len(prompts) and df["prompt"].tolist() == list(prompts)
+    top = pred.probs.argmax(-1)
+    assert df["top_token"].tolist() == [CHAR_VOCAB[i] for i in top.tolist()]
+    assert df["top_prob"].tolist() == pytest.approx(pred.probs.max(-1).values.tolist())
+    assert df["hellinger"].tolist() == pytest.approx(ev.hellinger.tolist())
+    assert len(pred.figure().data[0].y) == len(prompts)
+    sim = results[0]
+    assert list(sim.figure().data[0].x) == pytest.approx(sim.cosines[:40].tolist())
+    default = approx.similar([prompts[0]])  # the last block, at its constructor threshold
+    assert default.block == 2 and default.threshold == pytest.approx(0.9)
+    # positional construction (without the new trailing fields) keeps working
+    old_style = TuneResult((0.9,), (1.0,), 0.5, (("start", 0.6),), (0,))
+    assert old_style.processing == {} and old_style.headline().endswith(".")

@@ -30,9 +30,11 @@ lens = logit_lens(model, prompts[:8])
 
 # Seed 004: windows of the corpus whose FFN outputs are most similar predict the next token.
 corpus = zoo.corpus(50_000)
-approx = NeighbourApproximation.fit(model, corpus, window=10)
+approx = NeighbourApproximation(window=10, thresholds=0.9).fit(model, corpus)
 queries = [held_out[i : i + 10] for i in range(0, 20_000, 100)]
-evaluation = approx.evaluate(queries, thresholds=0.9)
+prediction = approx.predict(queries)  # per prompt: the predicted and the model's top token
+evaluation = approx.evaluate(prediction)  # Hellinger distance to the model, nothing recomputed
+print(prediction.headline())
 print(f"FFN-neighbour approximation vs model: Hellinger {evaluation.mean:.3f} ± {evaluation.std:.3f}")
 
 path = report.build([stats, ablation, decomposition, lens, evaluation], "out/geometry.html",

@@ -76,7 +76,7 @@ def main() -> None:
     n_chars = 200_000 // scale
     corpus = zoo.corpus(n_chars)
     t = time.perf_counter()
-    approx = NeighbourApproximation.fit(char, corpus, window=10)
+    approx = NeighbourApproximation(window=10).fit(char, corpus)
     fit_s = time.perf_counter() - t
     rng = random.Random(0)
     starts = [rng.randrange(0, len(held_out) - 10) for _ in range(400 // scale)]

@@ -2,7 +2,13 @@
 
 from lensworks.geometry.ablation import AblationTable, BlockDecomposition, block_ablation, block_decomposition, hellinger
 from lensworks.geometry.lens import LogitLens, logit_lens
-from lensworks.geometry.neighbours import NeighbourApproximation
+from lensworks.geometry.neighbours import (
+    NeighbourApproximation,
+    NeighbourEvaluation,
+    NeighbourPrediction,
+    SimilarWindows,
+    TuneResult,
+)
 from lensworks.geometry.subspaces import Alignment, TokenSubspaces, alignment, token_subspaces
 from lensworks.geometry.stats import ResidualStats, UpdateAlignment, residual_stats, update_alignment
 
@@ -23,4 +29,8 @@ __all__ = [
     "LogitLens",
     "TokenSubspaces",
     "Alignment",
+    "NeighbourPrediction",
+    "NeighbourEvaluation",
+    "SimilarWindows",
+    "TuneResult",
 ]

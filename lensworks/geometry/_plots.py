@@ -19,6 +19,8 @@ __all__ = [
     "alignment_figure",
     "subspaces_figure",
     "tune_figure",
+    "similar_windows_figure",
+    "neighbour_prediction_figure",
 ]
 
 _DASH = {"resid_pre": "solid", "resid_mid": "dash", "resid_post": "dot", "attn_out": "dashdot", "mlp_out": "longdash"}
@@ -191,4 +193,40 @@ def tune_figure(res: Any) -> go.Figure:
     fig.update_yaxes(title_text="cosine (unitless)", row=1, col=1)
     fig.update_yaxes(title_text="weight (unitless)", row=1, col=2)
     fig.update_layout(title=f"Tuned neighbour approximation (mean Hellinger {res.mean_hellinger:.3f})")
+    return fig
+
+
+def similar_windows_figure(sim: Any, top: int = 40) -> go.Figure:
+    """Horizontal bars of the cosines of the closest windows, labelled by their text, closest on top."""
+    k = min(top, len(sim.texts))
+    labels = [f"{i}: {escape_label(repr(t))}" for i, t in zip(sim.indices[:k].tolist(), sim.texts[:k])]
+    fig = go.Figure(go.Bar(
+        x=sim.cosines[:k].tolist(), y=labels, orientation="h", marker_color="#1f77b4",
+        customdata=sim.next_counts[:k].tolist(),
+        hovertemplate="window %{y}<br>cosine %{x:.4f}<br>followed by %{customdata} tokens<extra></extra>"))
+    shown = f"the {k} closest of {len(sim.texts):,}" if k < len(sim.texts) else f"{k:,}"
+    fig.update_layout(
+        title=f"Corpus windows with cosine > {sim.threshold:g} to {escape_label(repr(sim.prompt))} at block {sim.block} "
+              f"({shown})",
+        xaxis_title="cosine with the prompt's block output (unitless)", yaxis_title="window (index: text)",
+        yaxis_autorange="reversed", xaxis_range=[min(0.0, sim.threshold), 1], height=max(300, 22 * k + 150))
+    return fig
+
+
+def neighbour_prediction_figure(pred: Any) -> go.Figure:
+    """Bars of the per-prompt Hellinger distance, coloured by top-token agreement (grey: unmatched)."""
+    h = pred.hellinger.tolist()
+    frame = pred.to_frame()
+    agree, matched = pred.top_agrees.tolist(), pred.matched.tolist()
+    colors = ["#7f7f7f" if not m else ("#2ca02c" if a else "#d62728") for a, m in zip(agree, matched)]
+    hover = [f"{escape_label(repr(r.prompt))}<br>predicted {escape_label(repr(r.top_token))} ({r.top_prob:.3f})"
+             f"<br>model {escape_label(repr(r.model_top_token))} ({r.model_top_prob:.3f})"
+             + ("" if m else "<br>no similar window: corpus frequencies")
+             for r, m in zip(frame.itertuples(), matched)]
+    fig = go.Figure(go.Bar(x=list(range(len(h))), y=h, marker_color=colors, text=hover, textposition="none",
+                           hovertemplate="prompt %{x}<br>%{text}<br>Hellinger %{y:.4f}<extra></extra>"))
+    fig.update_layout(
+        title=f"Neighbour prediction vs model per prompt: top token agrees on {sum(agree)} of {len(h)} "
+              f"(green agrees, red differs, grey no similar window)",
+        xaxis_title="prompt (index)", yaxis_title="Hellinger distance (0 = same, 1 = disjoint)", yaxis_range=[0, 1])
     return fig

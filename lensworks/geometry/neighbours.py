@@ -1,24 +1,29 @@
 """Seed 004's approximation: predict the next token from corpus windows whose block outputs
-point the same way as the prompt's, streaming over the corpus in chunks."""
+point the same way as the prompt's, streaming over the corpus in chunks.
+
+:class:`NeighbourApproximation` is a scikit-learn style estimator: hyper-parameters in the
+constructor, ``fit(model, corpus)`` learns the window index and returns ``self``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks._results import ResultMixin
+from lensworks._deprecation import renamed_arguments
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, gather_at, has_hook, iter_batches, progress_bar
-from lensworks.model import BOS_NAMES, HookedTransformer, LensworksError, bos_token_id, model_vocab, check_encodable, check_layer, hook_name, token_label, uses_bos
+from lensworks.geometry._estimator import Estimator, fit_method
+from lensworks.geometry._neighbour_index import WindowIndex, corpus_tokens, window_counts
+from lensworks.geometry._neighbour_results import NeighbourEvaluation, NeighbourPrediction, SimilarWindows, TuneResult
+from lensworks.model import (HookedTransformer, LensworksError, bos_token_id, check_layer, hook_name,
+                             processing_state, token_label, uses_bos)
 from lensworks.model._core import check_int
-from lensworks.model._tokens import VOCAB_TOKENIZER_NAME
 
 __all__ = [
     "NeighbourApproximation",
@@ -32,312 +37,73 @@ __all__ = [
 #: Hooks whose per-block outputs can index the corpus.
 INDEX_HOOKS = ("mlp_out", "attn_out", "resid_pre", "resid_mid", "resid_post")
 
-#: Above this vocabulary size matched counts are scattered instead of multiplied densely.
-DENSE_VOCAB_LIMIT = 1024
-
 Thresholds = Union[float, Sequence[float], Tensor]
+Corpus = Union[str, Tensor, Sequence[int]]
+
+#: Learned attributes (and properties that read them): reading one before ``fit`` raises.
+_FITTED = frozenset({"model_", "blocks_", "prepend_bos_", "index_", "n_corpus_tokens_", "processing_", "windows_",
+                     "next_ptr_", "next_token_", "next_count_", "outputs_", "unigram_", "model", "n_windows", "d_vocab"})
 
 
-# --------------------------------------------------------------------------- corpus helpers
+def _restore_old_attributes(approx: "NeighbourApproximation") -> None:
+    """The deprecated classmethod ``fit`` left the resolved blocks and BOS setting in ``blocks`` / ``prepend_bos``."""
+    approx.blocks, approx.prepend_bos = approx.blocks_, approx.prepend_bos_
 
 
-def corpus_tokens(model: HookedTransformer, corpus: Union[str, Tensor, Sequence[int]], *, chunk_chars: int = 1 << 16) -> Int[Tensor, " n_tokens"]:
-    """Token ids of a corpus string (no BOS), or validated ids when ids are given.
-
-    Long strings are encoded in pieces cut after newlines (``chunk_chars`` characters or so),
-    so a multi-character token that spans a cut may split differently than in one call.
-
-    Example:
-        >>> corpus_tokens(model, "abc").tolist()  # doctest: +SKIP
-        [1, 2, 3]
-    """
-    if isinstance(corpus, str):
-        if model.tokenizer is None:
-            raise LensworksError("corpus: the model has no tokenizer, so pass token ids instead of a string")
-        fast = _char_lookup(model)
-        if fast is not None:
-            return _encode_chars(corpus, fast)
-        pieces, start = [], 0
-        while start < len(corpus):
-            end = min(len(corpus), start + chunk_chars)
-            cut = corpus.rfind("\n", start, end) if end < len(corpus) else -1
-            end = cut + 1 if cut > start else end
-            pieces.append(corpus[start:end])
-            start = end
-        if not pieces:
-            return torch.zeros(0, dtype=torch.long)
-        offset = 0
-        for piece in pieces:
-            try:
-                check_encodable(model, piece, what="corpus")
-            except LensworksError as exc:  # positions relative to the whole corpus
-                raise LensworksError(str(exc).replace("corpus:", f"corpus (from character {offset}):", 1)) from None
-            offset += len(piece)
-        try:
-            ids = model.tokenizer(pieces, add_special_tokens=False)["input_ids"]
-        except Exception as exc:
-            raise LensworksError(f"corpus: the model's tokenizer could not encode the text: {exc}") from exc
-        return torch.tensor([t for piece in ids for t in piece], dtype=torch.long)
-    toks = corpus if isinstance(corpus, Tensor) else torch.as_tensor(list(corpus))
-    if toks.ndim != 1 or toks.dtype.is_floating_point or toks.dtype == torch.bool:
-        raise LensworksError(f"corpus: expected a string or a 1-D tensor of token ids, got shape {tuple(toks.shape)} "
-                             f"and dtype {toks.dtype}")
-    if toks.numel() and (int(toks.min()) < 0 or int(toks.max()) >= model.cfg.d_vocab):
-        raise LensworksError(f"corpus: token ids must lie in [0, {model.cfg.d_vocab}), got range "
-                             f"[{int(toks.min())}, {int(toks.max())}]")
-    return toks.long().cpu()
-
-
-def _char_lookup(model: HookedTransformer) -> Tensor | None:
-    """For a lensworks vocabulary of single characters (plus BOS): code point -> id table."""
-    tok = model.tokenizer
-    if getattr(tok, "name_or_path", "") != VOCAB_TOKENIZER_NAME:
-        return None
-
-    vocab = model_vocab(model) or []
-    chars = {s: i for i, s in enumerate(vocab) if s not in BOS_NAMES}
-    if not chars or any(len(s) != 1 for s in chars):
-        return None
-    table = torch.full((max(ord(c) for c in chars) + 1,), -1, dtype=torch.long)
-    for c, i in chars.items():
-        table[ord(c)] = i
-    return table
-
-
-def _encode_chars(text: str, table: Tensor) -> Tensor:
-    import numpy as np
-
-    codes = torch.from_numpy(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64))
-    inside = codes < table.numel()
-    ids = torch.full_like(codes, -1)
-    ids[inside] = table[codes[inside]]
-    bad = (ids < 0).nonzero()
-    if bad.numel():
-        i = int(bad[0])
-        raise LensworksError(f"corpus: character {text[i]!r} at offset {i} is not in the model's vocabulary")
-    return ids
-
-
-def _pack(windows: Tensor, d_vocab: int) -> Tensor:
-    """Pack rows of token ids into as few int64 words as exactly fit (for sorting)."""
-    bits = max(1, math.ceil(math.log2(max(2, d_vocab))))
-    per_word = max(1, 63 // bits)
-    w = windows.shape[1]
-    words = []
-    for start in range(0, w, per_word):
-        part = windows[:, start : start + per_word].long()
-        acc = torch.zeros(part.shape[0], dtype=torch.long, device=part.device)
-        for j in range(part.shape[1]):
-            acc = (acc << bits) | part[:, j]
-        words.append(acc)
-    return torch.stack(words, dim=1)
-
-
-def _unique_rows(packed: Tensor) -> tuple[Tensor, Tensor]:
-    """(index of one representative row per unique row, inverse) by stable radix sort on words."""
-    n, k = packed.shape
-    if k == 1:
-        _, inverse = torch.unique(packed[:, 0], return_inverse=True)
-        first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.long, device=packed.device)
-        first.scatter_reduce_(0, inverse, torch.arange(n, device=packed.device), reduce="amin")
-        return first, inverse
-    order = torch.arange(n, device=packed.device)
-    for j in reversed(range(k)):
-        _, o = torch.sort(packed[order, j], stable=True)
-        order = order[o]
-    s = packed[order]
-    new = torch.ones(n, dtype=torch.bool, device=packed.device)
-    new[1:] = (s[1:] != s[:-1]).any(1)
-    gid = torch.cumsum(new.long(), 0) - 1
-    inverse = torch.empty(n, dtype=torch.long, device=packed.device)
-    inverse[order] = gid
-    return order[new], inverse
-
-
-def _default_budget(device: torch.device) -> int:
-    """Bytes for one similarity block: a slice of free GPU memory, or 64 MiB on CPU."""
-    if device.type == "cuda":
-        try:
-            free, _ = torch.cuda.mem_get_info(device)
-            return int(min(2 << 30, max(64 << 20, free // 8)))
-        except Exception:  # pragma: no cover
-            return 256 << 20
-    return 64 << 20
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class SimilarWindows(ResultMixin):
-    """Corpus windows whose block output has cosine > threshold with the prompt's, best first."""
-
-    prompt: str
-    block: int
-    threshold: float
-    indices: Int[Tensor, " n_similar"]
-    cosines: Float[Tensor, " n_similar"]
-    texts: tuple[str, ...]
-    next_counts: Int[Tensor, " n_similar"]
-
-    def to_frame(self):
-        """One row per window: ``index, text, cosine, n_next``."""
-        import pandas as pd
-
-        return pd.DataFrame({"index": self.indices.tolist(), "text": list(self.texts),
-                             "cosine": self.cosines.tolist(), "n_next": self.next_counts.tolist()})
-
-
-@dataclass(frozen=True)
-class NeighbourPrediction(ResultMixin):
-    """Seed 004's weighted next-token distributions for a set of prompts.
-
-    Attributes:
-        probs: ``[prompt, d_vocab]`` normalised ``sum_b w_b * counts_b``. A prompt with no
-            similar window in any block with non-zero weight gets the corpus's overall
-            next-token frequency (the unigram distribution) and ``matched`` False.
-        block_counts: ``[block, prompt, d_vocab]`` raw next-token counts summed over the
-            similar windows of each block.
-        n_similar: ``[block, prompt]`` number of similar windows.
-        matched: ``[prompt]`` whether any weighted block found a similar window.
-        model_probs: ``[prompt, d_vocab]`` the model's own distribution at the prompt's last token.
-        prompt_labels: The prompts as text.
-    """
-
-    probs: Float[Tensor, "n_prompts d_vocab"]
-    block_counts: Float[Tensor, "block n_prompts d_vocab"]
-    n_similar: Int[Tensor, "block n_prompts"]
-    matched: Bool[Tensor, " n_prompts"]
-    model_probs: Float[Tensor, "n_prompts d_vocab"]
-    prompt_labels: tuple[str, ...]
-    thresholds: tuple[float, ...]
-    weights: tuple[float, ...]
-    blocks: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class NeighbourEvaluation(ResultMixin):
-    """Hellinger distance between the approximation and the model, per prompt and summarised."""
-
-    hellinger: Float[Tensor, " n_prompts"]
-    mean: float
-    std: float
-    min: float
-    max: float
-    n_unmatched: int
-    matched: Bool[Tensor, " n_prompts"]
-    n_similar: Int[Tensor, "block n_prompts"]
-    prompt_labels: tuple[str, ...]
-    thresholds: tuple[float, ...]
-    weights: tuple[float, ...]
-    blocks: tuple[int, ...]
-    baseline_mean: float = float("nan")
-
-    def to_frame(self):
-        """One row per prompt: ``prompt, hellinger, matched`` and ``n_similar_b{block}``."""
-        import pandas as pd
-
-        cols: dict[str, Any] = {"prompt": list(self.prompt_labels), "hellinger": self.hellinger.tolist(),
-                                "matched": self.matched.tolist()}
-        for i, b in enumerate(self.blocks):
-            cols[f"n_similar_b{b}"] = self.n_similar[i].tolist()
-        return pd.DataFrame(cols)
-
-    def figure(self):
-        """Histogram of the per-prompt Hellinger distances."""
-        from lensworks.geometry._plots import neighbour_figure
-
-        return neighbour_figure(self)
-
-
-@dataclass(frozen=True)
-class TuneResult(ResultMixin):
-    """Thresholds and weights found by :meth:`NeighbourApproximation.tune`, and how they did."""
-
-    thresholds: tuple[float, ...]
-    weights: tuple[float, ...]
-    mean_hellinger: float
-    history: tuple[tuple[str, float], ...]
-    blocks: tuple[int, ...]
-
-    def to_frame(self):
-        """One row per block: ``block, threshold, weight``."""
-        import pandas as pd
-
-        return pd.DataFrame({"block": list(self.blocks), "threshold": list(self.thresholds),
-                             "weight": list(self.weights)})
-
-    def figure(self):
-        """Bars of the tuned threshold and weight per block."""
-        from lensworks.geometry._plots import tune_figure
-
-        return tune_figure(self)
-
-
-# --------------------------------------------------------------------------- the index
-
-
-class NeighbourApproximation:
+class NeighbourApproximation(Estimator):
     """An index of every unique corpus window: its next-token counts and its per-block outputs.
 
-    Build it with :meth:`fit`. Attributes (sklearn style, learned by ``fit``):
+    Hyper-parameters go to the constructor; :meth:`fit` learns the index from a model and a
+    corpus and returns ``self``. Learned attributes (scikit-learn style, set by ``fit``; reading
+    one before raises a ``LensworksError`` saying to call ``fit`` first):
 
+    - ``model_``: the model (also ``model``); ``blocks_``: the blocks indexed; ``prepend_bos_``:
+      whether windows and prompts are run with BOS; ``processing_``: the weights' state;
     - ``windows_``: ``[n_windows, window]`` token ids of the unique windows (each followed by
       at least one token in the corpus);
     - ``next_ptr_``, ``next_token_``, ``next_count_``: next-token counts in compressed-row form
       (window ``i``'s counts are at ``next_ptr_[i]:next_ptr_[i+1]``);
     - ``outputs_``: ``[n_blocks, n_windows, d_model]`` unit-normalised block outputs (``hook``
       at the window's last token), on the model's device;
-    - ``unigram_``: ``[d_vocab]`` overall next-token frequency in the corpus.
+    - ``unigram_``: ``[d_vocab]`` overall next-token frequency in the corpus;
+      ``n_corpus_tokens_``: the corpus length in tokens.
+
+    Args:
+        window: Window length in tokens (the seed used 10 characters).
+        hook: Block output to compare: ``mlp_out`` (the seed's FFN output), ``attn_out``,
+            ``resid_pre``, ``resid_mid`` or ``resid_post``.
+        blocks: Which blocks (default all).
+        prepend_bos: Prepend BOS to every window and prompt (default: the model's setting);
+            windows and prompts are always run the same way.
+        dtype: Storage dtype of the outputs (default float32; float16/bfloat16 halve memory on
+            a GPU).
+        thresholds: Cosine threshold(s) :meth:`predict` uses when given none: one, or one per block.
+        weights: Block weight(s) :meth:`predict` uses when given none (default all 1).
+
+    Example:
+        >>> approx = NeighbourApproximation(window=10, thresholds=0.9).fit(model, text)  # doctest: +SKIP
+        >>> ev = approx.evaluate(approx.predict(prompts))  # doctest: +SKIP
     """
 
-    def __init__(self, model: HookedTransformer, *, window: int, hook: str, blocks: tuple[int, ...],
-                 prepend_bos: bool, windows: Tensor, next_ptr: Tensor, next_token: Tensor, next_count: Tensor,
-                 outputs: Tensor, unigram: Tensor, n_corpus_tokens: int):
-        self.model = model
+    _fitted_names = _FITTED
+    _fitted_marker = "index_"
+    _fit_call = ".fit(model, corpus)"
+
+    def __init__(self, window: int = 10, hook: str = "mlp_out", blocks: Sequence[int] | None = None,
+                 prepend_bos: bool | None = None, dtype: torch.dtype | None = None, thresholds: Thresholds = 0.9,
+                 weights: Thresholds | None = None):
         self.window = window
         self.hook = hook
         self.blocks = blocks
         self.prepend_bos = prepend_bos
-        self.windows_ = windows
-        self.next_ptr_ = next_ptr
-        self.next_token_ = next_token
-        self.next_count_ = next_count
-        self.outputs_ = outputs
-        self.unigram_ = unigram
-        self.n_corpus_tokens_ = n_corpus_tokens
+        self.dtype = dtype
+        self.thresholds = thresholds
+        self.weights = weights
 
-    def __repr__(self) -> str:
-        return (f"NeighbourApproximation(window={self.window}, hook={self.hook!r}, blocks={self.blocks}, "
-                f"n_windows={self.n_windows}, n_corpus_tokens={self.n_corpus_tokens_})")
-
-    @property
-    def n_windows(self) -> int:
-        """Number of unique windows indexed."""
-        return int(self.windows_.shape[0])
-
-    @property
-    def d_vocab(self) -> int:
-        """Vocabulary size of the counts."""
-        return int(self.unigram_.shape[0])
-
-    # ------------------------------------------------------------------ fit
-
-    @classmethod
-    def fit(
-        cls,
-        model: HookedTransformer,
-        corpus: Union[str, Tensor, Sequence[int]],
-        *,
-        window: int = 10,
-        hook: str = "mlp_out",
-        blocks: Sequence[int] | None = None,
-        prepend_bos: bool | None = None,
-        batch_size: int = 2048,
-        dtype: torch.dtype | None = None,
-        progress: bool | None = None,
-    ) -> "NeighbourApproximation":
-        """Index every unique window of ``window`` tokens in the corpus.
+    @fit_method(legacy=_restore_old_attributes)
+    def fit(self, model: HookedTransformer, corpus: Corpus, *, batch_size: int = 2048,
+            progress: bool | None = None) -> "NeighbourApproximation":
+        """Index every unique window of ``window`` tokens in the corpus; return ``self``.
 
         Steps: tokenize the corpus; take every window that is followed by a token; find the
         unique ones with a radix sort on bit-packed ids (no Python loop over windows); count
@@ -345,62 +111,48 @@ class NeighbourApproximation:
         model once (batched, stopping after the last block needed) and keep the unit-normalised
         ``hook`` output of every block at its last token.
 
+        The old call ``NeighbourApproximation.fit(model, corpus, window=..., ...)`` on the class
+        still works and warns (DeprecationWarning).
+
         Args:
             model: The model.
             corpus: Text, or a 1-D tensor of token ids.
-            window: Window length in tokens (the seed used 10 characters).
-            hook: Block output to compare: ``mlp_out`` (the seed's FFN output), ``attn_out``,
-                ``resid_pre``, ``resid_mid`` or ``resid_post``.
-            blocks: Which blocks (default all).
-            prepend_bos: Prepend BOS to every window and prompt (default: the model's setting);
-                windows and prompts are always run the same way.
             batch_size: Windows per forward pass.
-            dtype: Storage dtype of the outputs (default float32; float16/bfloat16 halve memory
-                on a GPU).
             progress: Progress bar (None: only on a terminal).
 
         Returns:
-            The fitted index.
+            ``self``, with the learned attributes set.
 
         Example:
-            >>> approx = NeighbourApproximation.fit(model, text, window=10)  # doctest: +SKIP
-            >>> approx.evaluate(prompts, thresholds=0.9).mean  # doctest: +SKIP
+            >>> approx = NeighbourApproximation(window=10).fit(model, text)  # doctest: +SKIP
+            >>> approx.evaluate(prompts).mean  # doctest: +SKIP
         """
+        hook, window = self.hook, self.window
         if hook not in INDEX_HOOKS:
             raise LensworksError(f"unknown stream or hook {hook!r}; expected one of {INDEX_HOOKS}")
         if not has_hook(model, hook, 0):
             raise LensworksError(f"hook {hook!r} does not exist in this model (e.g. attention-only models have no mlp_out)")
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise LensworksError(f"window must be a positive int, got {window!r}")
-        blocks = tuple(range(model.cfg.n_layers)) if blocks is None else tuple(check_layer(model, b) for b in blocks)
+        blocks = tuple(range(model.cfg.n_layers)) if self.blocks is None else tuple(check_layer(model, b) for b in self.blocks)
         if not blocks:
             raise LensworksError("blocks: expected at least one block")
-        bos = uses_bos(model, prepend_bos)
+        bos = uses_bos(model, self.prepend_bos)
         if window + int(bos) > model.cfg.n_ctx:
             raise LensworksError(f"window {window} (+BOS) is longer than the model's n_ctx={model.cfg.n_ctx}")
+        _per_block(self.thresholds, "thresholds", len(blocks), check=_check_cosines)
+        if self.weights is not None:
+            _per_block(self.weights, "weights", len(blocks), check=_check_weights)
         toks = corpus_tokens(model, corpus)
         if toks.numel() < window + 1:
             raise LensworksError(
                 f"corpus: window of {window} tokens is longer than the corpus allows ({toks.numel()} tokens; "
                 "a window must be followed by at least one token)"
             )
-        d_vocab = model.cfg.d_vocab
-        all_windows = toks.unfold(0, window, 1)[:-1]  # [N, window], a view
-        nxt = toks[window:]
-        first, inverse = _unique_rows(_pack(all_windows, d_vocab))
-        windows = all_windows[first].contiguous()
-        windows = windows.to(torch.int16 if d_vocab <= 32767 else torch.int32)
+        windows, ptr, next_token, next_count, unigram = window_counts(toks, window, model.cfg.d_vocab)
         n_windows = windows.shape[0]
-        pair, pair_count = torch.unique(inverse * d_vocab + nxt, return_counts=True)  # sorted by window
-        win_of_pair = pair // d_vocab
-        next_token = (pair % d_vocab).to(torch.int32)
-        ptr = torch.zeros(n_windows + 1, dtype=torch.long)
-        ptr[1:] = torch.cumsum(torch.bincount(win_of_pair, minlength=n_windows), 0)
-        unigram = torch.bincount(nxt, minlength=d_vocab).double()
-        unigram = (unigram / unigram.sum()).float()
-
         device = torch.device(model.cfg.device)
-        store_dtype = dtype or torch.float32
+        store_dtype = self.dtype or torch.float32
         outputs = torch.empty(len(blocks), n_windows, model.cfg.d_model, dtype=store_dtype, device=device)
         names = [hook_name(hook, b) for b in blocks]
         stop = max(blocks) + 1
@@ -418,193 +170,131 @@ class NeighbourApproximation:
             acts, _ = gather_at(model, chunk, last.expand(chunk.shape[0]), names, stop_at_layer=stop)
             for i, n in enumerate(names):
                 outputs[i, start : start + chunk.shape[0]] = F.normalize(acts[n].float(), dim=-1).to(store_dtype)
-        return cls(model, window=window, hook=hook, blocks=blocks, prepend_bos=bos, windows=windows, next_ptr=ptr,
-                   next_token=next_token, next_count=pair_count.to(torch.int32), outputs=outputs, unigram=unigram,
-                   n_corpus_tokens=int(toks.numel()))
+        index = WindowIndex(windows=windows, next_ptr=ptr, next_token=next_token, next_count=next_count,
+                            outputs=outputs, unigram=unigram)
+        return self._set_index(model, index, blocks=blocks, prepend_bos=bos, n_corpus_tokens=int(toks.numel()))
 
-    # ------------------------------------------------------------------ prompts
+    def _set_index(self, model: HookedTransformer, index: WindowIndex, *, blocks: tuple[int, ...], prepend_bos: bool,
+                   n_corpus_tokens: int) -> "NeighbourApproximation":
+        """Set the learned attributes from a built index (``fit``, and benchmarks with synthetic outputs)."""
+        self.model_ = model
+        self.blocks_ = blocks
+        self.prepend_bos_ = prepend_bos
+        self.n_corpus_tokens_ = n_corpus_tokens
+        self.processing_ = processing_state(model)
+        self.index_ = index
+        return self
+
+    def __repr__(self) -> str:
+        fitted = (f" fitted: {self.n_windows:,} windows of {self.n_corpus_tokens_:,} corpus tokens, "
+                  f"blocks {self.blocks_}" if self._is_fitted() else "")
+        return f"NeighbourApproximation({self._params_repr()}){fitted}"
+
+    # ------------------------------------------------------------------ learned attributes
+
+    model = property(lambda self: self.model_, doc="The model the index was fitted with (``model_``).")
+    windows_ = property(lambda self: self.index_.windows, doc="``[n_windows, window]`` unique windows.")
+    next_ptr_ = property(lambda self: self.index_.next_ptr, doc="Row pointers of the next-token counts.")
+    next_token_ = property(lambda self: self.index_.next_token, doc="Next-token ids (compressed rows).")
+    next_count_ = property(lambda self: self.index_.next_count, doc="Next-token counts (compressed rows).")
+    outputs_ = property(lambda self: self.index_.outputs, doc="``[block, n_windows, d_model]`` unit outputs.")
+    unigram_ = property(lambda self: self.index_.unigram, doc="``[d_vocab]`` corpus next-token frequency.")
+    n_windows = property(lambda self: self.index_.n_windows, doc="Number of unique windows indexed.")
+    d_vocab = property(lambda self: self.index_.d_vocab, doc="Vocabulary size of the counts.")
+
+    # ------------------------------------------------------------------ prompts and checks
 
     def _prompt_outputs(self, prompts: Data, batch_size: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
         """Unit block outputs ``[block, prompt, d]`` and model probabilities at each prompt's last token."""
-        model = self.model
-        names = [hook_name(self.hook, b) for b in self.blocks]
+        model = self.model_
+        names = [hook_name(self.hook, b) for b in self.blocks_]
         outs, probs, labels = [], [], []
-        if isinstance(prompts, Tensor) and self.prepend_bos:
+        if isinstance(prompts, Tensor) and self.prepend_bos_:
             toks = prompts[None] if prompts.ndim == 1 else prompts
             bos = torch.full((toks.shape[0], 1), bos_token_id(model), dtype=torch.long,
                              device=toks.device)
             prompts = torch.cat([bos, toks.long()], dim=1)
         for toks, idx in iter_batches(model, prompts, batch_size=batch_size, position=-1,
-                                      prepend_bos=self.prepend_bos, what="prompts"):
+                                      prepend_bos=self.prepend_bos_, what="data"):
             acts, logits = gather_at(model, toks, idx, names, logits=True)
             outs.append(torch.stack([F.normalize(acts[n].float(), dim=-1) for n in names]))
             probs.append(logits.softmax(-1))
             for row in range(toks.shape[0]):
-                ids = toks[row, int(self.prepend_bos) : int(idx[row]) + 1].tolist()
+                ids = toks[row, int(self.prepend_bos_) : int(idx[row]) + 1].tolist()
                 labels.append(token_label(model, ids))
         return torch.cat(outs, dim=1), torch.cat(probs, dim=0), tuple(labels)
 
-    def _check_thresholds(self, thresholds: Thresholds, name: str = "thresholds") -> Tensor:
-        t = torch.as_tensor(thresholds, dtype=torch.float32).flatten()
-        if t.numel() == 1:
-            t = t.expand(len(self.blocks)).clone()
-        if t.numel() != len(self.blocks):
-            raise LensworksError(f"{name}: expected one value or one per block ({len(self.blocks)}), got {t.numel()}")
-        if bool(torch.isnan(t).any()) or bool((t < -1).any()) or bool((t > 1).any()):
-            raise LensworksError(f"{name}: cosine thresholds must lie in [-1, 1], got {t.tolist()}")
-        return t
+    def _thresholds(self, thresholds: Thresholds | None, name: str = "thresholds") -> Tensor:
+        values = self.thresholds if thresholds is None else thresholds
+        return _per_block(values, name, len(self.blocks_), check=_check_cosines)
 
-    def _check_weights(self, weights: Thresholds | None) -> Tensor:
-        if weights is None:
-            return torch.ones(len(self.blocks))
-        w = torch.as_tensor(weights, dtype=torch.float32).flatten()
-        if w.numel() == 1:
-            w = w.expand(len(self.blocks)).clone()
-        if w.numel() != len(self.blocks):
-            raise LensworksError(f"weights: expected one value or one per block ({len(self.blocks)}), got {w.numel()}")
-        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
-            raise LensworksError(f"weights: expected finite non-negative values, not all zero; got {w.tolist()}")
-        return w
+    def _weights(self, weights: Thresholds | None) -> Tensor:
+        values = self.weights if weights is None else weights
+        if values is None:
+            return torch.ones(len(self.blocks_))
+        return _per_block(values, "weights", len(self.blocks_), check=_check_weights)
 
-    # ------------------------------------------------------------------ streaming search
+    def _token_labels(self, ids: Tensor) -> tuple[str, ...]:
+        text = {i: token_label(self.model_, [i]) for i in set(ids.tolist())}
+        return tuple(text[i] for i in ids.tolist())
 
-    def _dense_counts(self, start: int, stop: int, device: torch.device, with_ones: bool = False) -> Tensor:
-        lo, hi = int(self.next_ptr_[start]), int(self.next_ptr_[stop])
-        rows = torch.repeat_interleave(torch.arange(stop - start), self.next_ptr_[start + 1 : stop + 1] - self.next_ptr_[start:stop])
-        c = torch.zeros(stop - start, self.d_vocab + int(with_ones), dtype=torch.float32)
-        c[rows, self.next_token_[lo:hi].long()] = self.next_count_[lo:hi].float()
-        if with_ones:
-            c[:, -1] = 1.0
-        return c.to(device)
+    # ------------------------------------------------------------------ windows
 
-    def _search(self, queries: Tensor, thresholds: Tensor, *, chunk_size: int | None,
-                progress: bool | None) -> tuple[Tensor, Tensor]:
-        """Summed next-token counts ``[block, T, prompt, vocab]`` and match counts ``[block, T, prompt]``.
-
-        ``thresholds`` is ``[block, T]``: several thresholds per block share one similarity pass.
-        Only a ``[prompt_chunk, window_chunk]`` block of similarities exists at a time. The
-        matched counts are added as a matrix product ``mask @ [counts | 1]`` (the extra column
-        counts the matches) when the vocabulary is small; for a large vocabulary only the matched
-        windows' compressed count rows are scattered (cost proportional to the matches).
-        """
-        device = self.outputs_.device
-        n_blocks, n_prompts, _ = queries.shape
-        n_t = thresholds.shape[1]
-        V = self.d_vocab
-        budget = _default_budget(device)
-        p_chunk = max(1, min(n_prompts, 4096))
-        if chunk_size is None:
-            chunk_size = max(256, budget // (4 * p_chunk * 2))
-        chunk_size = int(min(chunk_size, max(1, self.n_windows)))
-        counts = torch.zeros(n_blocks, n_t, n_prompts, V, dtype=torch.float32, device=device)
-        n_sim = torch.zeros(n_blocks, n_t, n_prompts, dtype=torch.long, device=device)
-        q = queries.to(device=device, dtype=self.outputs_.dtype)
-        thr_cpu = thresholds.cpu()
-        ptr = self.next_ptr_.to(device)
-        tok = self.next_token_.to(device).long()
-        cnt = self.next_count_.to(device).float()
-        use_dense = V <= DENSE_VOCAB_LIMIT
-        flat = torch.empty(p_chunk * chunk_size if use_dense else 0, dtype=torch.float32, device=device)
-        with torch.inference_mode():
-            for start in progress_bar(range(0, self.n_windows, chunk_size),
-                                      total=math.ceil(self.n_windows / chunk_size),
-                                      desc="NeighbourApproximation search", progress=progress):
-                stop = min(self.n_windows, start + chunk_size)
-                dense_c = None
-                for b in range(n_blocks):
-                    keys = self.outputs_[b, start:stop]
-                    for p0 in range(0, n_prompts, p_chunk):
-                        p1 = min(n_prompts, p0 + p_chunk)
-                        sims = q[b, p0:p1] @ keys.T  # [p, w]
-                        for t in range(n_t):
-                            if float(thr_cpu[b, t]) >= 1.0:
-                                continue  # a cosine never exceeds 1 (rounding may say 1 + 1e-7)
-                            th = float(thr_cpu[b, t])
-                            target = counts[b, t, p0:p1]
-                            if use_dense:
-                                if dense_c is None:
-                                    dense_c = self._dense_counts(start, stop, device, with_ones=True)
-                                mask = flat[: sims.numel()].view(sims.shape)
-                                torch.gt(sims, th, out=mask)  # 1.0 / 0.0 in one pass
-                                both = mask @ dense_c  # [p, V + 1]: counts, then the number of matches
-                                target += both[:, :V]
-                                n_sim[b, t, p0:p1] += both[:, V].round().long()
-                                continue
-                            hit = sims > th
-                            pi, wi = hit.nonzero(as_tuple=True)
-                            if pi.numel() == 0:
-                                continue
-                            n_sim[b, t, p0:p1] += torch.bincount(pi, minlength=p1 - p0)
-                            g = wi + start
-                            first, lens = ptr[g], ptr[g + 1] - ptr[g]
-                            rows = torch.repeat_interleave(pi, lens)
-                            base = torch.repeat_interleave(first - (torch.cumsum(lens, 0) - lens), lens)
-                            entry = base + torch.arange(rows.numel(), device=device)
-                            target.view(-1).index_add_(0, rows * V + tok[entry], cnt[entry])
-        return counts, n_sim
-
-    # ------------------------------------------------------------------ public queries
-
-    def similar(self, prompt: Union[str, Tensor], block: int, threshold: float, *,
-                chunk_size: int | None = None) -> SimilarWindows:
+    def similar(self, prompt: Union[str, Sequence[str], Tensor], block: int | None = None,
+                threshold: float | None = None, *, chunk_size: int | None = None) -> SimilarWindows:
         """Windows whose ``block`` output has cosine strictly greater than ``threshold`` with the prompt's.
+
+        Args:
+            prompt: One prompt (a string, a list of one string, or token ids).
+            block: An indexed block (default: the last indexed block).
+            threshold: Cosine threshold (default: this block's ``thresholds``).
+            chunk_size: Windows per similarity block.
 
         Example:
             >>> approx.similar("And only l", block=0, threshold=0.95).texts[:3]  # doctest: +SKIP
         """
-        if block not in self.blocks:
-            raise LensworksError(f"block {block} is not indexed; indexed blocks are {list(self.blocks)}")
-        t = self._check_thresholds(threshold, "threshold")[0]
-        b = self.blocks.index(block)
+        block = self.blocks_[-1] if block is None else block
+        if block not in self.blocks_:
+            raise LensworksError(f"block {block} is not indexed; indexed blocks are {list(self.blocks_)}")
+        b = self.blocks_.index(block)
+        t = self._thresholds(None)[b] if threshold is None else self._thresholds(threshold, "threshold")[0]
         if isinstance(prompt, str):
             prompt = [prompt]
         q, _, labels = self._prompt_outputs(prompt, batch_size=1)
         if q.shape[1] != 1:
             raise LensworksError(f"similar: expected one prompt, got {q.shape[1]}")
-        qv = q[b, 0].to(device=self.outputs_.device, dtype=self.outputs_.dtype)
-        idx, cos = [], []
-        step = chunk_size or (1 << 20)
-        with torch.inference_mode():
-            for start in range(0, self.n_windows, step):
-                s = self.outputs_[b, start : start + step] @ qv
-                hit = (s > t).nonzero()[:, 0] if float(t) < 1.0 else torch.zeros(0, dtype=torch.long, device=s.device)
-                idx.append(hit.cpu() + start)
-                cos.append(s[hit].float().cpu())
-        idx_t, cos_t = torch.cat(idx), torch.cat(cos)
-        order = cos_t.argsort(descending=True)
-        idx_t, cos_t = idx_t[order], cos_t[order]
+        idx_t, cos_t = self.index_.similar(q[b, 0], b, t, chunk_size)
         texts = tuple(self.window_text(int(i)) for i in idx_t)
-        cum = torch.zeros(self.next_count_.numel() + 1, dtype=torch.long)
-        cum[1:] = torch.cumsum(self.next_count_.long(), 0)
-        n_next = cum[self.next_ptr_[idx_t + 1]] - cum[self.next_ptr_[idx_t]]
         return SimilarWindows(prompt=labels[0], block=block, threshold=float(t), indices=idx_t, cosines=cos_t,
-                              texts=texts, next_counts=n_next.long())
+                              texts=texts, next_counts=self.index_.n_next(idx_t), processing=dict(self.processing_))
 
     def window_text(self, index: int) -> str:
-        """The text of window ``index`` (token ids joined by spaces without a tokenizer)."""
+        """The text of window ``index`` (token ids joined by spaces without a tokenizer).
+
+        Example:
+            >>> approx.window_text(0)  # doctest: +SKIP
+            '\\n\\n\\n    def'
+        """
         index = check_int(index, "index", low=0, high=len(self.windows_))
-        return token_label(self.model, self.windows_[index].tolist())
+        return token_label(self.model_, self.windows_[index].tolist())
 
     def next_counts(self, index: int) -> Int[Tensor, " d_vocab"]:
-        """Dense next-token counts of window ``index``."""
+        """Dense next-token counts of window ``index``.
+
+        Example:
+            >>> int(approx.next_counts(0).sum())  # doctest: +SKIP
+            3
+        """
         index = check_int(index, "index", low=0, high=len(self.windows_))
-        lo, hi = int(self.next_ptr_[index]), int(self.next_ptr_[index + 1])
-        c = torch.zeros(self.d_vocab, dtype=torch.long)
-        c[self.next_token_[lo:hi].long()] = self.next_count_[lo:hi].long()
-        return c
+        return self.index_.next_counts(index)
 
-    def _combine(self, block_counts: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-        total = torch.einsum("b,bpv->pv", w.to(block_counts), block_counts)
-        mass = total.sum(-1)
-        matched = mass > 0
-        fallback = self.unigram_.to(total)[None].expand_as(total)
-        probs = torch.where(matched[:, None], total / mass.clamp_min(1e-30)[:, None], fallback)
-        return probs, matched
+    # ------------------------------------------------------------------ predict, evaluate
 
+    @renamed_arguments(prompts="data")
     def predict(
         self,
-        prompts: Data,
-        thresholds: Thresholds,
+        data: Data,
+        thresholds: Thresholds | None = None,
         weights: Thresholds | None = None,
         *,
         batch_size: int = 256,
@@ -621,9 +311,12 @@ class NeighbourApproximation:
         frequency and ``matched=False``: never NaN.
 
         Args:
-            prompts: Strings or token ids (any length up to ``n_ctx``; read at the last token).
-            thresholds: One cosine threshold, or one per indexed block.
-            weights: One weight per block (default all 1), non-negative.
+            data: The prompts: strings or token ids (any length up to ``n_ctx``; read at the last
+                token). ``prompts=`` is the old name.
+            thresholds: One cosine threshold, or one per indexed block (default: the
+                ``thresholds`` hyper-parameter).
+            weights: One weight per block, non-negative (default: the ``weights``
+                hyper-parameter, all 1 when None).
             batch_size: Prompts per forward pass.
             chunk_size: Windows per similarity block (default: from a memory budget: 64 MiB on
                 CPU, 1/8 of free GPU memory up to 2 GiB).
@@ -631,23 +324,28 @@ class NeighbourApproximation:
 
         Example:
             >>> pred = approx.predict(["And only l"], [0.95, 0.94, 0.85])  # doctest: +SKIP
+            >>> pred.to_frame()[["prompt", "top_token", "model_top_token"]]  # doctest: +SKIP
         """
-        thr = self._check_thresholds(thresholds)
-        w = self._check_weights(weights)
-        q, model_probs, labels = self._prompt_outputs(prompts, batch_size)
-        counts, n_sim = self._search(q, thr[:, None], chunk_size=chunk_size, progress=progress)
+        thr = self._thresholds(thresholds)
+        w = self._weights(weights)
+        q, model_probs, labels = self._prompt_outputs(data, batch_size)
+        counts, n_sim = self.index_.search(q, thr[:, None], chunk_size=chunk_size, progress=progress)
         counts, n_sim = counts[:, 0], n_sim[:, 0]
-        probs, matched = self._combine(counts, w)
+        probs, matched = self.index_.combine(counts, w)
+        probs, model_probs = probs.cpu(), model_probs.cpu()
         return NeighbourPrediction(
-            probs=probs.cpu(), block_counts=counts.cpu(), n_similar=n_sim.cpu(), matched=matched.cpu(),
-            model_probs=model_probs.cpu(), prompt_labels=labels, thresholds=tuple(thr.tolist()),
-            weights=tuple(w.tolist()), blocks=self.blocks,
+            probs=probs, block_counts=counts.cpu(), n_similar=n_sim.cpu(), matched=matched.cpu(),
+            model_probs=model_probs, prompt_labels=labels, thresholds=tuple(thr.tolist()),
+            weights=tuple(w.tolist()), blocks=self.blocks_, top_token_labels=self._token_labels(probs.argmax(-1)),
+            model_top_token_labels=self._token_labels(model_probs.argmax(-1)), hook=self.hook,
+            processing=dict(self.processing_),
         )
 
+    @renamed_arguments(prompts="data")
     def evaluate(
         self,
-        prompts: Data,
-        thresholds: Thresholds,
+        data: Union[Data, NeighbourPrediction],
+        thresholds: Thresholds | None = None,
         weights: Thresholds | None = None,
         *,
         batch_size: int = 256,
@@ -659,20 +357,38 @@ class NeighbourApproximation:
         ``baseline_mean`` is the mean distance of a prediction that ignores the prompt (the
         corpus's overall next-token frequency), to read ``mean`` against.
 
+        Args:
+            data: The prompts, as for :meth:`predict`; or a :class:`NeighbourPrediction` it
+                returned: then nothing is recomputed, and ``thresholds`` / ``weights`` must be None.
+            thresholds, weights, batch_size, chunk_size, progress: As for :meth:`predict`.
+
         Example:
             >>> ev = approx.evaluate(prompts, [0.95, 0.94, 0.85], [0.01, 0.1, 1.0])  # doctest: +SKIP
-            >>> ev.mean, ev.std  # doctest: +SKIP
+            >>> pred = approx.predict(prompts, [0.95, 0.94, 0.85], [0.01, 0.1, 1.0])  # doctest: +SKIP
+            >>> approx.evaluate(pred).mean == ev.mean  # doctest: +SKIP
+            True
         """
-        pred = self.predict(prompts, thresholds, weights, batch_size=batch_size, chunk_size=chunk_size,
-                            progress=progress)
-        ev = _evaluation(pred.probs, pred.model_probs, pred.matched, pred.n_similar, pred.prompt_labels,
-                         pred.thresholds, pred.weights, self.blocks)
+        if isinstance(data, NeighbourPrediction):
+            pred = data
+            if thresholds is not None or weights is not None:
+                raise LensworksError("evaluate: a NeighbourPrediction already fixes its thresholds and weights; "
+                                     "pass the prompts instead to evaluate other ones")
+            if tuple(pred.blocks) != self.blocks_ or pred.model_probs.shape[-1] != self.d_vocab:
+                raise LensworksError(f"evaluate: the prediction is for blocks {list(pred.blocks)} and "
+                                     f"{pred.model_probs.shape[-1]} tokens, this index has blocks "
+                                     f"{list(self.blocks_)} and {self.d_vocab}")
+        else:
+            pred = self.predict(data, thresholds, weights, batch_size=batch_size, chunk_size=chunk_size,
+                                progress=progress)
         base = _common.hellinger(self.unigram_[None].expand_as(pred.model_probs), pred.model_probs)
-        return dataclasses.replace(ev, baseline_mean=float(base.mean()))
+        return NeighbourEvaluation.from_prediction(pred, baseline_mean=float(base.mean()))
 
+    # ------------------------------------------------------------------ tune
+
+    @renamed_arguments(prompts="data")
     def tune(
         self,
-        prompts: Data,
+        data: Data,
         *,
         threshold_grid: Sequence[float] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97),
         weight_grid: Sequence[float] = (0.0, 0.01, 0.1, 0.3, 1.0, 3.0, 10.0),
@@ -687,11 +403,13 @@ class NeighbourApproximation:
         (the similarity matrix is shared by all thresholds); the search itself then only
         recombines ``[prompt, vocab]`` tensors: each block's best threshold alone first, then
         ``rounds`` of coordinate descent over each block's weight and threshold. Tune on one
-        prompt set and :meth:`evaluate` on another to avoid fitting noise.
+        prompt set and :meth:`evaluate` on another to avoid fitting noise. The estimator is not
+        changed; ``set_params(thresholds=..., weights=...)`` adopts the result.
 
         Example:
             >>> best = approx.tune(train_prompts)  # doctest: +SKIP
-            >>> approx.evaluate(test_prompts, best.thresholds, best.weights).mean  # doctest: +SKIP
+            >>> approx.set_params(thresholds=best.thresholds, weights=best.weights)  # doctest: +SKIP
+            >>> approx.evaluate(test_prompts).mean  # doctest: +SKIP
         """
         grid_list = sorted(set(_grid_values(threshold_grid, "threshold_grid")))
         grid = torch.tensor(grid_list, dtype=torch.float32)
@@ -701,16 +419,16 @@ class NeighbourApproximation:
         if not wgrid or min(wgrid) < 0:
             raise LensworksError(f"weight_grid: expected non-negative values, got {list(weight_grid)}")
         rounds = check_int(rounds, "rounds", low=0)
-        q, model_probs, labels = self._prompt_outputs(prompts, batch_size)
-        n_b = len(self.blocks)
-        counts, _ = self._search(q, grid[None].expand(n_b, -1), chunk_size=chunk_size, progress=progress)
+        q, model_probs, _ = self._prompt_outputs(data, batch_size)
+        n_b = len(self.blocks_)
+        counts, _ = self.index_.search(q, grid[None].expand(n_b, -1), chunk_size=chunk_size, progress=progress)
         model_probs = model_probs.to(counts.device)
 
         def score(t_idx: list[int], w: list[float]) -> float:
             if sum(w) <= 0:
                 return float("inf")
             bc = torch.stack([counts[b, t_idx[b]] for b in range(n_b)])
-            probs, _ = self._combine(bc, torch.tensor(w))
+            probs, _ = self.index_.combine(bc, torch.tensor(w))
             return float(_common.hellinger(probs, model_probs).mean())
 
         t_idx = []
@@ -738,7 +456,31 @@ class NeighbourApproximation:
                         best, t_idx = s, trial
             history.append((f"round {r + 1}", best))
         return TuneResult(thresholds=tuple(grid_list[i] for i in t_idx), weights=tuple(w), mean_hellinger=best,
-                          history=tuple(history), blocks=self.blocks)
+                          history=tuple(history), blocks=self.blocks_, processing=dict(self.processing_))
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _per_block(values: Any, name: str, n_blocks: int, *, check: Any) -> Float[Tensor, " block"]:
+    """One value per block (a single value applies to all), checked by ``check(name, tensor)``."""
+    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        t = t.expand(n_blocks).clone()
+    if t.numel() != n_blocks:
+        raise LensworksError(f"{name}: expected one value or one per block ({n_blocks}), got {t.numel()}")
+    check(name, t)
+    return t
+
+
+def _check_cosines(name: str, t: Tensor) -> None:
+    if bool(torch.isnan(t).any()) or bool((t < -1).any()) or bool((t > 1).any()):
+        raise LensworksError(f"{name}: cosine thresholds must lie in [-1, 1], got {t.tolist()}")
+
+
+def _check_weights(name: str, w: Tensor) -> None:
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise LensworksError(f"{name}: expected finite non-negative values, not all zero; got {w.tolist()}")
 
 
 def _grid_values(values: Any, name: str) -> list[float]:
@@ -751,12 +493,3 @@ def _grid_values(values: Any, name: str) -> list[float]:
     if bad:
         raise LensworksError(f"{name}: expected finite numbers, got {bad}")
     return out
-
-
-def _evaluation(probs, model_probs, matched, n_similar, labels, thresholds, weights, blocks) -> NeighbourEvaluation:
-    h = _common.hellinger(probs, model_probs).float()
-    return NeighbourEvaluation(
-        hellinger=h, mean=float(h.mean()), std=float(_common.std_or_zero(h)), min=float(h.min()), max=float(h.max()),
-        n_unmatched=int((~matched).sum()), matched=matched, n_similar=n_similar, prompt_labels=labels,
-        thresholds=thresholds, weights=weights, blocks=blocks,
-    )
