@@ -171,6 +171,24 @@ def test_block_ablation_equals_run_with_hooks(arch):
     assert table.figure().data and len(table.to_frame()) == model.cfg.n_layers
 
 
+def test_cached_activations_give_the_same_numbers(arch):
+    """An ActivationCache the user already has stands in for the tokens: no second forward pass."""
+    model = arch_model(arch)
+    toks = _tokens(model)
+    _, cache_a = model.run_with_cache(toks[:3])
+    _, cache_b = model.run_with_cache(toks[3:])
+    streams = model_streams(model)
+    from_tokens = residual_stats(model, {"a": toks[:3], "b": toks[3:]}, streams=streams)
+    from_cache = residual_stats(model, {"a": cache_a, "b": cache_b}, streams=streams)
+    for name in ("a", "b"):
+        torch.testing.assert_close(from_cache.var[name], from_tokens.var[name], atol=float_tol(model, 1e-6), rtol=1e-5)
+        torch.testing.assert_close(from_cache.mean[name], from_tokens.mean[name], atol=float_tol(model, 1e-6), rtol=1e-5)
+    _, cache = model.run_with_cache(toks)
+    lens_t, lens_c = logit_lens(model, toks), logit_lens(model, cache)
+    torch.testing.assert_close(lens_c.kl, lens_t.kl, atol=float_tol(model, 1e-5), rtol=1e-4)
+    assert lens_c.prompt_labels[0] == "cached row 0"
+
+
 def test_decomposition_and_logit_lens_reproduce_the_output(arch):
     model = arch_model(arch)
     toks = _tokens(model)

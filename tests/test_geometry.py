@@ -317,3 +317,21 @@ def test_every_analysis_runs_on_every_fixture(fixture, request):
     assert bool(torch.isfinite(dec.ffn_only_cosine).all())
     ua = update_alignment(model, tokens)
     assert ua.cosine.shape[0] == model.cfg.n_layers * (1 if model.cfg.attn_only else 2)
+
+
+def test_cached_activations_errors_and_plain_dicts(mlp_model):
+    from lensworks.geometry import logit_lens, residual_stats
+
+    toks = torch.randint(1, mlp_model.cfg.d_vocab, (4, 10), generator=torch.Generator().manual_seed(0))
+    _, cache = mlp_model.run_with_cache(toks)
+    resid_only = {k: v for k, v in cache.items() if "resid" in k}  # a plain {hook: tensor} dict
+    torch.testing.assert_close(logit_lens(mlp_model, resid_only).kl, logit_lens(mlp_model, toks).kl)
+    with pytest.raises(LensworksError, match=r"the activation cache has no blocks\.2\.hook_resid_post"):
+        logit_lens(mlp_model, {k: v for k, v in resid_only.items() if k != "blocks.2.hook_resid_post"})
+    with pytest.raises(LensworksError, match="position 12 does not exist"):
+        residual_stats(mlp_model, {"a": cache, "b": cache}, position=12)
+    nan = dict(resid_only)
+    nan["blocks.1.hook_resid_post"] = nan["blocks.1.hook_resid_post"].clone()
+    nan["blocks.1.hook_resid_post"][0, -1, 0] = float("nan")
+    with pytest.raises(LensworksError, match=r"blocks\.1\.hook_resid_post holds 1 NaN"):
+        logit_lens(mlp_model, nan)

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks.model._compat import capture_hooks
+from lensworks.model._compat import capture_hooks, logits_from_block, require_finite_activation
 from lensworks.model import (
     ALL_STREAMS,
     HookedTransformer,
@@ -24,8 +24,67 @@ from lensworks.model import (
 
 Data = Union[str, Sequence[str], Tensor, Iterable[Any]]
 
+
+class CachedBatch:
+    """Activations a user already cached, standing in for a batch of tokens.
+
+    Wraps a TransformerLens ``ActivationCache`` (``model.run_with_cache(tokens)``) or a plain
+    ``{hook name: [batch, pos, ...] tensor}`` dict, so the analyses that only read cached
+    activations (``residual_stats``, ``logit_lens``) use them instead of running the model.
+
+    Example:
+        >>> _, cache = model.run_with_cache(tokens)  # doctest: +SKIP
+        >>> CachedBatch(cache).shape  # doctest: +SKIP
+        (8, 64)
+    """
+
+    def __init__(self, cache: Any, rows: slice | None = None, start: int = 0):
+        self.cache = cache
+        self.rows = rows if rows is not None else slice(None)
+        self.start = start
+        keys = list(cache.keys())
+        if not keys:
+            raise LensworksError("the activation cache is empty; expected hook names such as blocks.0.hook_resid_pre")
+        first = cache[keys[0]]
+        if not isinstance(first, Tensor) or first.ndim < 2:
+            raise LensworksError(
+                f"the activation cache must hold [batch, pos, ...] tensors (with a batch dimension); "
+                f"{keys[0]} has shape {tuple(getattr(first, 'shape', ()))}"
+            )
+        self.n_rows = first.shape[0] if rows is None else len(range(*self.rows.indices(first.shape[0])))
+        self.n_pos = first.shape[1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(batch, pos)`` as a token tensor of the same batch would have."""
+        return (self.n_rows, self.n_pos)
+
+    def get(self, name: str) -> Tensor:
+        """The cached activation ``name`` for this batch's rows, or an error naming what is missing."""
+        if name not in self.cache.keys():
+            raise LensworksError(
+                f"the activation cache has no {name}; cache it, e.g. model.run_with_cache(tokens) without a "
+                "names_filter (or with one that keeps this hook)"
+            )
+        return self.cache[name][self.rows]
+
+    def label(self, row: int) -> str:
+        """A label for one cached row (the cache holds no token ids)."""
+        return f"cached row {self.start + row}"
+
+
+def is_activation_cache(data: Any) -> bool:
+    """A TransformerLens ``ActivationCache`` or a ``{hook name: tensor}`` dict."""
+    if type(data).__name__ == "ActivationCache" and hasattr(data, "keys"):
+        return True
+    return (isinstance(data, dict) and bool(data) and all(isinstance(k, str) and k.startswith(("blocks.", "hook_"))
+                                                          for k in data)
+            and all(isinstance(v, Tensor) for v in data.values()))
+
 __all__ = [
     "Data",
+    "CachedBatch",
+    "is_activation_cache",
     "iter_batches",
     "gather_at",
     "cosine",
@@ -107,6 +166,16 @@ def iter_batches(
         for start in range(0, toks.shape[0], batch_size):
             yield toks[start : start + batch_size].to(device), idx[start : start + batch_size].to(device)
 
+    if is_activation_cache(data):
+        whole = CachedBatch(data)
+        lengths = torch.full((whole.n_rows,), whole.n_pos, dtype=torch.long)
+        idx = _positions(lengths, position, what)
+        for start in range(0, whole.n_rows, batch_size):
+            n_seen += min(batch_size, whole.n_rows - start)
+            yield CachedBatch(data, slice(start, start + batch_size), start), idx[start : start + batch_size]
+        if n_seen == 0:
+            raise LensworksError(f"{what}: the activation cache holds no rows")
+        return
     if isinstance(data, str):
         sources: Iterable[Any] = [[data]]
     elif isinstance(data, Tensor):
@@ -147,7 +216,14 @@ def gather_at(
     logits: bool = False,
     stop_at_layer: int | None = None,
 ) -> tuple[dict[str, Float[Tensor, "batch d_model"]], Float[Tensor, "batch d_vocab"] | None]:
-    """Run the model once and keep only the activations at ``index`` (one position per row)."""
+    """Run the model once and keep only the activations at ``index`` (one position per row).
+
+    ``tokens`` may be a :class:`CachedBatch`: the activations are then read from the cache and
+    the model is not run (``logits`` come from the cached final residual, through the model's
+    own final normalisation and unembedding, or from a ``"logits"`` entry when the cache has one).
+    """
+    if isinstance(tokens, CachedBatch):
+        return _gather_cached(model, tokens, index, names, logits=logits)
     rows = torch.arange(tokens.shape[0], device=tokens.device)
     store: dict[str, Tensor] = {}
 
@@ -164,6 +240,25 @@ def gather_at(
         )
     last = out[rows, index].float() if (logits and stop_at_layer is None) else None
     return store, last
+
+
+def _gather_cached(model: HookedTransformer, batch: CachedBatch, index: Tensor, names: Sequence[str], *,
+                   logits: bool) -> tuple[dict[str, Tensor], Tensor | None]:
+    rows = torch.arange(batch.n_rows)
+    store = {}
+    for name in names:
+        act = batch.get(name)
+        store[name] = require_finite_activation(act[rows.to(act.device), index.to(act.device)].detach().clone(), name)
+    if not logits:
+        return store, None
+    if "logits" in batch.cache.keys():
+        out = batch.get("logits")
+        return store, out[rows.to(out.device), index.to(out.device)].float()
+    final = hook_name("resid_post", model.cfg.n_layers - 1)
+    resid = store[final] if final in store else batch.get(final)[rows, index]
+    with torch.inference_mode():
+        last = logits_from_block(model, resid.to(model.cfg.device)[:, None, :], model.cfg.n_layers)[:, 0]
+    return store, last.float()
 
 
 def cosine(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:

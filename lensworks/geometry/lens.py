@@ -12,7 +12,8 @@ from torch import Tensor
 
 from lensworks._deprecation import renamed_arguments
 from lensworks._results import Result
-from lensworks.geometry._common import Data, gather_at, iter_batches, kl_divergence, progress_bar, softcap, std_or_zero
+from lensworks.geometry._common import (CachedBatch, Data, gather_at, iter_batches, kl_divergence, progress_bar, softcap,
+                                         std_or_zero)
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, token_label
 
 __all__ = ["LogitLens", "logit_lens", "read_logits"]
@@ -125,7 +126,9 @@ def logit_lens(
 
     Args:
         model: The model.
-        data: Strings, a token tensor or an iterable of batches.
+        data: Strings, a token tensor, an iterable of batches, or activations already cached
+            (an ``ActivationCache`` from ``model.run_with_cache(tokens)``, or a ``{hook: tensor}``
+            dict): the model is then not run again.
         position: Position read in each prompt (negative counts from each prompt's end).
         top_k: How many top tokens to keep per layer.
         batch_size: Prompts per forward pass.
@@ -164,7 +167,8 @@ def logit_lens(
         final_top = tt[-1, :, 0]
         parts["ftp"].append(logp.exp().gather(-1, final_top[None, :, None].expand(len(names), -1, 1))[..., 0].cpu())
         for row in range(toks.shape[0]):
-            prompt_labels.append(token_label(model, toks[row, : int(idx[row]) + 1].tolist()))
+            prompt_labels.append(toks.label(row) if isinstance(toks, CachedBatch)
+                                 else token_label(model, toks[row, : int(idx[row]) + 1].tolist()))
     cat = {k_: torch.cat(v, dim=1) for k_, v in parts.items()}
     top1 = cat["tt"][..., 0]
     labels = tuple(tuple(token_label(model, [int(t)]) for t in row) for row in top1.tolist())

@@ -217,7 +217,8 @@ def residual_stats(
 
     Args:
         model: The model.
-        data: Data-set name -> data: a list of strings, a ``[batch, pos]`` token tensor, or an
+        data: Data-set name -> data: a list of strings, a ``[batch, pos]`` token tensor, an
+            ``ActivationCache`` (or ``{hook: tensor}`` dict) the user already has, or an
             iterable yielding such batches (e.g. a generator, for data sets too large to store).
             Each needs at least 2 samples.
         streams: Which of ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``.
