@@ -104,7 +104,7 @@ def main() -> None:
     rows = []
     for layer, stream, offset in ((pr.layers[0], "resid_pre", 0), (pr.layers[-1], "resid_post", 0),
                                   (pr.layers[-1], "resid_post", -1)):
-        cmp = compare_to_embedding(pr.weights(layer, stream, offset), char, tokens=pr.classes, seed=0)
+        cmp = compare_to_embedding(char, pr.weights(layer, stream, offset), tokens=pr.classes, seed=0)
         for stat, v in cmp.summary().items():
             rows.append([f"L{layer} {stream} offset {offset}", stat, v["value"], f"{v['null_lo']:.3f}..{v['null_hi']:.3f}",
                          v["verdict"]])
