@@ -16,7 +16,6 @@ import json
 import math
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ from torch import Tensor
 
 from lensworks.model import LensworksError
 from lensworks.model._io import write_atomic
+from lensworks.zoo._training import optimise, training_info
 
 __all__ = ["SubwordRecipe", "BPE_LLAMA", "RECIPES", "train_tokenizer", "training_batch", "train", "save", "train_and_save"]
 
@@ -247,8 +247,6 @@ def train(
 
 
 def _train(recipe: SubwordRecipe, steps: int, progress: bool | None, log: Callable[[str], None] | None):
-    from tqdm.auto import tqdm
-
     from lensworks.zoo import corpus
 
     text = corpus(recipe.train_chars)
@@ -261,41 +259,18 @@ def _train(recipe: SubwordRecipe, steps: int, progress: bool | None, log: Callab
         model = _build(recipe)
     model.train()
     gen = torch.Generator().manual_seed(recipe.seed + 1)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
-    losses: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"train {recipe.name}", disable=progress is False if progress is not None else None)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(recipe, step, steps)
-        toks = training_batch(gen, text_ids, recipe)
+
+    def loss_of(toks: Tensor) -> Tensor:
         logits = model(input_ids=toks, use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if log is not None and (step % 250 == 0 or step == steps - 1):
-            log(f"step {step} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} elapsed {time.perf_counter() - start:.1f}s")
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1))
+
+    losses, wall = optimise(
+        model, steps=steps, lr=recipe.lr, lr_at=lambda step: _lr_at(recipe, step, steps),
+        weight_decay=recipe.weight_decay, betas=(0.9, 0.95), make_batch=lambda: training_batch(gen, text_ids, recipe),
+        loss_of=loss_of, desc=f"train {recipe.name}", progress=progress, log=log,
+    )
     model.eval()
-    tail = losses[-50:]
-    info: dict[str, Any] = {
-        "name": recipe.name,
-        "steps": steps,
-        "hyper_parameters": {**recipe.hyper_parameters(), "steps": steps},
-        "training_data": recipe.training_data,
-        "final_loss": sum(tail) / len(tail),
-        "loss_curve": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, steps, 50)],
-        "train_time_s": round(time.perf_counter() - start, 1),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-    }
+    info = training_info(recipe.name, recipe, steps, losses, wall)
     return model, tok, info
 
 

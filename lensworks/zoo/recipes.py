@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from lensworks.model import HookedTransformer, LensworksError, save_model
 from lensworks.model._io import write_atomic
+from lensworks.zoo._training import optimise, training_info
 from lensworks.zoo.metrics import char_loss, char_metrics, induction_metrics
 
 with warnings.catch_warnings():
@@ -343,8 +343,6 @@ def train(
 def _train(
     name: str, recipe: Recipe, steps: int, progress: bool | None, log: Callable[[str], None] | None
 ) -> tuple[HookedTransformer, dict[str, Any]]:
-    from tqdm.auto import tqdm
-
     model = _build_model(recipe)
     model.train()
     gen = torch.Generator().manual_seed(recipe.seed + 1)
@@ -356,46 +354,15 @@ def _train(
         make_batch = lambda: _char_batch(data, gen, recipe.batch_size, n_ctx)  # noqa: E731
     else:
         make_batch = lambda: induction_batch(gen, recipe.batch_size, n_ctx, recipe.cfg["d_vocab"] - 1)  # noqa: E731
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-        betas=(0.9, 0.99),
+    losses, wall = optimise(
+        model, steps=steps, lr=recipe.lr, lr_at=lambda step: _lr_at(recipe, step, steps),
+        weight_decay=recipe.weight_decay, betas=(0.9, 0.99), make_batch=make_batch,
+        loss_of=lambda toks: model(toks, return_type="loss"), desc=f"train {name}", progress=progress, log=log,
     )
-    losses: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"train {name}", disable=progress is False if progress is not None else None)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(recipe, step, steps)
-        toks = make_batch()
-        loss = model(toks, return_type="loss")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if log is not None and (step % 250 == 0 or step == steps - 1):
-            log(f"step {step} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} elapsed {time.perf_counter() - start:.1f}s")
-    wall = time.perf_counter() - start
     model.eval()
     if recipe.fold_ln:
         model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
-    tail = losses[-50:]
-    info: dict[str, Any] = {
-        "name": name,
-        "steps": steps,
-        "hyper_parameters": {**recipe.hyper_parameters(), "steps": steps},
-        "training_data": recipe.training_data,
-        "final_loss": sum(tail) / len(tail),
-        "loss_curve": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, steps, 50)],
-        "train_time_s": round(wall, 1),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-    }
+    info = training_info(name, recipe, steps, losses, wall)
     if recipe.save_dtype == "float16":
         # round to what will be stored, so the metrics describe the weights users load
         with torch.no_grad():
