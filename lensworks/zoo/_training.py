@@ -8,7 +8,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-__all__ = ["optimise", "training_info"]
+from lensworks.model import LensworksError
+
+__all__ = ["optimise", "training_info", "run_with_threads"]
 
 
 def optimise(
@@ -79,3 +81,25 @@ def training_info(name: str, recipe: Any, steps: int, losses: list[float], wall:
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
+
+
+def run_with_threads(steps: Any, default_steps: int, threads: int | None, fn: Callable[[int], Any]) -> Any:
+    """Check ``steps`` and ``threads``, then call ``fn(steps)`` with ``threads`` torch threads,
+    restoring the caller's thread count afterwards.
+
+    Example:
+        >>> run_with_threads(None, 3, 1, lambda steps: steps)
+        3
+    """
+    steps = default_steps if steps is None else int(steps)
+    if steps < 1:
+        raise LensworksError(f"steps must be at least 1, got {steps}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise LensworksError(f"threads must be a positive int or None, got {threads!r}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return fn(steps)
+    finally:
+        torch.set_num_threads(previous)

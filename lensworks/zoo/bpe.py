@@ -27,7 +27,7 @@ from torch import Tensor
 
 from lensworks.model import LensworksError
 from lensworks.model._io import write_atomic
-from lensworks.zoo._training import optimise, training_info
+from lensworks.zoo._training import optimise, run_with_threads, training_info
 
 __all__ = ["SubwordRecipe", "BPE_LLAMA", "RECIPES", "train_tokenizer", "training_batch", "train", "save", "train_and_save"]
 
@@ -232,18 +232,7 @@ def train(
     if name not in RECIPES:
         raise LensworksError(f"unknown Hugging Face zoo recipe {name!r}; the recipes are {list(RECIPES)}")
     recipe = RECIPES[name] if recipe is None else recipe
-    steps = recipe.steps if steps is None else int(steps)
-    if steps < 1:
-        raise LensworksError(f"steps must be at least 1, got {steps}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise LensworksError(f"threads must be a positive int or None, got {threads!r}")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _train(recipe, steps, progress, log)
-    finally:
-        torch.set_num_threads(previous)
+    return run_with_threads(steps, recipe.steps, threads, lambda n: _train(recipe, n, progress, log))
 
 
 def _train(recipe: SubwordRecipe, steps: int, progress: bool | None, log: Callable[[str], None] | None):

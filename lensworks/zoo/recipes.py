@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lensworks.model import HookedTransformer, LensworksError, save_model
 from lensworks.model._io import write_atomic
-from lensworks.zoo._training import optimise, training_info
+from lensworks.zoo._training import optimise, run_with_threads, training_info
 from lensworks.zoo.metrics import char_loss, char_metrics, induction_metrics
 
 with warnings.catch_warnings():
@@ -326,18 +326,7 @@ def train(
     if not isinstance(name, str) or name not in RECIPES:
         raise LensworksError(f"unknown zoo model {name!r}; the recipes are {list(RECIPES)}")
     recipe = RECIPES[name] if recipe is None else recipe
-    steps = recipe.steps if steps is None else int(steps)
-    if steps < 1:
-        raise LensworksError(f"steps must be at least 1, got {steps}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise LensworksError(f"threads must be a positive int or None, got {threads!r}")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _train(name, recipe, steps, progress, log)
-    finally:
-        torch.set_num_threads(previous_threads)
+    return run_with_threads(steps, recipe.steps, threads, lambda n: _train(name, recipe, n, progress, log))
 
 
 def _train(
