@@ -218,11 +218,12 @@ def test_bad_queries(approx):
 
 def test_hyper_parameters_only_in_the_constructor():
     params = inspect.signature(NeighbourApproximation.__init__).parameters
-    assert list(params)[1:] == ["window", "hook", "blocks", "prepend_bos", "dtype", "thresholds", "weights"]
+    assert list(params)[1:] == ["window", "hook", "blocks", "prepend_bos", "dtype", "thresholds", "weights",
+                                "search_dtype"]
     assert all(p.default is not p.empty for name, p in params.items() if name != "self")
     est = NeighbourApproximation(window=4, blocks=[2], thresholds=0.8)
     assert est.get_params() == {"window": 4, "hook": "mlp_out", "blocks": [2], "prepend_bos": None, "dtype": None,
-                                "thresholds": 0.8, "weights": None}
+                                "thresholds": 0.8, "weights": None, "search_dtype": "auto"}
     assert est.set_params(window=6) is est and est.window == 6
     with pytest.raises(LensworksError, match="no hyper-parameter 'corpus'"):
         est.set_params(corpus="abc")
@@ -326,3 +327,39 @@ def test_results_follow_the_contract(approx, model, corpus):
     # positional construction (without the new trailing fields) keeps working
     old_style = TuneResult((0.9,), (1.0,), 0.5, (("start", 0.6),), (0,))
     assert old_style.processing == {} and old_style.headline().endswith(".")
+
+
+@pytest.mark.parametrize("lp", [torch.bfloat16, torch.float16])
+def test_low_precision_search_makes_the_exact_decisions(mlp_model, lp):
+    """bf16/fp16 similarities with an exact re-check near each threshold: the same matches and
+    Hellinger distances as the float32 search (the GPU default; forced here on the CPU)."""
+    text = ("the cat sat on the mat. the dog sat on the log. a cat and a dog. " * 30)
+    exact = NeighbourApproximation(window=3, search_dtype=None).fit(mlp_model, text, progress=False)
+    fast = NeighbourApproximation(window=3, search_dtype=lp).fit(mlp_model, text, progress=False)
+    prompts = [text[i : i + 12] for i in range(0, 600, 37)]
+    for th in (0.5, 0.8, 0.9, 0.97):
+        a = exact.evaluate(prompts, thresholds=th, progress=False)
+        b = fast.evaluate(prompts, thresholds=th, progress=False)
+        assert torch.equal(a.n_similar, b.n_similar)
+        assert (a.hellinger - b.hellinger).abs().max() <= 1e-4
+    # the re-check matters: low precision alone flips decisions near a threshold; checked, none flip
+    from lensworks.geometry._neighbour_index import SIM_MARGIN, _checked_sims
+
+    q = torch.nn.functional.normalize(torch.randn(256, 64, generator=torch.Generator().manual_seed(0)), dim=-1)
+    keys = torch.nn.functional.normalize(q + 0.5 * torch.randn(256, 64, generator=torch.Generator().manual_seed(1)), dim=-1)
+    sims = q @ keys.T
+    th = float(sims.flatten().median())
+    rough = (q.to(lp) @ keys.to(lp).T).float()
+    assert int(((rough > th) != (sims > th)).sum()) > 0
+    assert float((rough - sims).abs().max()) <= SIM_MARGIN[lp] / 2  # the margin is twice the worst rounding
+    checked = _checked_sims(q, q.to(lp), keys, torch.tensor([th]), lp)
+    assert torch.equal(checked > th, sims > th)
+
+
+def test_search_dtype_auto_is_exact_on_cpu():
+    from lensworks.geometry._neighbour_index import low_precision_for
+
+    assert low_precision_for("auto", torch.zeros(1, 2, 3)) is None
+    assert low_precision_for(torch.bfloat16, torch.zeros(1, 2, 3)) is torch.bfloat16
+    with pytest.raises(LensworksError, match="search_dtype"):
+        low_precision_for(torch.float64, torch.zeros(1))

@@ -16,7 +16,8 @@ from lensworks.geometry._common import progress_bar
 from lensworks.model import BOS_NAMES, HookedTransformer, LensworksError, check_encodable, model_vocab
 from lensworks.model._tokens import VOCAB_TOKENIZER_NAME
 
-__all__ = ["WindowIndex", "corpus_tokens", "window_counts", "pack_rows", "unique_rows", "DENSE_VOCAB_LIMIT"]
+__all__ = ["WindowIndex", "corpus_tokens", "window_counts", "pack_rows", "unique_rows", "DENSE_VOCAB_LIMIT",
+           "SIM_MARGIN", "low_precision_for"]
 
 #: Above this vocabulary size matched counts are scattered instead of multiplied densely.
 DENSE_VOCAB_LIMIT = 1024
@@ -194,6 +195,36 @@ def default_budget(device: torch.device) -> int:
 
 # --------------------------------------------------------------------------- the index
 
+#: How close to a threshold a low-precision cosine must be to be recomputed exactly.
+SIM_MARGIN: dict[torch.dtype, float] = {torch.bfloat16: 2.0**-6, torch.float16: 2.0**-9}
+
+
+def low_precision_for(setting: torch.dtype | str | None, outputs: Tensor) -> torch.dtype | None:
+    """Resolve ``search_dtype``: ``"auto"`` is bfloat16 for float32 outputs on a GPU, else exact.
+
+    Example:
+        >>> low_precision_for("auto", torch.zeros(1, 1, 4)) is None  # CPU: exact
+        True
+    """
+    if setting == "auto":
+        return torch.bfloat16 if outputs.is_cuda and outputs.dtype == torch.float32 else None
+    if setting is not None and setting not in SIM_MARGIN:
+        raise LensworksError(f"search_dtype must be 'auto', None, torch.bfloat16 or torch.float16, got {setting!r}")
+    return setting  # type: ignore[return-value]
+
+
+def _checked_sims(q: Tensor, q_lp: Tensor, keys: Tensor, thresholds: Tensor, lp: torch.dtype) -> Tensor:
+    """Cosines from low-precision copies, recomputed exactly wherever one is near a threshold."""
+    sims = (q_lp @ keys.to(lp).T).float()
+    margin = SIM_MARGIN[lp]
+    near = torch.zeros_like(sims, dtype=torch.bool)
+    for th in thresholds.tolist():
+        near |= (sims - th).abs() <= margin
+    pi, wi = near.nonzero(as_tuple=True)
+    if pi.numel():
+        sims[pi, wi] = (q[pi].float() * keys[wi].float()).sum(-1)
+    return sims
+
 
 @dataclass(frozen=True, eq=False)
 class WindowIndex:
@@ -271,7 +302,8 @@ class WindowIndex:
         return probs, matched
 
     def search(self, queries: Float[Tensor, "block n_prompts d_model"], thresholds: Float[Tensor, "block T"], *,
-               chunk_size: int | None = None, progress: bool | None = None) -> tuple[Tensor, Tensor]:
+               chunk_size: int | None = None, progress: bool | None = None,
+               low_precision: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         """Summed next-token counts ``[block, T, prompt, vocab]`` and match counts ``[block, T, prompt]``.
 
         ``thresholds`` is ``[block, T]``: several thresholds per block share one similarity pass.
@@ -279,6 +311,12 @@ class WindowIndex:
         matched counts are added as a matrix product ``mask @ [counts | 1]`` (the extra column
         counts the matches) when the vocabulary is small; for a large vocabulary only the matched
         windows' compressed count rows are scattered (cost proportional to the matches).
+
+        ``low_precision`` (``torch.bfloat16`` / ``torch.float16``): similarities are computed from
+        copies in that dtype (tensor cores on a GPU), and every one within :data:`SIM_MARGIN` of
+        a threshold is recomputed exactly from the stored outputs, so each decision is the one
+        the stored precision makes. Rounding unit vectors to bf16 moves a cosine by at most
+        about 2 * 2^-8; the margin is twice that.
         """
         device = self.outputs.device
         n_blocks, n_prompts, _ = queries.shape
@@ -292,6 +330,10 @@ class WindowIndex:
         counts = torch.zeros(n_blocks, n_t, n_prompts, V, dtype=torch.float32, device=device)
         n_sim = torch.zeros(n_blocks, n_t, n_prompts, dtype=torch.long, device=device)
         q = queries.to(device=device, dtype=self.outputs.dtype)
+        lp = low_precision if low_precision not in (None, self.outputs.dtype) else None
+        if lp is not None and lp not in SIM_MARGIN:
+            raise LensworksError(f"low_precision must be one of {list(SIM_MARGIN)}, got {lp}")
+        q_lp = q.to(lp) if lp is not None else None
         thr_cpu = thresholds.cpu()
         ptr = self.next_ptr.to(device)
         tok = self.next_token.to(device).long()
@@ -308,7 +350,10 @@ class WindowIndex:
                     keys = self.outputs[b, start:stop]
                     for p0 in range(0, n_prompts, p_chunk):
                         p1 = min(n_prompts, p0 + p_chunk)
-                        sims = q[b, p0:p1] @ keys.T  # [p, w]
+                        if lp is None:
+                            sims = q[b, p0:p1] @ keys.T  # [p, w]
+                        else:
+                            sims = _checked_sims(q[b, p0:p1], q_lp[b, p0:p1], keys, thr_cpu[b], lp)
                         for t in range(n_t):
                             if float(thr_cpu[b, t]) >= 1.0:
                                 continue  # a cosine never exceeds 1 (rounding may say 1 + 1e-7)

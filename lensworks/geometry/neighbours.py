@@ -19,20 +19,14 @@ from lensworks._deprecation import renamed_arguments
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, gather_at, has_hook, iter_batches, progress_bar
 from lensworks.geometry._estimator import Estimator, fit_method
-from lensworks.geometry._neighbour_index import WindowIndex, corpus_tokens, window_counts
+from lensworks.geometry._neighbour_index import WindowIndex, corpus_tokens, low_precision_for, window_counts
 from lensworks.geometry._neighbour_results import NeighbourEvaluation, NeighbourPrediction, SimilarWindows, TuneResult
 from lensworks.model import (HookedTransformer, LensworksError, bos_token_id, check_layer, hook_name,
                              processing_state, token_label, uses_bos)
 from lensworks.model._core import check_int
 
-__all__ = [
-    "NeighbourApproximation",
-    "NeighbourPrediction",
-    "NeighbourEvaluation",
-    "SimilarWindows",
-    "TuneResult",
-    "corpus_tokens",
-]
+__all__ = ["NeighbourApproximation", "NeighbourPrediction", "NeighbourEvaluation", "SimilarWindows", "TuneResult",
+           "corpus_tokens"]
 
 #: Hooks whose per-block outputs can index the corpus.
 INDEX_HOOKS = ("mlp_out", "attn_out", "resid_pre", "resid_mid", "resid_post")
@@ -77,6 +71,8 @@ class NeighbourApproximation(Estimator):
             windows and prompts are always run the same way.
         dtype: Storage dtype of the outputs (default float32; float16/bfloat16 halve memory on
             a GPU).
+        search_dtype: Similarities from bfloat16/float16 copies, every one near a threshold
+            recomputed exactly (``"auto"``: bfloat16 on a GPU, exact float32 on the CPU; None: exact).
         thresholds: Cosine threshold(s) :meth:`predict` uses when given none: one, or one per block.
         weights: Block weight(s) :meth:`predict` uses when given none (default all 1).
 
@@ -91,7 +87,7 @@ class NeighbourApproximation(Estimator):
 
     def __init__(self, window: int = 10, hook: str = "mlp_out", blocks: Sequence[int] | None = None,
                  prepend_bos: bool | None = None, dtype: torch.dtype | None = None, thresholds: Thresholds = 0.9,
-                 weights: Thresholds | None = None):
+                 weights: Thresholds | None = None, search_dtype: torch.dtype | str | None = "auto"):
         self.window = window
         self.hook = hook
         self.blocks = blocks
@@ -99,6 +95,7 @@ class NeighbourApproximation(Estimator):
         self.dtype = dtype
         self.thresholds = thresholds
         self.weights = weights
+        self.search_dtype = search_dtype
 
     @fit_method(legacy=_restore_old_attributes)
     def fit(self, model: HookedTransformer, corpus: Corpus, *, batch_size: int = 2048,
@@ -329,7 +326,8 @@ class NeighbourApproximation(Estimator):
         thr = self._thresholds(thresholds)
         w = self._weights(weights)
         q, model_probs, labels = self._prompt_outputs(data, batch_size)
-        counts, n_sim = self.index_.search(q, thr[:, None], chunk_size=chunk_size, progress=progress)
+        counts, n_sim = self.index_.search(q, thr[:, None], chunk_size=chunk_size, progress=progress,
+                                           low_precision=low_precision_for(self.search_dtype, self.index_.outputs))
         counts, n_sim = counts[:, 0], n_sim[:, 0]
         probs, matched = self.index_.combine(counts, w)
         probs, model_probs = probs.cpu(), model_probs.cpu()
@@ -421,7 +419,8 @@ class NeighbourApproximation(Estimator):
         rounds = check_int(rounds, "rounds", low=0)
         q, model_probs, _ = self._prompt_outputs(data, batch_size)
         n_b = len(self.blocks_)
-        counts, _ = self.index_.search(q, grid[None].expand(n_b, -1), chunk_size=chunk_size, progress=progress)
+        counts, _ = self.index_.search(q, grid[None].expand(n_b, -1), chunk_size=chunk_size, progress=progress,
+                                       low_precision=low_precision_for(self.search_dtype, self.index_.outputs))
         model_probs = model_probs.to(counts.device)
 
         def score(t_idx: list[int], w: list[float]) -> float:
