@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lensworks._dist import rank0_only
 from lensworks._results import Result, ResultMixin, require_finite
 from lensworks.model._core import check_int
 from lensworks.model import HookedTransformer, LensworksError, attention_weights, head_labels, processing_state
@@ -298,6 +299,7 @@ def _gaussian_baseline(d_model: int, d_head: int, n_samples: int, seed: int, dev
     return Baseline(mean=float(s.mean()), std=float(s.std()), n_samples=n_samples, seed=seed)
 
 
+@rank0_only
 def composition_scores(
     model: HookedTransformer,
     mode: Mode,

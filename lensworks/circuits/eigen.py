@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
 
+from lensworks._dist import rank0_only
 from lensworks.circuits.scores import HeadScores
 from lensworks.model import HookedTransformer, LensworksError, attention_weights, embedding, head_labels, processing_state, unembedding
 
@@ -106,6 +107,7 @@ def _small_ov(model: HookedTransformer, layer: int, G: Tensor) -> Tensor:
     return w["W_O"][0].double() @ G @ w["W_V"][0].double()
 
 
+@rank0_only
 def copying_scores(
     model: HookedTransformer,
     *,

@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lensworks._dist import Shard, all_reduce_sum, is_main
 from lensworks.circuits.scores import HeadScores
 from lensworks.model._compat import capture_hooks
 from lensworks.model import (
@@ -212,10 +213,18 @@ def behaviour_scores(
 
     if progress is None:
         progress = B * T * T * L * H > 5e8
+    shard = Shard("tokens")
     with torch.inference_mode():
-        for start in tqdm(range(0, B, batch_size), desc="head scores", disable=not progress, leave=False):
-            batch = tokens[start : start + batch_size]
-            model.run_with_hooks(batch, return_type=None, fwd_hooks=capture_hooks(list(names), hook))
+        for start in tqdm(range(0, B, batch_size), desc="head scores", disable=not progress or not is_main(), leave=False):
+            batch = shard.take(tokens[start : start + batch_size])  # under torch.distributed: this rank's rows
+            if batch.shape[0]:
+                model.run_with_hooks(batch, return_type=None, fwd_hooks=capture_hooks(list(names), hook))
+    shard.finish()
+    for k in kinds:  # sums over sequences: add the other ranks' shares
+        sums[k], bos_sums[k] = all_reduce_sum(sums[k]), all_reduce_sum(bos_sums[k])
+    if shard.size > 1:  # a layer counts as captured if any rank captured it
+        flags = all_reduce_sum(torch.tensor([float(l in seen) for l in range(L)]))
+        seen = {l for l in range(L) if float(flags[l]) > 0}
     missing = sorted(set(range(L)) - seen)
     if missing:
         raise LensworksError(f"attention patterns of layers {missing} were not captured (is the pattern hook bypassed?)")

@@ -14,6 +14,8 @@ import re
 import sys
 from typing import Sequence
 
+from lensworks._dist import main_process_only
+
 __all__ = ["main", "build_parser"]
 
 #: The subcommand modules, in the order ``--help`` lists them.
@@ -87,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             value = getattr(args, attr, None)
             if isinstance(value, str):
                 check_writable(value, what=f"{flag} file")
-        return int(args.func(args) or 0)
+        _init_distributed_from_env()
+        with main_process_only():  # under torchrun: every rank computes its share, rank 0 prints
+            return int(args.func(args) or 0)
     except BrokenPipeError:
         _silence_stdout()
         return 0
@@ -106,6 +110,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = "" if user_error else " (this looks like a bug in lensworks: rerun with --debug for the traceback)"
         print(f"lensworks {args.command}: error: {reason}{hint}", file=sys.stderr)
         return 2 if user_error else 1
+
+
+def _init_distributed_from_env() -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group (NCCL on GPUs, else gloo)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return
+    import datetime
+
+    import torch
+
+    dist = torch.distributed
+    if not dist.is_available() or dist.is_initialized():
+        return
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    timeout = datetime.timedelta(seconds=float(os.environ.get("LENSWORKS_DIST_TIMEOUT", "600")))
+    dist.init_process_group("nccl" if gpu else "gloo", timeout=timeout)
 
 
 def _one_line(exc: BaseException) -> str:

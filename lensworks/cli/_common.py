@@ -237,8 +237,11 @@ def write_outputs(args: argparse.Namespace, payload: dict[str, Any], figures: Se
     Example:
         >>> write_outputs(argparse.Namespace(json=None, html=None), {}, [], "t")
     """
+    from lensworks._dist import is_main
     from lensworks.model._io import write_atomic
 
+    if not is_main():  # under torchrun only rank 0 writes
+        return
     if getattr(args, "json", None):
         path = write_atomic(args.json, json.dumps(payload, indent=1))
         print(f"wrote {path}")

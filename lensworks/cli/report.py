@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lensworks._dist import is_main
 from lensworks.cli._common import add_model_argument, add_option, model_from_args
 
 __all__ = ["register", "run"]
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     model, name = model_from_args(args)
     from lensworks import zoo
 
-    if text is None and corpus is None and name not in zoo.names():
+    if text is None and corpus is None and name not in zoo.names() and is_main():
         print(f"lensworks report: note: no --text given; geometry and probes read the fallback text, "
               f"{report.FALLBACK_SOURCE}, which {name} may never have seen. Pass --text FILE for your own text; "
               "the page says which text each analysis read.", file=sys.stderr)
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         n_prompts=args.n_prompts, prompt_len=args.prompt_len, seed=args.seed, progress=not args.no_progress,
         skip_unknown=args.skip_unknown,
     )
+    if not is_main():  # under torchrun only rank 0 writes the page
+        return 0
     out = report.build(results, args.output, title=args.title or f"lensworks report: {name}", model=model, model_name=name)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser: file://{out.resolve()}")
     return 0

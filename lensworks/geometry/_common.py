@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._dist import is_main
 from lensworks.model._compat import capture_hooks, logits_from_block, require_finite_activation
 from lensworks.model import (
     ALL_STREAMS,
@@ -102,6 +103,8 @@ def progress_bar(iterable=None, *, total=None, desc: str = "", progress: bool | 
     from tqdm.auto import tqdm
 
     disable = None if progress is None else (not progress)
+    if not is_main():  # under torch.distributed only rank 0 shows progress
+        disable = True
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False)
 
 
@@ -135,6 +138,7 @@ def iter_batches(
     position: int = -1,
     prepend_bos: bool | None = None,
     what: str = "data",
+    shard: Any = None,
 ) -> Iterator[tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]]:
     """Yield ``(tokens, index)`` batches on the model's device; ``index`` is the position read per row.
 
@@ -143,7 +147,22 @@ def iter_batches(
     a ``[batch, pos]`` token tensor, or any iterable whose items are lists of strings or token
     tensors (shards generated on the fly; they are never stored together). ``prepend_bos``
     (default: the model's setting) applies to strings only. Raises when nothing comes at all.
+
+    ``shard`` (a :class:`lensworks._dist.Shard`): under torch.distributed, every rank reads all
+    the data but yields only its contiguous share of each batch (recorded in the shard, whose
+    checksum is compared across ranks when the data ends). Alone, it changes nothing.
     """
+    if shard is not None and shard.size > 1:
+        if is_activation_cache(data):
+            raise LensworksError(f"{what}: under torch.distributed pass tokens or text, not an activation cache "
+                                 "(a cache belongs to one process)")
+        for toks, idx in iter_batches(model, data, batch_size=batch_size, position=position,
+                                      prepend_bos=prepend_bos, what=what):
+            mine, mine_idx = shard.take(toks, idx)
+            if mine.shape[0]:
+                yield mine, mine_idx
+        shard.finish()
+        return
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LensworksError(f"batch_size must be a positive int, got {batch_size!r}")
     bos = uses_bos(model, prepend_bos) if model.tokenizer is not None else False

@@ -12,6 +12,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lensworks._deprecation import renamed_arguments
+from lensworks._dist import Shard, gather_each, is_distributed
 from lensworks._results import Result
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, kl_divergence, progress_bar
@@ -92,6 +93,14 @@ def _run_full(model: HookedTransformer, tokens: Tensor) -> tuple[Tensor, dict[st
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     acts = {k: require_finite_activation(v, k) for k, v in cache.items()}
     return require_finite_activation(logits, "the logits"), acts
+
+
+def _combine_checks(worst: float, ok: bool) -> tuple[float, bool]:
+    """The decomposition check over all ranks: the largest error, and whether every rank passed."""
+    if not is_distributed():
+        return worst, ok
+    parts = gather_each(torch.tensor([worst, float(not ok)], dtype=torch.float64))
+    return max(float(p[0]) for p in parts), not any(float(p[1]) for p in parts)
 
 
 def _ablate_with_hooks(model: HookedTransformer, tokens: Tensor, layer: int, kind: str) -> Tensor:
@@ -233,9 +242,10 @@ def block_ablation(
     out = {k: [] for k in ("attn_h", "mlp_h", "attn_kl", "mlp_kl", "attn_top", "mlp_top")}
     worst = 0.0
     ok_all = True
+    shard = Shard("data")
     for toks, idx in progress_bar(
         iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
-                     what="data"),
+                     what="data", shard=shard),
         desc="block_ablation", progress=progress,
     ):
         rows = torch.arange(toks.shape[0], device=toks.device)
@@ -265,6 +275,7 @@ def block_ablation(
                     res[f"{which}_top"].append((clean.argmax(-1) == abl.argmax(-1)).float())
         for k in out:
             out[k].append(torch.stack(res[k]).cpu())
+    worst, ok_all = _combine_checks(worst, ok_all)
     if not ok_all:
         warnings.warn(
             f"block_ablation: embed + pos_embed + sum(attn_out) + sum(mlp_out) does not reproduce the final "
@@ -272,7 +283,7 @@ def block_ablation(
             "so the ablations may not mean what they say",
             stacklevel=2,
         )
-    cat = {k: torch.cat(v, dim=1) for k, v in out.items()}
+    cat = {k: shard.gather(torch.cat(v, dim=1) if v else torch.zeros(n_layers, 0), dim=1) for k, v in out.items()}
     return AblationTable(
         drop_attn_hellinger=cat["attn_h"], drop_mlp_hellinger=cat["mlp_h"], drop_attn_kl=cat["attn_kl"],
         drop_mlp_kl=cat["mlp_kl"], drop_attn_top1=cat["attn_top"], drop_mlp_top1=cat["mlp_top"],
@@ -388,9 +399,10 @@ def block_decomposition(
     names.append(hook_name("resid_post", n_layers - 1))
     acc = {k: [] for k in ("an", "mn", "aci", "mci", "amc", "mcm", "fpc", "en", "foc", "fnr")}
     labels: list[str] = []
+    shard = Shard("data")
     for toks, idx in progress_bar(
         iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
-                     what="data"),
+                     what="data", shard=shard),
         desc="block_decomposition", progress=progress,
     ):
         acts, _ = gather_at(model, toks, idx, names)
@@ -415,7 +427,9 @@ def block_decomposition(
         ffn_sum = embed + mlp.sum(0)
         acc["foc"].append(cosine(final, ffn_sum))
         acc["fnr"].append(ffn_sum.norm(dim=-1) / final.norm(dim=-1).clamp_min(1e-30))
-    cat = {k: torch.cat(v, dim=-1).float().cpu() for k, v in acc.items()}
+    empty = {k: torch.zeros(0) if k in ("en", "foc", "fnr") else torch.zeros(n_layers, 0) for k in acc}
+    cat = {k: shard.gather(torch.cat(v, dim=-1).float().cpu() if v else empty[k], dim=-1) for k, v in acc.items()}
+    labels = shard.gather_objects(labels)
     return BlockDecomposition(
         attn_norm=cat["an"], mlp_norm=cat["mn"], attn_cos_input=cat["aci"], mlp_cos_input=cat["mci"],
         attn_mlp_cos=cat["amc"], mlp_cos_mid=cat["mcm"], ffn_path_cos=cat["fpc"],

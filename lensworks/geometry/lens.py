@@ -11,6 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensworks._deprecation import renamed_arguments
+from lensworks._dist import Shard, gather_each
 from lensworks._results import Result
 from lensworks.geometry._common import (CachedBatch, Data, gather_at, iter_batches, kl_divergence, progress_bar, softcap,
                                          std_or_zero)
@@ -150,9 +151,10 @@ def logit_lens(
     parts = {k_: [] for k_ in ("kl", "tt", "tp", "ftp")}
     prompt_labels: list[str] = []
     worst = 0.0
+    shard = Shard("data")
     for toks, idx in progress_bar(
         iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
-                     what="data"),
+                     what="data", shard=shard),
         desc="logit_lens", progress=progress,
     ):
         acts, model_logits = gather_at(model, toks, idx, names, logits=True)
@@ -169,7 +171,11 @@ def logit_lens(
         for row in range(toks.shape[0]):
             prompt_labels.append(toks.label(row) if isinstance(toks, CachedBatch)
                                  else token_label(model, toks[row, : int(idx[row]) + 1].tolist()))
-    cat = {k_: torch.cat(v, dim=1) for k_, v in parts.items()}
+    empty = {"kl": torch.zeros(len(names), 0), "tt": torch.zeros(len(names), 0, k, dtype=torch.long),
+             "tp": torch.zeros(len(names), 0, k), "ftp": torch.zeros(len(names), 0)}
+    cat = {k_: shard.gather(torch.cat(v, dim=1) if v else empty[k_], dim=1) for k_, v in parts.items()}
+    prompt_labels = shard.gather_objects(prompt_labels)
+    worst = max(float(w) for w in gather_each(torch.tensor(worst, dtype=torch.float64)))
     top1 = cat["tt"][..., 0]
     labels = tuple(tuple(token_label(model, [int(t)]) for t in row) for row in top1.tolist())
     return LogitLens(

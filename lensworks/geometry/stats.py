@@ -11,6 +11,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lensworks._deprecation import renamed_arguments
+from lensworks._dist import Shard, gather_each, is_distributed
 from lensworks._results import Result
 from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, progress_bar
 from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state
@@ -33,18 +34,35 @@ class _Moments:
     def update(self, x: Tensor) -> None:
         """Add a batch ``[batch, *shape]``."""
         x = x.double()
-        nb = x.shape[0]
-        if nb == 0:
+        if x.shape[0] == 0:
             return
         mb = x.mean(0)
-        m2b = (x - mb).pow(2).sum(0)
+        self.merge(x.shape[0], mb, (x - mb).pow(2).sum(0), x.norm(dim=-1).sum(0))
+
+    def merge(self, nb: int, mb: Tensor, m2b: Tensor, norm_sum_b: Tensor) -> None:
+        """Add another set of moments (``nb`` samples with mean ``mb`` and squared deviations ``m2b``)."""
+        if nb == 0:
+            return
         n = self.n
         total = n + nb
         delta = mb - self.mean
         self.mean += delta * (nb / total)
         self.m2 += m2b + delta.pow(2) * (n * nb / total)
-        self.norm_sum += x.norm(dim=-1).sum(0)
+        self.norm_sum += norm_sum_b
         self.n = total
+
+    def merge_ranks(self) -> None:
+        """Under torch.distributed: combine every rank's moments, in rank order (no-op alone)."""
+        if not is_distributed():
+            return
+        parts = zip(gather_each(torch.tensor(float(self.n), dtype=torch.float64, device=self.mean.device)),
+                    gather_each(self.mean), gather_each(self.m2), gather_each(self.norm_sum))
+        self.n = 0
+        self.mean.zero_()
+        self.m2.zero_()
+        self.norm_sum.zero_()
+        for n, mean, m2, norm_sum in parts:
+            self.merge(int(n), mean, m2, norm_sum)
 
 
 @dataclass(frozen=True)
@@ -244,12 +262,13 @@ def residual_stats(
         acc = _Moments((len(streams), n_layers, d_model), model.cfg.device)
         for toks, idx in progress_bar(
             iter_batches(model, one, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
-                         what=f"data set {name!r}"),
+                         what=f"data set {name!r}", shard=Shard(f"data set {name!r}")),
             desc=f"residual_stats {name}", progress=progress,
         ):
             acts, _ = gather_at(model, toks, idx, names)
             x = torch.stack([acts[n] for n in names], dim=1).view(toks.shape[0], len(streams), n_layers, d_model)
             acc.update(x)
+        acc.merge_ranks()
         if acc.n < 2:
             raise LensworksError(f"data set {name!r}: got {acc.n} sample; the unbiased variance needs at least 2")
         count[name] = acc.n

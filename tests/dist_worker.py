@@ -1,0 +1,100 @@
+"""One rank of the 2-process gloo runs in tests/test_distributed.py (run as a script).
+
+Usage: python tests/dist_worker.py RANK WORLD INIT_FILE OUT_FILE [ANALYSES] [MODE]
+MODE "same" (default) gives every rank the same data; "differ" gives rank 1 other data.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def analyses(model, toks, texts):
+    """Name -> callable returning a dict of tensors; run identically alone and under torchrun."""
+    from lensworks import circuits, geometry
+
+    return {
+        "residual_stats": lambda: _stats(geometry.residual_stats(model, {"a": toks[:5], "b": texts}, position=-1)),
+        "update_alignment": lambda: {"cosine": geometry.update_alignment(model, toks).cosine},
+        "block_ablation": lambda: {k: getattr(geometry.block_ablation(model, toks, batch_size=3), k)
+                                   for k in ("drop_attn_hellinger", "drop_mlp_kl", "drop_mlp_top1")},
+        "logit_lens": lambda: _lens(geometry.logit_lens(model, texts, batch_size=2)),
+        "head_scores": lambda: {k: circuits.head_scores(model, k, seq_len=6, n_seqs=7, batch_size=3).scores
+                                for k in ("previous_token", "duplicate_token", "induction")},
+        "copying": lambda: {"scores": circuits.copying_scores(model).scores},
+        "composition": lambda: {"scores": circuits.composition_scores(model, "K", progress=False).scores},
+    }
+
+
+def count_work(model):
+    """Count the rows the model's forward passes read and the weight reads of the weight-only scores."""
+    import lensworks.circuits.composition as comp
+    import lensworks.circuits.eigen as eigen
+
+    work = {"rows": 0, "weight_reads": 0}
+
+    def embed_hook(act, hook):
+        work["rows"] += act.shape[0]
+
+    model.add_hook("hook_embed", embed_hook)
+    for mod, name in ((comp, "attention_weights"), (eigen, "_gram_ue")):
+        real = getattr(mod, name)
+
+        def counted(*args, _real=real, **kwargs):
+            work["weight_reads"] += 1
+            return _real(*args, **kwargs)
+
+        setattr(mod, name, counted)
+    return work
+
+
+def _stats(s):
+    return {f"{k}_{n}": getattr(s, k)[n] for k in ("mean", "var", "norm_mean") for n in s.datasets} | {
+        "count": torch.tensor([s.count[n] for n in s.datasets])}
+
+
+def _lens(lens):
+    return {"kl": lens.kl, "top_tokens": lens.top_tokens.float(), "labels": list(lens.prompt_labels)}
+
+
+def model_and_data(mode: str = "same", rank: int = 0):
+    from helpers import CHAR_VOCAB, tiny_model
+
+    model = tiny_model(seed=2, n_layers=3, attn_only=False, d_mlp=64, vocab=CHAR_VOCAB)
+    seed = 5 if mode == "differ" and rank == 1 else 4
+    toks = torch.randint(1, model.cfg.d_vocab, (11, 9), generator=torch.Generator().manual_seed(seed))
+    texts = ["the cat sat", "on the mat", "a dog", "ran far away", "and back again.", "fin"]
+    return model, toks, texts
+
+
+def main() -> None:
+    rank, world, init_file, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    wanted = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else None
+    mode = sys.argv[6] if len(sys.argv) > 6 else "same"
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                                         timeout=timedelta(seconds=60))
+    model, toks, texts = model_and_data(mode, rank)
+    work = count_work(model)
+    results, errors, done = {}, {}, {}
+    for name, fn in analyses(model, toks, texts).items():
+        if wanted and name not in wanted:
+            continue
+        before = dict(work)
+        try:
+            results[name] = fn()
+        except Exception as exc:  # recorded for the test to read
+            errors[name] = f"{type(exc).__name__}: {exc}"
+        done[name] = {k: work[k] - before[k] for k in work}
+    torch.save({"results": results, "errors": errors, "work": done}, out)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
