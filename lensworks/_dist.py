@@ -25,7 +25,7 @@ from torch import Tensor
 
 from lensworks.model import LensworksError
 
-__all__ = ["world", "is_distributed", "is_main", "Shard", "all_reduce_sum", "gather_each", "on_rank0", "rank0_only",
+__all__ = ["world", "is_distributed", "is_main", "Shard", "all_reduce_sum", "gather_each", "gather_each_ragged", "on_rank0", "rank0_only",
            "main_process_only"]
 
 T = TypeVar("T")
@@ -90,6 +90,16 @@ def _all_gather(t: Tensor) -> list[Tensor]:
     parts = [torch.zeros_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded)
     return [p[: int(s)].to(t.device) for p, s in zip(parts, sizes)]
+
+
+def gather_each_ragged(t: Tensor) -> list[Tensor]:
+    """Every rank's ``t`` whose first dimension may differ, in rank order; ``[t]`` when alone.
+
+    Example:
+        >>> [x.tolist() for x in gather_each_ragged(torch.tensor([1, 2]))]
+        [[1, 2]]
+    """
+    return _all_gather(t) if is_distributed() else [t]
 
 
 def gather_each(t: Tensor) -> list[Tensor]:

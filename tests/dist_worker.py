@@ -27,6 +27,7 @@ def analyses(model, toks, texts):
         "logit_lens": lambda: _lens(geometry.logit_lens(model, texts, batch_size=2)),
         "head_scores": lambda: {k: circuits.head_scores(model, k, seq_len=6, n_seqs=7, batch_size=3).scores
                                 for k in ("previous_token", "duplicate_token", "induction")},
+        "neighbours": lambda: _neighbours(model, texts),
         "copying": lambda: {"scores": circuits.copying_scores(model).scores},
         "composition": lambda: {"scores": circuits.composition_scores(model, "K", progress=False).scores},
     }
@@ -52,6 +53,19 @@ def count_work(model):
 
         setattr(mod, name, counted)
     return work
+
+
+def _neighbours(model, texts):
+    from lensworks.geometry import NeighbourApproximation
+
+    corpus = "the cat sat on the mat. the dog sat on the log. a cat and a dog ran far away. " * 12
+    approx = NeighbourApproximation(window=3, thresholds=0.8).fit(model, corpus, batch_size=64, progress=False)
+    prompts = [corpus[i : i + 9] for i in range(0, 300, 23)]
+    ev = approx.evaluate(prompts, progress=False)
+    tuned = approx.tune(prompts, threshold_grid=(0.6, 0.9), weight_grid=(0.5, 1.0), rounds=1, progress=False)
+    sim = approx.similar(prompts[0])
+    return {"hellinger": ev.hellinger, "n_similar": ev.n_similar.float(), "tuned": torch.tensor(tuned.thresholds),
+            "tuned_h": torch.tensor([tuned.mean_hellinger]), "similar": sim.indices.float(), "similar_cos": sim.cosines}
 
 
 def _stats(s):

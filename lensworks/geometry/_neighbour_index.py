@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._dist import all_reduce_sum, gather_each_ragged, is_distributed
 from lensworks.geometry._common import progress_bar
 from lensworks.model import BOS_NAMES, HookedTransformer, LensworksError, check_encodable, model_vocab
 from lensworks.model._tokens import VOCAB_TOKENIZER_NAME
@@ -195,6 +196,45 @@ def default_budget(device: torch.device) -> int:
 
 # --------------------------------------------------------------------------- the index
 
+
+def embed_windows(model: HookedTransformer, windows: Int[Tensor, "n_windows window"], names: Sequence[str], *,
+                  bos: bool, dtype: torch.dtype, batch_size: int, progress: bool | None) -> tuple[Tensor, int]:
+    """Unit-normalised block outputs ``[block, n, d_model]`` at the last token of each window.
+
+    Under torch.distributed each rank runs only its contiguous range of the windows and keeps
+    those outputs (returned with the range's first index); the search adds the ranks' counts.
+
+    Example:
+        >>> outputs, offset = embed_windows(model, windows, ["blocks.0.hook_mlp_out"], bos=True,
+        ...                                 dtype=torch.float32, batch_size=512, progress=False)  # doctest: +SKIP
+    """
+    import torch.nn.functional as F
+
+    from lensworks._dist import world
+    from lensworks.geometry._common import gather_at
+    from lensworks.model import bos_token_id
+
+    rank, size = world()
+    n_windows = windows.shape[0]
+    lo, hi = n_windows * rank // size, n_windows * (rank + 1) // size
+    device = torch.device(model.cfg.device)
+    outputs = torch.empty(len(names), hi - lo, model.cfg.d_model, dtype=dtype, device=device)
+    blocks = [int(n.split(".")[1]) for n in names]
+    stop = max(blocks) + 1
+    stop = None if stop >= model.cfg.n_layers else stop
+    bos_col = torch.full((1, 1), bos_token_id(model), dtype=torch.long) if bos else None
+    last = torch.full((1,), windows.shape[1] - 1 + int(bos), dtype=torch.long, device=device)
+    for start in progress_bar(range(lo, hi, batch_size), total=math.ceil((hi - lo) / batch_size),
+                              desc="NeighbourApproximation.fit", progress=progress):
+        chunk = windows[start : min(hi, start + batch_size)].long()
+        if bos_col is not None:
+            chunk = torch.cat([bos_col.expand(chunk.shape[0], 1), chunk], dim=1)
+        chunk = chunk.to(device)
+        acts, _ = gather_at(model, chunk, last.expand(chunk.shape[0]), names, stop_at_layer=stop)
+        for i, n in enumerate(names):
+            outputs[i, start - lo : start - lo + chunk.shape[0]] = F.normalize(acts[n].float(), dim=-1).to(dtype)
+    return outputs, lo
+
 #: How close to a threshold a low-precision cosine must be to be recomputed exactly.
 SIM_MARGIN: dict[torch.dtype, float] = {torch.bfloat16: 2.0**-6, torch.float16: 2.0**-9}
 
@@ -241,6 +281,9 @@ class WindowIndex:
     next_count: Int[Tensor, " n_pairs"]
     outputs: Float[Tensor, "block n_windows d_model"]
     unigram: Float[Tensor, " d_vocab"]
+    #: Index of the first window whose outputs this process holds (under torch.distributed each
+    #: rank holds a contiguous range; alone, all of them from 0).
+    offset: int = 0
 
     @property
     def n_windows(self) -> int:
@@ -279,15 +322,18 @@ class WindowIndex:
                 chunk_size: int | None = None) -> tuple[Int[Tensor, " n"], Float[Tensor, " n"]]:
         """Windows whose output in block row ``block`` has cosine > ``threshold`` with ``query``, best first."""
         qv = query.to(device=self.outputs.device, dtype=self.outputs.dtype)
-        idx, cos = [], []
+        idx, cos = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0)]
         step = chunk_size or (1 << 20)
         with torch.inference_mode():
-            for start in range(0, self.n_windows, step):
+            for start in range(0, self.outputs.shape[1], step):
                 s = self.outputs[block, start : start + step] @ qv
                 hit = (s > threshold).nonzero()[:, 0] if float(threshold) < 1.0 else torch.zeros(0, dtype=torch.long, device=s.device)
-                idx.append(hit.cpu() + start)
+                idx.append(hit.cpu() + start + self.offset)
                 cos.append(s[hit].float().cpu())
         idx_t, cos_t = torch.cat(idx), torch.cat(cos)
+        if is_distributed():  # every rank searched its own windows
+            idx_t = torch.cat([p.long() for p in gather_each_ragged(idx_t)])
+            cos_t = torch.cat(gather_each_ragged(cos_t))
         order = cos_t.argsort(descending=True)
         return idx_t[order], cos_t[order]
 
@@ -326,7 +372,8 @@ class WindowIndex:
         p_chunk = max(1, min(n_prompts, 4096))
         if chunk_size is None:
             chunk_size = max(256, budget // (4 * p_chunk * 2))
-        chunk_size = int(min(chunk_size, max(1, self.n_windows)))
+        n_local = self.outputs.shape[1]
+        chunk_size = int(min(chunk_size, max(1, n_local)))
         counts = torch.zeros(n_blocks, n_t, n_prompts, V, dtype=torch.float32, device=device)
         n_sim = torch.zeros(n_blocks, n_t, n_prompts, dtype=torch.long, device=device)
         q = queries.to(device=device, dtype=self.outputs.dtype)
@@ -341,10 +388,9 @@ class WindowIndex:
         use_dense = V <= DENSE_VOCAB_LIMIT
         flat = torch.empty(p_chunk * chunk_size if use_dense else 0, dtype=torch.float32, device=device)
         with torch.inference_mode():
-            for start in progress_bar(range(0, self.n_windows, chunk_size),
-                                      total=math.ceil(self.n_windows / chunk_size),
+            for start in progress_bar(range(0, n_local, chunk_size), total=math.ceil(n_local / chunk_size),
                                       desc="NeighbourApproximation search", progress=progress):
-                stop = min(self.n_windows, start + chunk_size)
+                stop = min(n_local, start + chunk_size)
                 dense_c = None
                 for b in range(n_blocks):
                     keys = self.outputs[b, start:stop]
@@ -361,7 +407,8 @@ class WindowIndex:
                             target = counts[b, t, p0:p1]
                             if use_dense:
                                 if dense_c is None:
-                                    dense_c = self.dense_counts(start, stop, device, with_ones=True)
+                                    dense_c = self.dense_counts(start + self.offset, stop + self.offset, device,
+                                                                with_ones=True)
                                 mask = flat[: sims.numel()].view(sims.shape)
                                 torch.gt(sims, th, out=mask)  # 1.0 / 0.0 in one pass
                                 both = mask @ dense_c  # [p, V + 1]: counts, then the number of matches
@@ -373,10 +420,10 @@ class WindowIndex:
                             if pi.numel() == 0:
                                 continue
                             n_sim[b, t, p0:p1] += torch.bincount(pi, minlength=p1 - p0)
-                            g = wi + start
+                            g = wi + start + self.offset
                             first, lens = ptr[g], ptr[g + 1] - ptr[g]
                             rows = torch.repeat_interleave(pi, lens)
                             base = torch.repeat_interleave(first - (torch.cumsum(lens, 0) - lens), lens)
                             entry = base + torch.arange(rows.numel(), device=device)
                             target.view(-1).index_add_(0, rows * V + tok[entry], cnt[entry])
-        return counts, n_sim
+        return all_reduce_sum(counts), all_reduce_sum(n_sim)  # under torch.distributed: every rank's windows

@@ -16,10 +16,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensworks._deprecation import renamed_arguments
+from lensworks._dist import Shard
 from lensworks.geometry import _common
-from lensworks.geometry._common import Data, gather_at, has_hook, iter_batches, progress_bar
+from lensworks.geometry._common import Data, gather_at, has_hook, iter_batches
 from lensworks.geometry._estimator import Estimator, fit_method
-from lensworks.geometry._neighbour_index import WindowIndex, corpus_tokens, low_precision_for, window_counts
+from lensworks.geometry._neighbour_index import (WindowIndex, corpus_tokens, embed_windows, low_precision_for,
+                                                 window_counts)
 from lensworks.geometry._neighbour_results import NeighbourEvaluation, NeighbourPrediction, SimilarWindows, TuneResult
 from lensworks.model import (HookedTransformer, LensworksError, bos_token_id, check_layer, hook_name,
                              processing_state, token_label, uses_bos)
@@ -147,28 +149,10 @@ class NeighbourApproximation(Estimator):
                 "a window must be followed by at least one token)"
             )
         windows, ptr, next_token, next_count, unigram = window_counts(toks, window, model.cfg.d_vocab)
-        n_windows = windows.shape[0]
-        device = torch.device(model.cfg.device)
-        store_dtype = self.dtype or torch.float32
-        outputs = torch.empty(len(blocks), n_windows, model.cfg.d_model, dtype=store_dtype, device=device)
-        names = [hook_name(hook, b) for b in blocks]
-        stop = max(blocks) + 1
-        stop = None if stop >= model.cfg.n_layers else stop
-        bos_col = None
-        if bos:
-            bos_col = torch.full((1, 1), bos_token_id(model), dtype=torch.long)
-        last = torch.full((1,), window - 1 + int(bos), dtype=torch.long, device=device)
-        for start in progress_bar(range(0, n_windows, batch_size), total=math.ceil(n_windows / batch_size),
-                                  desc="NeighbourApproximation.fit", progress=progress):
-            chunk = windows[start : start + batch_size].long()
-            if bos_col is not None:
-                chunk = torch.cat([bos_col.expand(chunk.shape[0], 1), chunk], dim=1)
-            chunk = chunk.to(device)
-            acts, _ = gather_at(model, chunk, last.expand(chunk.shape[0]), names, stop_at_layer=stop)
-            for i, n in enumerate(names):
-                outputs[i, start : start + chunk.shape[0]] = F.normalize(acts[n].float(), dim=-1).to(store_dtype)
+        outputs, offset = embed_windows(model, windows, [hook_name(hook, b) for b in blocks], bos=bos,
+                                        dtype=self.dtype or torch.float32, batch_size=batch_size, progress=progress)
         index = WindowIndex(windows=windows, next_ptr=ptr, next_token=next_token, next_count=next_count,
-                            outputs=outputs, unigram=unigram)
+                            outputs=outputs, unigram=unigram, offset=offset)
         return self._set_index(model, index, blocks=blocks, prepend_bos=bos, n_corpus_tokens=int(toks.numel()))
 
     def _set_index(self, model: HookedTransformer, index: WindowIndex, *, blocks: tuple[int, ...], prepend_bos: bool,
@@ -211,15 +195,19 @@ class NeighbourApproximation(Estimator):
             bos = torch.full((toks.shape[0], 1), bos_token_id(model), dtype=torch.long,
                              device=toks.device)
             prompts = torch.cat([bos, toks.long()], dim=1)
+        shard = Shard("data")  # under torch.distributed each rank runs its share of the prompts
         for toks, idx in iter_batches(model, prompts, batch_size=batch_size, position=-1,
-                                      prepend_bos=self.prepend_bos_, what="data"):
+                                      prepend_bos=self.prepend_bos_, what="data", shard=shard):
             acts, logits = gather_at(model, toks, idx, names, logits=True)
             outs.append(torch.stack([F.normalize(acts[n].float(), dim=-1) for n in names]))
             probs.append(logits.softmax(-1))
             for row in range(toks.shape[0]):
                 ids = toks[row, int(self.prepend_bos_) : int(idx[row]) + 1].tolist()
                 labels.append(token_label(model, ids))
-        return torch.cat(outs, dim=1), torch.cat(probs, dim=0), tuple(labels)
+        d, v = model.cfg.d_model, model.cfg.d_vocab_out
+        out = torch.cat(outs, dim=1) if outs else torch.zeros(len(names), 0, d, device=model.cfg.device)
+        prob = torch.cat(probs, dim=0) if probs else torch.zeros(0, v, device=model.cfg.device)
+        return shard.gather(out, dim=1), shard.gather(prob), tuple(shard.gather_objects(labels))
 
     def _thresholds(self, thresholds: Thresholds | None, name: str = "thresholds") -> Tensor:
         values = self.thresholds if thresholds is None else thresholds
