@@ -104,3 +104,13 @@ def test_cli_under_torchrun_prints_and_writes_once(tmp_path):
     assert a.keys() == b.keys() and a["induction_heads"] == b["induction_heads"]
     for kind in ("previous_token", "duplicate_token", "induction", "copying"):
         torch.testing.assert_close(torch.tensor(a["head_scores"][kind]["scores"]), torch.tensor(b["head_scores"][kind]["scores"]))
+
+
+def test_a_failing_rank_does_not_leave_the_other_hanging(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    outs = run_ranks(tmp_path, names=("residual_stats",), mode="fail1")
+    assert "integer token ids" in outs[1]["errors"]["residual_stats"]
+    assert "residual_stats" in outs[0]["errors"]  # the collective timed out with an error, no hang
+    assert time.perf_counter() - start < 120
