@@ -28,6 +28,7 @@ def analyses(model, toks, texts):
         "head_scores": lambda: {k: circuits.head_scores(model, k, seq_len=6, n_seqs=7, batch_size=3).scores
                                 for k in ("previous_token", "duplicate_token", "induction")},
         "neighbours": lambda: _neighbours(model, texts),
+        "effective_dimensionality": lambda: {"pr": geometry.effective_dimensionality(model, toks, batch_size=3).participation_ratio},
         "copying": lambda: {"scores": circuits.copying_scores(model).scores},
         "composition": lambda: {"scores": circuits.composition_scores(model, "K", progress=False).scores},
     }

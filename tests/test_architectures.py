@@ -171,6 +171,22 @@ def test_block_ablation_equals_run_with_hooks(arch):
     assert table.figure().data and len(table.to_frame()) == model.cfg.n_layers
 
 
+def test_effective_dimensionality_equals_dense_covariance(arch):
+    from lensworks.geometry import effective_dimensionality
+
+    model = arch_model(arch)
+    toks = _tokens(model, n=10)
+    ed = effective_dimensionality(model, toks, streams=("resid_pre", "resid_post"), batch_size=4)
+    _, cache = model.run_with_cache(toks)
+    for si, s in enumerate(("resid_pre", "resid_post")):
+        for layer in range(model.cfg.n_layers):
+            x = cache[f"blocks.{layer}.hook_{s}"][:, -1].double()
+            lam = torch.linalg.eigvalsh(torch.cov(x.T)).flip(0).clamp_min(0)
+            pr = float(lam.sum() ** 2 / (lam ** 2).sum())
+            assert float(ed.participation_ratio[si, layer]) == pytest.approx(pr, rel=float_tol(model, 1e-4))
+    assert ed.figure().data and len(ed.to_frame()) == 2 * model.cfg.n_layers
+
+
 def test_cached_activations_give_the_same_numbers(arch):
     """An ActivationCache the user already has stands in for the tokens: no second forward pass."""
     model = arch_model(arch)

@@ -335,3 +335,43 @@ def test_cached_activations_errors_and_plain_dicts(mlp_model):
     nan["blocks.1.hook_resid_post"][0, -1, 0] = float("nan")
     with pytest.raises(LensworksError, match=r"blocks\.1\.hook_resid_post holds 1 NaN"):
         logit_lens(mlp_model, nan)
+
+
+def test_effective_dimensionality_planted_three_directions():
+    """Embeddings +-e0, +-e1, +-e2 with every token last equally often: covariance diag(1/3,1/3,1/3) x 6/5,
+    so the participation ratio is exactly 3 and three components hold all the variance."""
+    from helpers import tiny_model
+    from lensworks.geometry import effective_dimensionality
+
+    model = tiny_model(seed=0, n_layers=1, d_vocab=6)
+    with torch.no_grad():
+        model.W_E.zero_()
+        model.W_pos.zero_()
+        for t in range(6):
+            model.W_E[t, t // 2] = 1.0 if t % 2 == 0 else -1.0
+    toks = torch.stack([torch.tensor([(i + 1) % 6, i % 6]) for i in range(60)])
+    ed = effective_dimensionality(model, toks, streams=("resid_pre",))
+    assert float(ed.participation_ratio[0, 0]) == pytest.approx(3.0, rel=1e-6)
+    assert int(ed.n_components_90[0, 0]) == 3
+    torch.testing.assert_close(ed.eigenvalues[0, 0, :3], torch.full((3,), 60 / 3 / 59), rtol=1e-5, atol=1e-7)
+    assert float(ed.eigenvalues[0, 0, 3:].abs().max()) < 1e-6
+
+
+def test_effective_dimensionality_equals_dense_covariance(mlp_model):
+    from lensworks.geometry import effective_dimensionality
+
+    toks = torch.randint(1, mlp_model.cfg.d_vocab, (40, 12), generator=torch.Generator().manual_seed(3))
+    ed = effective_dimensionality(mlp_model, toks, streams=("resid_pre", "resid_mid"), batch_size=7)
+    _, cache = mlp_model.run_with_cache(toks)
+    for si, s in enumerate(("resid_pre", "resid_mid")):
+        for layer in range(mlp_model.cfg.n_layers):
+            x = cache[f"blocks.{layer}.hook_{s}"][:, -1].double()
+            lam = torch.linalg.eigvalsh(torch.cov(x.T)).flip(0).clamp_min(0)
+            torch.testing.assert_close(ed.eigenvalues[si, layer].double(), lam, rtol=1e-4, atol=1e-6)
+            pr = lam.sum() ** 2 / (lam ** 2).sum()
+            assert float(ed.participation_ratio[si, layer]) == pytest.approx(float(pr), rel=1e-5)
+            k = int((lam.cumsum(0) / lam.sum() < 0.9).sum()) + 1
+            assert int(ed.n_components_90[si, layer]) == k
+    assert len(ed.to_frame()) == 2 * mlp_model.cfg.n_layers and ed.figure().data
+    with pytest.raises(LensworksError, match="at least 2"):
+        effective_dimensionality(mlp_model, toks[:1])

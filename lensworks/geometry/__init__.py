@@ -1,5 +1,6 @@
 """Geometry: how the residual stream moves from layer to layer."""
 
+from lensworks.geometry.dimension import EffectiveDimensionality, effective_dimensionality
 from lensworks.geometry.ablation import AblationTable, BlockDecomposition, block_ablation, block_decomposition, hellinger
 from lensworks.geometry.lens import LogitLens, logit_lens
 from lensworks.geometry.neighbours import (
@@ -14,6 +15,8 @@ from lensworks.geometry.stats import ResidualStats, UpdateAlignment, residual_st
 
 __all__ = [
     "residual_stats",
+    "effective_dimensionality",
+    "EffectiveDimensionality",
     "update_alignment",
     "block_ablation",
     "block_decomposition",
