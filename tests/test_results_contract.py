@@ -78,6 +78,7 @@ def _instances(model, text):
     yield geometry.block_ablation(model, w, progress=False)
     yield geometry.block_decomposition(model, w, progress=False)
     yield geometry.logit_lens(model, w, progress=False)
+    yield geometry.effective_dimensionality(model, w, progress=False)
     yield subs
     yield geometry.alignment(subs, subs.basis[:, 0])
     yield pred
