@@ -171,6 +171,23 @@ def test_block_ablation_equals_run_with_hooks(arch):
     assert table.figure().data and len(table.to_frame()) == model.cfg.n_layers
 
 
+def test_skip_trigrams_equal_the_dense_circuits(arch):
+    from lensworks.circuits import skip_trigrams
+    from lensworks.model import attention_weights, embedding, unembedding
+
+    model = arch_model(arch)
+    layer, head = model.cfg.n_layers - 1, model.cfg.n_heads - 1
+    tri = skip_trigrams(model, layer, head, k=8, source_chunk=37)
+    w = attention_weights(model, [layer])
+    E, U = embedding(model).double(), unembedding(model).double()
+    ov = E @ w["W_V"][0, head].double() @ w["W_O"][0, head].double() @ U  # dense d_vocab x d_vocab, tiny here
+    vals, _ = ov.flatten().topk(8)
+    torch.testing.assert_close(tri.ov.double(), vals, rtol=float_tol(model, 1e-4), atol=float_tol(model, 1e-4))
+    qk = (E @ w["W_Q"][0, head].double()) @ (E[tri.source] @ w["W_K"][0, head].double()).T
+    torch.testing.assert_close(tri.qk.double(), qk.max(0).values, rtol=float_tol(model, 1e-4), atol=float_tol(model, 1e-4))
+    assert tri.figure().data and len(tri.to_frame()) == 8
+
+
 def test_effective_dimensionality_equals_dense_covariance(arch):
     from lensworks.geometry import effective_dimensionality
 

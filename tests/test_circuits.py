@@ -288,3 +288,45 @@ def test_induction_verdict_requires_mechanism(planted):
     assert report.heads == []
     ev = next(e for e in report.evidence if e.label == "L1H0")
     assert ev.induction > 0.9 and any("does not copy" in r for r in ev.reasons)
+
+
+def test_skip_trigrams_planted_head():
+    """W_E = W_U = I; head L0H1 reads token 3 into its value and writes 10 x token 7; its query
+    reads token 5 and its key token 3: the strongest trigram is 5 ... 3 -> 7 with OV 10, QK 1."""
+    from helpers import tiny_model
+    from lensworks.circuits import skip_trigrams
+
+    model = tiny_model(seed=0, n_layers=1, d_model=16, d_vocab=16, normalization_type=None)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.W_E.copy_(torch.eye(16))
+        model.W_U.copy_(torch.eye(16))
+        attn = model.blocks[0].attn  # model.W_V etc. are stacked copies; write the parameters
+        attn.W_V[1, 3, 0] = 1.0
+        attn.W_O[1, 0, 7] = 10.0
+        attn.W_Q[1, 5, 0] = 1.0
+        attn.W_K[1, 3, 0] = 1.0
+    tri = skip_trigrams(model, 0, 1, k=3)
+    assert (int(tri.source[0]), int(tri.out[0]), int(tri.destination[0])) == (3, 7, 5)
+    assert float(tri.ov[0]) == pytest.approx(10.0) and float(tri.qk[0]) == pytest.approx(1.0)
+    assert list(tri.to_frame().columns[:5]) == ["source", "destination", "out", "ov", "qk"]
+
+
+def test_skip_trigrams_equal_dense_circuits(attn_model):
+    from lensworks.circuits import skip_trigrams
+
+    layer, head, k = 1, 2, 12
+    tri = skip_trigrams(attn_model, layer, head, k=k, source_chunk=7)  # chunks that do not divide d_vocab
+    with torch.no_grad():
+        ov = (attn_model.W_E @ attn_model.OV[layer, head] @ attn_model.W_U).AB  # TransformerLens's full OV circuit
+        qk = (attn_model.W_E @ attn_model.QK[layer, head] @ attn_model.W_E.T).AB  # [dest, source]
+    vals, idx = ov.flatten().topk(k)
+    torch.testing.assert_close(tri.ov, vals.detach(), rtol=1e-5, atol=1e-5)
+    V = ov.shape[1]
+    assert tri.source.tolist() == (idx // V).tolist() and tri.out.tolist() == (idx % V).tolist()
+    best, dest = qk[:, tri.source].max(0)
+    assert tri.destination.tolist() == dest.tolist()
+    torch.testing.assert_close(tri.qk, best.detach(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(LensworksError, match="k must be"):
+        skip_trigrams(attn_model, 0, 0, k=0)

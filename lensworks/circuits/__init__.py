@@ -5,6 +5,7 @@ from lensworks.circuits.eigen import CopyingScores, copying_scores
 from lensworks.circuits.scores import HeadScores
 from lensworks.circuits.heads import BehaviourScores, head_scores, repeated_tokens
 from lensworks.circuits.induction import InductionReport, find_induction_heads
+from lensworks.circuits.trigrams import SkipTrigrams, skip_trigrams
 
 __all__ = [
     "composition_scores",
@@ -12,6 +13,8 @@ __all__ = [
     "head_scores",
     "find_induction_heads",
     "repeated_tokens",
+    "skip_trigrams",
+    "SkipTrigrams",
     "CompositionScores",
     "HeadScores",
     "CopyingScores",
