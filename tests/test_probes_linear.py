@@ -65,7 +65,7 @@ def _planted(seed=0, d_vocab=20, **kw):
     return m
 
 
-@pytest.mark.parametrize("method", ["ridge", "logistic"])
+@pytest.mark.parametrize("method", ["ridge", "logistic", "fast-logistic"])
 def test_planted_current_token_is_exact_at_layer0(method):
     m = _planted()
     toks = torch.randint(0, 20, (30, 12), generator=torch.Generator().manual_seed(3))
@@ -77,7 +77,7 @@ def test_planted_current_token_is_exact_at_layer0(method):
     assert list(frame.columns[:7]) == [
         "layer", "stream", "offset", "accuracy", "chance", "control_random_model", "control_shuffled"
     ]
-    assert ("cross_entropy" in frame.columns) == (method == "logistic")
+    assert ("cross_entropy" in frame.columns) == (method in ("logistic", "fast-logistic"))
     assert res.weights(0, "resid_pre", 0).shape == (m.cfg.d_model, len(res.classes))
 
 
@@ -95,7 +95,7 @@ def test_noise_residual_gives_chance():
 def test_pipeline_matches_dense_features(mlp_model):
     """Accuracy and weights equal a dense fit on run_with_cache features with the same split."""
     toks = torch.randint(1, mlp_model.cfg.d_vocab, (12, 10), generator=torch.Generator().manual_seed(0))
-    res = probe_inputs(mlp_model, toks, streams=("resid_mid",), offsets=(-1,), layers=[1], alpha=1e-3, controls=False, batch_size=5)
+    res = probe_inputs(mlp_model, toks, streams=("resid_mid",), offsets=(-1,), layers=[1], alpha=1e-3, method="ridge", controls=False, batch_size=5)
     plan = make_plan(toks, torch.full((12,), 10), (-1,), 0, 0.2, 0)
     _, cache = mlp_model.run_with_cache(toks)
     acts = cache[hook_name("resid_mid", 1)].double()

@@ -19,7 +19,7 @@ from torch import Tensor
 from lensworks.model import HookedTransformer
 from lensworks.probes._data import BatchFn, Plan, run_batches, sequences_with_rows
 from lensworks.probes._moments import Moments, accumulate
-from lensworks.probes._solvers import AUTO_CANDIDATES, fit_logistic
+from lensworks.probes._solvers import AUTO_CANDIDATES, fit_logistic, fit_logistic_whitened
 
 __all__ = ["ProbeJob", "PassResult", "fit_closed_form", "fit_logistic_pass"]
 
@@ -38,7 +38,7 @@ class ProbeJob:
         layers / streams / offsets: What is probed.
         hooks: Hook name to its ``(layer, stream)``, layer-major.
         stop_at: ``stop_at_layer`` of every forward pass.
-        method: ``"ridge"``, ``"lda"``, ``"auto"`` or ``"logistic"``.
+        method: ``"ridge"``, ``"lda"``, ``"auto"``, ``"logistic"`` or ``"fast-logistic"``.
         shared: One probe per offset shared by every layer and stream.
         alpha: Fixed relative penalty (or shrinkage), or None.
         controls: Whether the shuffled-label control is fitted on the main model.
@@ -280,6 +280,9 @@ def _stack(job: ProbeJob, sol: dict[tuple, Solution]) -> tuple[Tensor, Tensor, T
 def fit_logistic_pass(job: ProbeJob, model: HookedTransformer, label: str, *, main: bool) -> PassResult:
     """Collect the activations of every probed stream, fit logistic probes full batch, score them.
 
+    ``job.method`` picks the solver: ``"logistic"`` (:func:`fit_logistic`) or
+    ``"fast-logistic"`` (:func:`fit_logistic_whitened`); both get ``job.max_iter``.
+
     Args:
         job, model, label, main: As for :func:`fit_closed_form`.
 
@@ -298,16 +301,17 @@ def fit_logistic_pass(job: ProbeJob, model: HookedTransformer, label: str, *, ma
     ce = torch.zeros(*job.shape)
     W = torch.zeros(*job.shape, job.d_model, C)
     B = torch.zeros(*job.shape, C)
+    solver = fit_logistic if job.method == "logistic" else fit_logistic_whitened
     groups = [[(l, s)] for l in job.layers for s in job.streams] if not job.shared else [list(job.hooks.values())]
     for k in range(len(job.offsets)):
         tr, te = plan.train[k], plan.test[k]
         y_tr, y_te, ys_tr = plan.target[k][tr], plan.target[k][te], plan.shuffled[k][tr]
         for group in groups:
             x_tr = torch.cat([feats[g][tr] for g in group])
-            w, b = fit_logistic(x_tr, y_tr.repeat(len(group)), C, job.max_iter)
+            w, b = solver(x_tr, y_tr.repeat(len(group)), C, job.max_iter)
             ws = bs = None
             if job.controls and main:
-                ws, bs = fit_logistic(x_tr, ys_tr.repeat(len(group)), C, job.max_iter)
+                ws, bs = solver(x_tr, ys_tr.repeat(len(group)), C, job.max_iter)
             for l, s in group:
                 i, j = job.index(l, s)
                 x_te = feats[(l, s)][te]

@@ -4,6 +4,9 @@
 training rows (``n``, ``sum x``, ``X^T X``, ``X^T Y``, class counts), so a probe can be fitted
 from one streaming pass without keeping any activation. ``fit_logistic`` is the iterative
 fit: full-batch L-BFGS on the rows themselves, warm-started from the LDA solution.
+``fit_logistic_whitened`` minimises the same objective in whitened coordinates (the
+eigenbasis of the features' Gram matrix), where a scaled LDA start and a few L-BFGS steps
+reach the held-out accuracy that plain L-BFGS needs several times more steps for.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ __all__ = [
     "ridge_from_moments",
     "lda_from_moments",
     "fit_logistic",
+    "fit_logistic_whitened",
+    "FAST_LOGISTIC_ITER",
 ]
 
 #: Relative ridge penalties searched by GCV: lambda = a * trace(X_c^T X_c) / d_model.
@@ -179,22 +184,39 @@ def lda_from_moments(
 AUTO_CANDIDATES: tuple[str, ...] = ("lda", "ridge")
 
 
+def _standardise(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mu, sd, z)`` with ``z = (x - mu) / sd`` column by column (scikit-learn's StandardScaler)."""
+    mu = x.mean(0)
+    sd = x.std(0, unbiased=False).clamp_min(1e-6)
+    return mu, sd, (x - mu) / sd
+
+
+def _best_scale(logits: Tensor, y: Tensor, penalty: float, l2: float, grid: Sequence[float]) -> float:
+    """The ``s`` in ``grid`` minimising ``cross_entropy(s * logits, y) + l2 * s^2 * penalty``.
+
+    LDA's logits are usually over-confident; scaling them (and the weights behind them) to the
+    best of a few values is a cheap warm start for logistic regression.
+    """
+    best, best_s = math.inf, 0.0
+    for scale in grid:
+        loss = float(torch.nn.functional.cross_entropy(scale * logits, y)) + l2 * scale**2 * penalty
+        if loss < best:
+            best, best_s = loss, float(scale)
+    return best_s
+
+
 def _lda_start(z: Tensor, y: Tensor, n_classes: int, l2: float) -> tuple[Tensor, Tensor]:
     """A warm start for logistic regression: the LDA solution, scaled to minimise the loss.
 
-    LDA's logits are usually over-confident, so the start is ``s * (W_lda, b_lda)`` with ``s``
-    the best of a few scales (0 included, which is the usual zero start). On the demo model
-    this reaches in about 30 L-BFGS iterations the accuracy a zero start reaches in 100.
+    The start is ``s * (W_lda, b_lda)`` with ``s`` the best of a few scales (0 included, which
+    is the usual zero start). On the demo model this reaches in about 30 L-BFGS iterations the
+    accuracy a zero start reaches in 100.
     """
     zd = z.to(torch.float64)
     onehot = torch.nn.functional.one_hot(y, n_classes).to(torch.float64)
     w, b, _ = lda_from_moments(len(zd), zd.sum(0), zd.T @ zd, zd.T @ onehot, onehot.sum(0))
     w, b = w.to(z.dtype), b.clamp_min(-30.0).to(z.dtype)
-    best, best_s = math.inf, 0.0
-    for scale in (0.0, 0.03, 0.1, 0.3, 1.0):
-        loss = float(torch.nn.functional.cross_entropy(scale * (z @ w + b), y) + l2 * scale**2 * float((w * w).sum()))
-        if loss < best:
-            best, best_s = loss, scale
+    best_s = _best_scale(z @ w + b, y, float((w * w).sum()), l2, (0.0, 0.03, 0.1, 0.3, 1.0))
     return (best_s * w).detach().clone(), (best_s * b).detach().clone()
 
 
@@ -226,9 +248,7 @@ def fit_logistic(
         x = x.detach().clone().float()
         y = y.detach().clone()
         n, d = x.shape
-        mu = x.mean(0)
-        sd = x.std(0, unbiased=False).clamp_min(1e-6)
-        z = (x - mu) / sd
+        mu, sd, z = _standardise(x)
         l2 = 1.0 / (2.0 * n)
         w0, b0 = _lda_start(z, y, n_classes, l2)
         w = w0.contiguous().requires_grad_(True)
@@ -249,3 +269,109 @@ def fit_logistic(
         b_raw = (b - (mu / sd) @ w).detach()
     return w_raw, b_raw
 
+
+
+#: Default L-BFGS iterations of :func:`fit_logistic_whitened` (``method="fast-logistic"``).
+FAST_LOGISTIC_ITER = 10
+
+#: Scales of the LDA start tried by :func:`fit_logistic_whitened` (0: the zero start, for
+#: separable classes where LDA's within-class covariance vanishes and its weights blow up).
+_WHITENED_SCALES: tuple[float, ...] = (0.0, 1e-3, 0.003, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def fit_logistic_whitened(
+    x: Float[Tensor, "n d"], y: Int[Tensor, "n"], n_classes: int, max_iter: int = FAST_LOGISTIC_ITER
+) -> tuple[Float[Tensor, "d c"], Float[Tensor, "c"]]:
+    """Multinomial logistic regression (scikit-learn's objective, ``C = 1``) in whitened coordinates.
+
+    The objective is :func:`fit_logistic`'s: mean cross-entropy plus ``||W||^2 / (2 n)`` on the
+    standardised features ``z``. It is minimised in coordinates where L-BFGS needs few steps:
+
+    1. Whitening: with the covariance of ``z`` written ``Q diag(L) Q^T``, put
+       ``W = Q diag(L + eps)^-1/2 V`` (``eps = 0.01 mean(L) + 1/n`` keeps near-null directions
+       tame). Then ``z W = u V`` with ``u`` of (nearly) identity covariance, and the penalty is
+       exactly ``sum_i ||V_i||^2 / (L_i + eps)``: the same problem, better conditioned.
+    2. Start: LDA in those coordinates (its Gram matrix is the diagonal ``n L / (L + eps)``,
+       known without another product), scaled by the best of a few factors on a subsample.
+    3. ``max_iter`` full-batch L-BFGS steps with an analytic gradient, the columns of ``V``
+       scaled by ``1 / sqrt(prior_k + 1e-3)`` so that rare and frequent classes move alike.
+
+    Args:
+        x: Feature rows.
+        y: Class index of each row, in ``[0, n_classes)``.
+        n_classes: Number of classes ``c``.
+        max_iter: L-BFGS iterations (default :data:`FAST_LOGISTIC_ITER`).
+
+    Returns:
+        ``(W, b)`` for the raw (unstandardised) features: ``logits = x @ W + b``.
+
+    Example:
+        >>> x = torch.randn(60, 4); y = torch.randint(0, 3, (60,))
+        >>> W, b = fit_logistic_whitened(x, y, 3)
+        >>> W.shape, b.shape
+        (torch.Size([4, 3]), torch.Size([3]))
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        x = x.detach().float()
+        y = y.detach().clone()
+        n, d = x.shape
+        mu, sd, z = _standardise(x)
+        evals, evecs = torch.linalg.eigh((z.T @ z).to(torch.float64) / n)
+        evals = evals.clamp_min(0.0)
+        eps = 0.01 * float(evals.mean()) + 1.0 / n
+        proj = (evecs / torch.sqrt(evals + eps)).float()  # W = proj @ V
+        u = z @ proj
+        pen = (1.0 / (evals + eps)).float()  # ||W||^2 = sum_i pen_i ||V_i||^2
+        l2 = 1.0 / (2.0 * n)
+        onehot = torch.nn.functional.one_hot(y, n_classes).float()
+        counts = onehot.sum(0)
+        w, b, _ = lda_from_moments(
+            n, u.sum(0), torch.diag(n * evals / (evals + eps)), (onehot.T @ u).T, counts
+        )
+        w, b = w.float(), b.clamp_min(-30.0).float()
+        if not bool(torch.isfinite(w).all() and torch.isfinite(b).all()):
+            w, b = torch.zeros_like(w), torch.zeros_like(b)
+        step = max(1, n // 4096)
+        s = _best_scale(u[::step] @ w + b, y[::step], float((pen[:, None] * w * w).sum()), l2, _WHITENED_SCALES)
+        col = 1.0 / torch.sqrt(counts / n + 1e-3)  # V = col * theta, column by column
+        theta = torch.cat([(s * w / col).reshape(-1), s * b / col]).contiguous()
+        if max_iter > 0:
+            theta = _lbfgs(theta, lambda t: _whitened_loss(t, u, onehot, pen, col, l2), max_iter)
+        v = theta[: d * n_classes].view(d, n_classes) * col
+        b = theta[d * n_classes :] * col
+        w_z = proj @ v
+    return w_z / sd[:, None], b - (mu / sd) @ w_z
+
+
+def _whitened_loss(
+    theta: Tensor, u: Tensor, onehot: Tensor, pen: Tensor, col: Tensor, l2: float
+) -> tuple[float, Tensor]:
+    """Loss and gradient of :func:`fit_logistic_whitened`'s objective at the flat parameters ``theta``."""
+    n, d = u.shape
+    c = onehot.shape[1]
+    v = theta[: d * c].view(d, c) * col
+    b = theta[d * c :] * col
+    logits = torch.addmm(b, u, v)
+    lse = torch.logsumexp(logits, 1, keepdim=True)
+    loss = (float(lse.sum()) - float((logits * onehot).sum())) / n + l2 * float((pen[:, None] * v * v).sum())
+    g = torch.exp(logits - lse).sub_(onehot).div_(n)
+    gv = (u.T @ g + (2.0 * l2) * pen[:, None] * v) * col
+    return loss, torch.cat([gv.reshape(-1), g.sum(0) * col])
+
+
+def _lbfgs(theta: Tensor, loss_and_grad, max_iter: int) -> Tensor:
+    """Run torch's L-BFGS (strong Wolfe line search) on ``theta`` with an analytic gradient."""
+    with torch.enable_grad():
+        param = theta.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS(
+            [param], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+            tolerance_grad=1e-7, tolerance_change=1e-10,
+        )
+
+        def closure() -> Tensor:
+            loss, grad = loss_and_grad(param.detach())
+            param.grad = grad
+            return torch.tensor(loss)
+
+        opt.step(closure)
+    return param.detach()

@@ -1,0 +1,108 @@
+"""The default probe method, ``"fast-logistic"``: logistic regression in whitened coordinates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lensworks.probes import probe_inputs
+from lensworks.probes._solvers import (
+    FAST_LOGISTIC_ITER,
+    fit_logistic,
+    fit_logistic_whitened,
+    lda_from_moments,
+    ridge_from_moments,
+)
+from lensworks.probes.linear import METHODS
+
+C = 10
+
+
+def _mixtures(n: int, seed: int, d: int = 12, k: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class a mixture of ``k`` axis-aligned Gaussians of its own widths, seen through a
+    fixed badly scaled, correlating linear map plus an offset: not one Gaussian per class with a
+    shared covariance, which is what the closed forms (LDA, least squares) assume."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(C, k, d, generator=g) * 1.2
+    widths = torch.rand(C, k, d, generator=g) * 1.5 + 0.2
+    mix = torch.randn(d, d, generator=g) * torch.logspace(-1, 1, d)[None]
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, C, (n,), generator=g)
+    comp = torch.randint(0, k, (n,), generator=g)
+    x = centres[y, comp] + widths[y, comp] * torch.randn(n, d, generator=g)
+    return x @ mix + 3.0, y
+
+
+def _accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(((x @ w.float() + b.float()).argmax(1) == y).double().mean())
+
+
+def _objective(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    """scikit-learn's C=1 objective divided by n, on standardised features, at raw-feature weights."""
+    sd = x.std(0, unbiased=False)
+    w_z = w * sd[:, None]  # the same logits from standardised features
+    return float(F.cross_entropy(x @ w + b, y)) + float((w_z * w_z).sum()) / (2 * len(x))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Training and held-out rows, and the reference: plain L-BFGS run to convergence."""
+    (x, y), test = _mixtures(4000, 1), _mixtures(4000, 2)
+    return (x, y), test, fit_logistic(x, y, C, max_iter=500)
+
+
+def test_default_matches_converged_logistic_where_closed_forms_fall_short(planted):
+    (x, y), (xt, yt), converged = planted
+    fast = _accuracy(*fit_logistic_whitened(x, y, C), xt, yt)
+    reference = _accuracy(*converged, xt, yt)
+    xd, oh = x.double(), F.one_hot(y, C).double()
+    moments = (len(x), xd.sum(0), xd.T @ xd, xd.T @ oh, oh.sum(0))
+    lda = _accuracy(*lda_from_moments(*moments)[:2], xt, yt)
+    ridge = _accuracy(*ridge_from_moments(*moments)[:2], xt, yt)
+    # the planted problem is one where the closed forms fall well short of logistic regression
+    assert lda < reference - 0.03 and ridge < reference - 0.03
+    assert abs(fast - reference) <= 0.01
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x.numpy())
+    clf = LogisticRegression(max_iter=500).fit(scaler.transform(x.numpy()), y.numpy())
+    assert sklearn is not None
+    assert abs(fast - clf.score(scaler.transform(xt.numpy()), yt.numpy())) <= 0.01
+
+
+def test_same_objective_as_logistic(planted):
+    """Run long, the whitened fit reaches the optimum of the same (scikit-learn C=1) objective."""
+    (x, y), _, (w_ref, b_ref) = planted
+    w, b = fit_logistic_whitened(x, y, C, max_iter=300)
+    assert _objective(w, b, x, y) <= _objective(w_ref, b_ref, x, y) + 1e-4
+    # the default few steps already get most of the way from the start
+    start = _objective(*fit_logistic_whitened(x, y, C, max_iter=0), x, y)
+    few = _objective(*fit_logistic_whitened(x, y, C), x, y)
+    assert few - _objective(w_ref, b_ref, x, y) < 0.2 * (start - _objective(w_ref, b_ref, x, y))
+
+
+def test_degenerate_features_and_unseen_classes():
+    """Rank-deficient, perfectly separable features (LDA's within-class scatter is zero) and a
+    class with no training row: the fit stays finite and separates the seen classes."""
+    emb = torch.randn(4, 10, generator=torch.Generator().manual_seed(0)) @ torch.randn(10, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(4).repeat(25)
+    w, b = fit_logistic_whitened(emb[y], y, 5)
+    assert torch.isfinite(w).all() and torch.isfinite(b).all()
+    assert _accuracy(w, b, emb[y], y) == 1.0
+    assert float(b[4]) < float(b[:4].min())
+
+
+def test_probe_inputs_default_is_fast_logistic_and_deterministic(mlp_model):
+    assert METHODS[0] == "fast-logistic"
+    toks = torch.randint(1, mlp_model.cfg.d_vocab, (12, 10), generator=torch.Generator().manual_seed(0))
+    kw = dict(offsets=(0, -1), layers=[0, 1], controls=False, progress=False)
+    res = probe_inputs(mlp_model, toks, **kw)
+    assert res.method == "fast-logistic" and res.options["max_iter"] == FAST_LOGISTIC_ITER
+    assert res.cross_entropy is not None and torch.isnan(res.alpha).all()
+    again = probe_inputs(mlp_model, toks, **kw)
+    assert torch.equal(res.accuracy, again.accuracy) and torch.equal(res.probe_weights, again.probe_weights)
+    explicit = probe_inputs(mlp_model, toks, method="fast-logistic", max_iter=FAST_LOGISTIC_ITER, **kw)
+    assert torch.equal(res.probe_weights, explicit.probe_weights)
