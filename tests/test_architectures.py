@@ -171,6 +171,18 @@ def test_block_ablation_equals_run_with_hooks(arch):
     assert table.figure().data and len(table.to_frame()) == model.cfg.n_layers
 
 
+def test_circuit_graph_edges_are_the_composition_pairs_above_z(arch):
+    from lensworks.circuits import circuit_graph
+
+    model = arch_model(arch)
+    g = circuit_graph(model, modes=("K",), z_min=2.0)
+    comp = composition_scores(model, "K", progress=False)
+    z = (comp.scores - comp.baseline.mean) / comp.baseline.std
+    expected = {(f"L{a}H{b}", f"L{c}H{d}") for a, b, c, d in (comp.mask() & (z >= 2.0)).nonzero().tolist()}
+    assert {(e[0], e[1]) for e in g.edges} == expected
+    assert len(g.nodes) == model.cfg.n_layers * model.cfg.n_heads and g.figure().data
+
+
 def test_skip_trigrams_equal_the_dense_circuits(arch):
     from lensworks.circuits import skip_trigrams
     from lensworks.model import attention_weights, embedding, unembedding

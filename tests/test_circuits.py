@@ -330,3 +330,21 @@ def test_skip_trigrams_equal_dense_circuits(attn_model):
     torch.testing.assert_close(tri.qk, best.detach(), rtol=1e-5, atol=1e-5)
     with pytest.raises(LensworksError, match="k must be"):
         skip_trigrams(attn_model, 0, 0, k=0)
+
+
+def test_circuit_graph_on_the_planted_induction_model(planted):
+    from lensworks.circuits import circuit_graph, composition_scores
+
+    g = circuit_graph(planted, modes=("K",), z_min=3.0, baseline_samples=30)
+    nodes = {n["label"]: n for n in g.nodes}
+    assert "previous-token" in nodes["L0H0"]["roles"] and "induction" in nodes["L1H0"]["roles"]
+    assert "copying" in nodes["L1H0"]["roles"] and not nodes["L0H1"]["roles"]
+    assert g.edges[0][:3] == ("L0H0", "L1H0", "K")
+    # every edge is exactly a pair whose composition z passes the threshold
+    comp = composition_scores(planted, "K", baseline_samples=30, progress=False)
+    z = (comp.scores - comp.baseline.mean) / comp.baseline.std
+    expected = {(f"L{a}H{b}", f"L{c}H{d}") for a, b, c, d in (comp.mask() & (z >= 3.0)).nonzero().tolist()}
+    assert {(e[0], e[1]) for e in g.edges} == expected
+    assert g.figure().data and list(g.to_frame().columns) == ["from", "to", "mode", "score", "z"]
+    with pytest.raises(LensworksError, match="modes"):
+        circuit_graph(planted, modes=("X",))

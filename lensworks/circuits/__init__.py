@@ -6,6 +6,7 @@ from lensworks.circuits.scores import HeadScores
 from lensworks.circuits.heads import BehaviourScores, head_scores, repeated_tokens
 from lensworks.circuits.induction import InductionReport, find_induction_heads
 from lensworks.circuits.trigrams import SkipTrigrams, skip_trigrams
+from lensworks.circuits.graph import CircuitGraph, circuit_graph
 
 __all__ = [
     "composition_scores",
@@ -14,6 +15,8 @@ __all__ = [
     "find_induction_heads",
     "repeated_tokens",
     "skip_trigrams",
+    "circuit_graph",
+    "CircuitGraph",
     "SkipTrigrams",
     "CompositionScores",
     "HeadScores",

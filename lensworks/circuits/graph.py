@@ -1,0 +1,158 @@
+"""The circuit as a picture: heads as nodes (with the roles their scores give them), composition
+far above random factors as edges.
+
+Edges come from :func:`lensworks.circuits.composition_scores`: a pair (earlier head A, later
+head B) is an edge of mode Q, K or V when its score is at least ``z_min`` standard deviations above
+the scores of random factors of the same shapes. Node roles come from the behavioural scores
+(previous-token, duplicate-token, induction, on repeated random tokens) and the copying score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from lensworks._results import Result
+from lensworks.circuits.composition import composition_scores
+from lensworks.circuits.eigen import copying_scores
+from lensworks.circuits.heads import behaviour_scores, repeated_tokens
+from lensworks.model import HookedTransformer, LensworksError, default_seq_len, processing_state, uses_bos
+
+__all__ = ["circuit_graph", "CircuitGraph", "Edge"]
+
+Edge = tuple[str, str, str, float, float]  # (from_label, to_label, mode, score, z)
+
+_COLOURS = {"Q": "#1f77b4", "K": "#d62728", "V": "#2ca02c"}
+
+
+@dataclass(frozen=True)
+class CircuitGraph(Result):
+    """Heads, their roles, and the composition edges far above chance.
+
+    Attributes:
+        nodes: One dict per head: ``label, layer, head, roles`` (a tuple of role names) and the
+            scores behind them (``previous_token, duplicate_token, induction, copying``).
+        edges: ``(from_label, to_label, mode, score, z)``, strongest z first.
+        modes: The composition modes searched.
+        z_min: The z threshold of an edge.
+        thresholds: Role thresholds used.
+        processing: The model's weight-processing state.
+    """
+
+    nodes: tuple[dict[str, Any], ...]
+    edges: tuple[Edge, ...]
+    modes: tuple[str, ...]
+    z_min: float
+    thresholds: dict[str, float]
+    processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_frame(self):
+        """One row per edge: ``from, to, mode, score, z``."""
+        import pandas as pd
+
+        return pd.DataFrame(list(self.edges), columns=["from", "to", "mode", "score", "z"])
+
+    def figure(self):
+        """Layers left to right, heads top to bottom; edges coloured by mode, width by z."""
+        import plotly.graph_objects as go
+
+        pos = {n["label"]: (n["layer"], -n["head"]) for n in self.nodes}
+        fig = go.Figure()
+        z_top = max([e[4] for e in self.edges], default=1.0)
+        for a, b, mode, score, z in self.edges:
+            (x0, y0), (x1, y1) = pos[a], pos[b]
+            fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
+                                     line=dict(color=_COLOURS.get(mode, "#888"), width=1 + 5 * z / z_top),
+                                     hovertemplate=f"{a} → {b}<br>{mode}-composition {score:.3f} (z {z:.1f})<extra></extra>"))
+        for mode in self.modes:
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{mode}-composition",
+                                     line=dict(color=_COLOURS.get(mode, "#888"), width=3)))
+        hover = [f"{n['label']}<br>roles: {', '.join(n['roles']) or 'none'}<br>previous-token {n['previous_token']:.2f}, "
+                 f"duplicate {n['duplicate_token']:.2f}, induction {n['induction']:.2f}, copying {n['copying']:+.2f}"
+                 for n in self.nodes]
+        fig.add_trace(go.Scatter(x=[pos[n["label"]][0] for n in self.nodes], y=[pos[n["label"]][1] for n in self.nodes],
+                                 mode="markers+text", text=[n["label"] for n in self.nodes], textposition="top center",
+                                 marker=dict(size=[16 if n["roles"] else 9 for n in self.nodes],
+                                             color=["#ff7f0e" if n["roles"] else "#bbb" for n in self.nodes]),
+                                 hovertext=hover, hoverinfo="text", name="heads (orange: has a role)"))
+        fig.update_layout(title=f"Circuit graph: composition at least {self.z_min:g} std above random factors",
+                          xaxis=dict(title="layer", dtick=1), yaxis=dict(title="head", showticklabels=False),
+                          template="plotly_white")
+        return fig
+
+    def caption(self) -> str:
+        """How nodes and edges are chosen."""
+        t = self.thresholds
+        return (f"Circuit graph: each head is a node, orange when its scores give it a role (previous-token, "
+                f"duplicate-token or induction score at least {t['behaviour']:g}, copying score at least "
+                f"{t['copying']:g}); each edge is a pair whose {'/'.join(self.modes)}-composition score is at least "
+                f"{self.z_min:g} standard deviations above random factors of the same shapes. Hover for the numbers.")
+
+    def headline(self) -> str | None:
+        """The strongest edge, if any."""
+        if not self.edges:
+            return f"No composition at least {self.z_min:g} std above random factors."
+        a, b, mode, score, z = self.edges[0]
+        return f"Strongest circuit edge: {a} → {b} ({mode}-composition {score:.3f}, z {z:.1f}); {len(self.edges)} edges in all."
+
+
+def circuit_graph(
+    model: HookedTransformer,
+    *,
+    modes: Sequence[str] = ("Q", "K", "V"),
+    z_min: float = 3.0,
+    behaviour_threshold: float = 0.3,
+    copying_threshold: float = 0.5,
+    seed: int = 0,
+    baseline_samples: int = 200,
+) -> CircuitGraph:
+    """Heads with their roles and the composition edges far above chance.
+
+    Args:
+        model: The model (two layers or more for any edge).
+        modes: Composition modes to search.
+        z_min: An edge needs a score at least this many baseline standard deviations above the mean.
+        behaviour_threshold: A behavioural score at least this gives the head that role.
+        copying_threshold: A copying score at least this gives the role "copying".
+        seed: Seed of the repeated random tokens.
+        baseline_samples: Random factor pairs behind each mode's baseline (and so behind ``z``).
+
+    Returns:
+        A :class:`CircuitGraph`.
+
+    Example:
+        >>> g = circuit_graph(zoo.load("induction-2l"))  # doctest: +SKIP
+        >>> g.edges[0][:3]  # doctest: +SKIP
+        ('L0H1', 'L1H3', 'K')
+    """
+    modes = tuple(modes)
+    if not modes or any(m not in ("Q", "K", "V") for m in modes):
+        raise LensworksError(f"modes must be a non-empty subset of ('Q', 'K', 'V'), got {modes}")
+    bos = uses_bos(model)
+    tokens = repeated_tokens(model, seq_len=default_seq_len(model, bos=bos), n_seqs=32, seed=seed, prepend_bos=bos)
+    scores = behaviour_scores(model, tokens, offset=int(bos))
+    copying = copying_scores(model, baseline=False)
+    labels = copying.labels
+    H = model.cfg.n_heads
+    roles_of = {"previous_token": "previous-token", "duplicate_token": "duplicate-token", "induction": "induction"}
+    nodes = []
+    for i, label in enumerate(labels):
+        layer, head = divmod(i, H)
+        values = {k: float(scores[k].scores[layer, head]) for k in roles_of}
+        values["copying"] = float(copying.scores[layer, head])
+        roles = tuple(name for k, name in roles_of.items() if values[k] >= behaviour_threshold)
+        roles += ("copying",) if values["copying"] >= copying_threshold else ()
+        nodes.append({"label": label, "layer": layer, "head": head, "roles": roles, **values})
+    edges: list[Edge] = []
+    if model.cfg.n_layers > 1:
+        for mode in modes:
+            comp = composition_scores(model, mode, baseline_samples=baseline_samples, progress=False)
+            z = (comp.scores - comp.baseline.mean) / max(comp.baseline.std, 1e-12)
+            hits = (comp.mask() & (z >= z_min)).nonzero().tolist()
+            for la, ha, lb, hb in hits:
+                edges.append((f"L{la}H{ha}", f"L{lb}H{hb}", mode, float(comp.scores[la, ha, lb, hb]), float(z[la, ha, lb, hb])))
+    edges.sort(key=lambda e: -e[4])
+    return CircuitGraph(nodes=tuple(nodes), edges=tuple(edges), modes=modes, z_min=float(z_min),
+                        thresholds={"behaviour": float(behaviour_threshold), "copying": float(copying_threshold)},
+                        processing=processing_state(model))
