@@ -304,3 +304,21 @@ def test_unlikely_token_usage(arch):
     model = arch_model(arch)
     usage = unlikely_token_usage(model, _tokens(model, n=4, pos=8), k=5, n_random=4)
     assert usage.figure().data and len(usage.to_frame())
+
+
+def test_attention_explorer_shows_the_model_patterns(arch):
+    from lensworks.plotting import attention_explorer
+
+    model = arch_model(arch)
+    toks = _tokens(model, n=2, pos=7)
+    fig = attention_explorer(model, toks)
+    buttons = fig.layout.updatemenus[0].buttons
+    assert len(buttons) == 2 * model.cfg.n_layers * model.cfg.n_heads
+    _, cache = model.run_with_cache(toks)
+    L, H = model.cfg.n_layers - 1, model.cfg.n_heads - 1
+    view = next(b for b in buttons if b.label == f"prompt 1 · L{L}H{H}")
+    z = torch.tensor(view.args[0]["z"][0], dtype=torch.float64)
+    ref = cache[f"blocks.{L}.attn.hook_pattern"][1, H].double()
+    lower = torch.ones(7, 7).tril().bool()
+    torch.testing.assert_close(z[lower], ref[lower], atol=float_tol(model, 1e-6), rtol=0)
+    assert torch.isnan(z[~lower]).all()  # the future is masked, never shown as 0

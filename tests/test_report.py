@@ -271,3 +271,18 @@ def test_docs_examples_compile():
                 module = __import__(node.module, fromlist=[a.name for a in node.names])
                 for alias in node.names:
                     assert hasattr(module, alias.name), f"{path.name}: {node.module}.{alias.name} does not exist"
+
+
+def test_attention_explorer_on_strings_and_bad_input(mlp_model):
+    from lensworks.plotting import attention_explorer
+
+    fig = attention_explorer(mlp_model, ["the cat", "a dog sat down"], heads=[(0, 1), (2, 3)])
+    labels = [b.label for b in fig.layout.updatemenus[0].buttons]
+    assert labels == ["prompt 0 · L0H1", "prompt 0 · L2H3", "prompt 1 · L0H1", "prompt 1 · L2H3"]
+    first = fig.layout.updatemenus[0].buttons[0].args[0]
+    assert len(first["x"][0]) == len(mlp_model.to_tokens("the cat")[0])  # no padding shown
+    assert first["x"][0][0].startswith("0:")
+    with pytest.raises(LensworksError, match="max_tokens"):
+        attention_explorer(mlp_model, ["x"], max_tokens=0)
+    with pytest.raises(LensworksError, match="head"):
+        attention_explorer(mlp_model, ["x"], heads=[(0, 99)])

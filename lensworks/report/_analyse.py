@@ -141,7 +141,7 @@ def analyse(
     # Named places on the page, in page order; each analysis fills its own.
     slots: dict[str, dict[str, Any]] = {
         "circuits": dict.fromkeys(["verdict", "induction", "previous_token", "duplicate_token", "Q composition",
-                                   "K composition", "V composition", "copying"]),
+                                   "K composition", "V composition", "copying", "attention explorer"]),
         "geometry": dict.fromkeys(["residual statistics", "block ablation", "decomposition", "logit lens"]),
         "probes": dict.fromkeys(["input-token probes", "comparison with W_E", "embedding basis"]),
     }
@@ -201,6 +201,15 @@ def analyse(
     def run_composition():
         comps = [circuits.composition_scores(model, m, progress=False) for m in ("Q", "V")]
         circuits_out["Q composition"], circuits_out["V composition"] = comps
+
+    def run_explorer():
+        from lensworks.plotting import attention_explorer
+
+        w = state["windows"][:2, :24]
+        fig = attention_explorer(model, w, max_tokens=24, max_prompts=2)
+        circuits_out["attention explorer"] = (fig, (
+            "Attention explorer: the attention pattern of any head on the first two text windows (first 24 tokens); "
+            "pick a (prompt, head) in the menu at the top right. Rows are destination tokens, columns source tokens."))
 
     def run_data():
         state["windows"] = windows(n_prompts, "geometry: block ablation, decomposition, logit lens")
@@ -273,6 +282,7 @@ def analyse(
         steps.append(("circuits: Q/V composition", run_composition))
     steps += [
         ("geometry: data", run_data),
+        ("circuits: attention explorer", run_explorer),
         ("geometry: residual statistics", run_stats),
         ("geometry: block ablation", run_ablation),
         ("geometry: decomposition", run_decomposition),
