@@ -6,7 +6,9 @@ scikit-learn time includes extracting the features with ``run_with_cache`` (one 
 and standardising them (``StandardScaler`` + ``LogisticRegression(max_iter=200)``, C=1); each
 lensworks time is a whole ``probe_inputs`` call (its own forward passes included), controls
 off, for the methods in ``--methods``: ``fast-logistic`` (the default method), ``logistic``
-(plain L-BFGS, ``--logistic-iter`` steps), ``ridge``, ``lda`` and ``auto``.
+(plain L-BFGS, ``--logistic-iter`` steps), ``ridge``, ``lda`` and ``auto``. Wall time and
+process CPU time (all threads) are both printed: on a shared machine the CPU time is the
+steadier measure of the work done.
 
 Models: a zoo name or checkpoint path (default ``char-mlp``), or ``d384-c65``: a
 6-layer HookedTransformer (d_model 384, 6 heads of 64, d_mlp 1536, n_ctx 256, LayerNorm,
@@ -131,14 +133,15 @@ def main() -> None:
 
     # ---- lensworks (warm-up on a tiny slice first, so import/JIT costs are not timed)
     probe_inputs(model, windows[:4], offsets=offsets, layers=layers, controls=False, progress=False)
-    results, times = {}, {}
+    results, times, cpu = {}, {}, {}
     for method in methods:
         kw = {"logistic": {"max_iter": args.logistic_iter}, "fast-logistic": {"max_iter": args.fast_iter}}.get(method, {})
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results[method] = probe_inputs(model, windows, offsets=offsets, layers=layers, method=method,
                                        controls=False, progress=False, **kw)
-        times[method] = time.perf_counter() - t0
-        print(f"  lensworks {method}: {times[method]:.2f} s (load average {os.getloadavg()[0]:.2f})", flush=True)
+        times[method], cpu[method] = time.perf_counter() - t0, time.process_time() - c0
+        print(f"  lensworks {method}: {times[method]:.2f} s, CPU {cpu[method]:.2f} s "
+              f"(load average {os.getloadavg()[0]:.2f})", flush=True)
 
     # ---- scikit-learn, same split, layer by layer
     from sklearn.linear_model import LogisticRegression
@@ -146,7 +149,7 @@ def main() -> None:
 
     lengths = torch.full((windows.shape[0],), windows.shape[1])
     plan = _plan(windows, lengths, offsets, bos_token_id(model), 0.2, 0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     names = {hook_name(s, l) for l in layers for s in DEFAULT_STREAMS}
     with torch.inference_mode():
         _, cache = model.run_with_cache(windows, names_filter=lambda n: n in names)
@@ -169,6 +172,7 @@ def main() -> None:
                 t_fit += time.perf_counter() - t1
                 rows.append((layer, stream, off, [float(results[m].accuracy[i, j, k]) for m in methods], acc))
     t_sk = t_features + t_fit
+    c_sk = time.process_time() - c0
 
     print(f"\n{'layer':>5} {'stream':>10} {'offset':>6} " + " ".join(f"{m:>13}" for m in methods) + f" {'sklearn':>8}  (held-out accuracy)")
     for layer, stream, off, accs, acc in rows:
@@ -177,10 +181,11 @@ def main() -> None:
     if first is not None:
         print(f"\nprobes fitted: {len(rows)} (train rows per probe {first.n_train}, held-out {first.n_test}, "
               f"classes {len(first.classes)})")
-    print(f"scikit-learn LogisticRegression: {t_sk:8.2f} s  (features {t_features:.2f} s + fits {t_fit:.2f} s)")
+    print(f"scikit-learn LogisticRegression: {t_sk:8.2f} s  (features {t_features:.2f} s + fits {t_fit:.2f} s), CPU {c_sk:.2f} s")
     for col, name in enumerate(methods):
         diffs = np.array([100 * (r[3][col] - r[4]) for r in rows])
-        print(f"lensworks {name:<13} (probe_inputs): {times[name]:8.2f} s  speed-up {t_sk / times[name]:5.1f}x; "
+        print(f"lensworks {name:<13} (probe_inputs): {times[name]:8.2f} s  speed-up {t_sk / times[name]:5.1f}x "
+              f"(CPU {cpu[name]:.2f} s, {c_sk / cpu[name]:.1f}x); "
               f"accuracy minus sklearn (points): mean {diffs.mean():+.2f}, worst {diffs.min():+.2f}, best {diffs.max():+.2f}")
     print(f"load average at end: {os.getloadavg()}")
 
