@@ -28,6 +28,9 @@ def analyses(model, toks, texts):
         "head_scores": lambda: {k: circuits.head_scores(model, k, seq_len=6, n_seqs=7, batch_size=3).scores
                                 for k in ("previous_token", "duplicate_token", "induction")},
         "neighbours": lambda: _neighbours(model, texts),
+        "probes_auto": lambda: _probes(model, toks, "auto"),
+        "probes_ridge": lambda: _probes(model, toks, "ridge"),
+        "probes_fast_logistic": lambda: _probes(model, toks, "fast-logistic"),
         "effective_dimensionality": lambda: {"pr": geometry.effective_dimensionality(model, toks, batch_size=3).participation_ratio},
         "copying": lambda: {"scores": circuits.copying_scores(model).scores},
         "composition": lambda: {"scores": circuits.composition_scores(model, "K", progress=False).scores},
@@ -54,6 +57,14 @@ def count_work(model):
 
         setattr(mod, name, counted)
     return work
+
+
+def _probes(model, toks, method):
+    from lensworks.probes import probe_inputs
+
+    res = probe_inputs(model, toks, method=method, offsets=(0, -1), batch_size=3, seed=0, progress=False)
+    return {"accuracy": res.accuracy, "shuffled": res.control_shuffled, "random": res.control_random_model,
+            "weights": res.weights(1, res.streams[0], 0)}
 
 
 def _neighbours(model, texts):

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lensworks._dist import all_reduce_sum, world
 from lensworks.model import HookedTransformer
 from lensworks.probes._data import BatchFn, Plan, run_batches, sequences_with_rows
 from lensworks.probes._moments import Moments, accumulate
@@ -87,8 +88,31 @@ class ProbeJob:
         return self.layers.index(layer), self.streams.index(stream)
 
     def run(self, model: HookedTransformer, seqs: Int[Tensor, "m"], desc: str, fn: BatchFn) -> None:
-        """Stream ``model`` over the sequences ``seqs``, calling ``fn(idx, store)`` per batch."""
-        run_batches(model, self.tokens, seqs, self.hooks, self.stop_at, self.batch_size, desc, self.progress, fn)
+        """Stream ``model`` over the sequences ``seqs``, calling ``fn(idx, store)`` per batch.
+
+        Under torch.distributed each rank runs its contiguous share of ``seqs``; the callers add
+        the ranks' sums afterwards.
+        """
+        rank, size = world()
+        if size > 1:
+            seqs = seqs[len(seqs) * rank // size : len(seqs) * (rank + 1) // size]
+        if len(seqs):
+            run_batches(model, self.tokens, seqs, self.hooks, self.stop_at, self.batch_size, desc, self.progress, fn)
+
+    def all_keys(self) -> list[tuple]:
+        """Every probe key, in a fixed order (the same on every rank)."""
+        return [self.key(l, s, k) for l in self.layers for s in self.streams for k in range(len(self.offsets))]
+
+    def reduce_moments(self, moments: dict[tuple, Moments]) -> None:
+        """Under torch.distributed: give every rank every probe's moments over all ranks' rows."""
+        if world()[1] < 2:
+            return
+        for key in dict.fromkeys(self.all_keys()):
+            if key not in moments:
+                moments[key] = Moments(self.d_model, self.n_classes, self.tokens.device)
+            moments[key].all_reduce()
+        for key in [k for k, m in moments.items() if m.n == 0]:
+            del moments[key]
 
 
 @dataclasses.dataclass
@@ -141,6 +165,7 @@ def fit_closed_form(job: ProbeJob, model: HookedTransformer, label: str, *, main
         model, sequences_with_rows(fit_rows), f"probe fit ({label})",
         lambda idx, store: accumulate(moments, idx, store, fit_rows, plan.target, shuffled, job.key, job.n_classes, job.tokens.device),
     )
+    job.reduce_moments(moments)
     chosen = _choose_auto(job, model, label, moments, shuffled) if job.method == "auto" else {}
     sol: dict[tuple, Solution] = {}
     sol_shuf: dict[tuple, Solution] = {}
@@ -184,11 +209,28 @@ def _choose_auto(
     }
     hits = {key: {c: [0.0, 0.0] for c in AUTO_CANDIDATES} for key in moments}
 
+    # alone, validation rows go straight into the fit moments; under torch.distributed they are
+    # summed over ranks first, then added (every rank holds the reduced fit moments already)
+    distributed = world()[1] > 1
+    extra: dict[tuple, Moments] = {} if distributed else moments
+
     def validate(idx: Tensor, store: dict[tuple[int, str], Tensor]) -> None:
         _count_validation_hits(job, cands, hits, idx, store)
-        accumulate(moments, idx, store, job.val_rows, plan.target, shuffled, job.key, job.n_classes, job.tokens.device)
+        accumulate(extra, idx, store, job.val_rows, plan.target, shuffled, job.key, job.n_classes, job.tokens.device)
 
     job.run(model, sequences_with_rows(job.val_rows), f"probe validation ({label})", validate)
+    if distributed:
+        job.reduce_moments(extra)
+        for key, mom in extra.items():
+            moments.setdefault(key, Moments(job.d_model, job.n_classes, job.tokens.device)).add_moments(mom)
+    if distributed:  # every rank's validation hits
+        keys = list(hits)
+        flat = all_reduce_sum(torch.tensor([hits[k][c][i] for k in keys for c in AUTO_CANDIDATES for i in (0, 1)],
+                                           dtype=torch.float64))
+        it = iter(flat.tolist())
+        for k in keys:
+            for c in AUTO_CANDIDATES:
+                hits[k][c] = [next(it), next(it)]
     chosen: dict[tuple, str] = {}
     for key in moments:
         chosen[key] = max(AUTO_CANDIDATES, key=lambda c: hits[key][c][0])
@@ -235,7 +277,7 @@ def _score(
         model, job.test_seqs, f"probe score ({label})",
         lambda idx, store: _add_test_hits(job, work, work_shuf, correct, correct_shuf, idx, store),
     )
-    return correct, correct_shuf
+    return all_reduce_sum(correct), all_reduce_sum(correct_shuf)
 
 
 def _add_test_hits(
@@ -296,6 +338,7 @@ def fit_logistic_pass(job: ProbeJob, model: HookedTransformer, label: str, *, ma
     feats = {key: torch.zeros(*job.tokens.shape, job.d_model, device=device) for key in job.hooks.values()}
     every = torch.arange(job.tokens.shape[0], device=device)
     job.run(model, every, f"probe features ({label})", lambda idx, store: _store_features(feats, idx, store))
+    feats = {key: all_reduce_sum(f) for key, f in feats.items()}  # each rank filled its own rows; the rest are 0
     acc = torch.zeros(*job.shape)
     acc_shuf = torch.zeros(*job.shape)
     ce = torch.zeros(*job.shape)

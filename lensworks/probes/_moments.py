@@ -37,7 +37,7 @@ class Moments:
         (torch.Size([4, 3]), torch.Size([3]))
     """
 
-    __slots__ = ("n", "shift", "sx", "g", "xty", "xty_shuf", "counts")
+    __slots__ = ("n", "shift", "sx", "g", "xty", "xty_shuf", "counts", "counts_shuf")
 
     def __init__(self, d: int, c: int, device: torch.device) -> None:
         f64 = torch.float64
@@ -48,6 +48,7 @@ class Moments:
         self.xty = torch.zeros(c, d, dtype=f64, device=device)
         self.xty_shuf = torch.zeros(c, d, dtype=f64, device=device)
         self.counts = torch.zeros(c, dtype=f64, device=device)
+        self.counts_shuf = torch.zeros(c, dtype=f64, device=device)  # shuffled labels' counts on these rows
 
     def add(self, x: Float[Tensor, "rows d"], y: Int[Tensor, "rows"], ys: Int[Tensor, "rows"] | None) -> None:
         """Add rows ``x`` with class indices ``y`` (and shuffled class indices ``ys``, or None)."""
@@ -63,8 +64,62 @@ class Moments:
         onehot = torch.nn.functional.one_hot(y, c).to(work)
         self.xty += (onehot.T @ xs).to(torch.float64)
         if ys is not None:
-            self.xty_shuf += (torch.nn.functional.one_hot(ys, c).to(work).T @ xs).to(torch.float64)
+            onehot_s = torch.nn.functional.one_hot(ys, c).to(work)
+            self.xty_shuf += (onehot_s.T @ xs).to(torch.float64)
+            self.counts_shuf += onehot_s.sum(0, dtype=torch.float64)
         self.counts += onehot.sum(0, dtype=torch.float64)
+
+    def recentre(self, shift: Tensor) -> None:
+        """Express the sums relative to another shift (exact algebra, float64)."""
+        with torch.inference_mode():  # the sums may have been created inside a forward pass
+            self._recentre(shift)
+
+    def _recentre(self, shift: Tensor) -> None:
+        shift = shift.to(self.sx)
+        if self.shift is None:
+            self.shift = shift.clone()
+            return
+        delta = self.shift.to(self.sx) - shift  # x - shift = (x - self.shift) + delta
+        self.g += torch.outer(self.sx, delta) + torch.outer(delta, self.sx) + self.n * torch.outer(delta, delta)
+        self.sx += self.n * delta
+        self.xty += self.counts[:, None] * delta[None]
+        self.xty_shuf += self.counts_shuf[:, None] * delta[None]
+        self.shift = shift.clone()
+
+    def add_moments(self, other: "Moments") -> None:
+        """Add another probe's moments (recentred onto this one's shift)."""
+        if other.n == 0:
+            return
+        if self.shift is None:
+            self.shift = other.shift.clone()
+        other.recentre(self.shift)
+        self.n += other.n
+        with torch.inference_mode():
+            self.sx += other.sx
+            self.g += other.g
+            self.xty += other.xty
+            self.xty_shuf += other.xty_shuf
+            self.counts += other.counts
+            self.counts_shuf += other.counts_shuf
+
+    def all_reduce(self) -> None:
+        """Under torch.distributed: every rank's rows, on a shift shared by all (rank 0's first batch
+        where it has one); a no-op alone."""
+        from lensworks._dist import all_reduce_sum, gather_each, is_distributed
+
+        if not is_distributed():
+            return
+        d = self.sx.shape[0]
+        mine = torch.cat([torch.tensor([float(self.shift is not None)], dtype=torch.float64, device=self.sx.device),
+                          self.shift.to(self.sx) if self.shift is not None else torch.zeros(d, dtype=torch.float64,
+                                                                                             device=self.sx.device)])
+        shifts = [t for t in gather_each(mine) if float(t[0]) > 0]
+        if not shifts:
+            return
+        self.recentre(shifts[0][1:])
+        self.n = int(all_reduce_sum(torch.tensor(float(self.n), dtype=torch.float64)))
+        for name in ("sx", "g", "xty", "xty_shuf", "counts", "counts_shuf"):
+            setattr(self, name, all_reduce_sum(getattr(self, name)))
 
     def solve(
         self, method: str, alpha: float | None, shuffled: bool = False
