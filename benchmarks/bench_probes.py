@@ -5,7 +5,7 @@ train/held-out split; printed side by side: wall time and held-out top-1 accurac
 scikit-learn time includes extracting the features with ``run_with_cache`` (one forward pass)
 and standardising them (``StandardScaler`` + ``LogisticRegression(max_iter=200)``, C=1); each
 lensworks time is a whole ``probe_inputs`` call (its own forward passes included), controls
-off, for the methods in ``--methods``: ``fast-logistic`` (the default method), ``logistic``
+off, for the methods in ``--methods``: ``fast-logistic``, ``logistic``
 (plain L-BFGS, ``--logistic-iter`` steps), ``ridge``, ``lda`` and ``auto``. Wall time and
 process CPU time (all threads) are both printed: on a shared machine the CPU time is the
 steadier measure of the work done.

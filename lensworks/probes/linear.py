@@ -16,7 +16,7 @@ from the activation at this layer and stream?". Five fitting methods share one d
 * ``"logistic"``: multinomial logistic regression on the same features, fitted full batch
   with L-BFGS in torch (standardised features, scikit-learn's default penalty ``C = 1``).
   It keeps the activations of every probed stream in memory.
-* ``"fast-logistic"`` (the default): the same objective, minimised in whitened coordinates
+* ``"fast-logistic"``: the same objective, minimised in whitened coordinates
   from a scaled LDA start with a few (default 10) L-BFGS steps; on the benchmarks within a
   fraction of a point of scikit-learn's held-out accuracy at a small part of its cost (see
   ``docs/benchmarks.md``). Keeps the activations in memory like ``"logistic"``.
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 #: Accepted ``method`` values of :func:`probe_inputs` (the first is the default).
-METHODS: tuple[str, ...] = ("fast-logistic", "logistic", "ridge", "lda", "auto")
+METHODS: tuple[str, ...] = ("ridge", "lda", "auto", "logistic", "fast-logistic")
 
 #: Former private name of :func:`~lensworks.probes._data.make_plan` (benchmarks import it from here).
 _plan = make_plan
@@ -226,7 +226,7 @@ def probe_inputs(
     *,
     streams: Sequence[str] | None = None,
     offsets: Sequence[int] = (0, -1, -2),
-    method: Literal["ridge", "lda", "auto", "logistic", "fast-logistic"] = "fast-logistic",
+    method: Literal["ridge", "lda", "auto", "logistic", "fast-logistic"] = "ridge",
     shared: bool = False,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -257,7 +257,7 @@ def probe_inputs(
         on all training rows; same single forward pass. ``"logistic"`` fits multinomial
         logistic regression by full-batch L-BFGS (scikit-learn's objective with ``C = 1`` on
         standardised features) and also reports held-out cross-entropy; it keeps all
-        activations of the probed streams in memory. ``"fast-logistic"`` (the default)
+        activations of the probed streams in memory. ``"fast-logistic"``
         minimises the same objective in whitened coordinates from a scaled LDA start with
         ``max_iter`` (default :data:`FAST_LOGISTIC_ITER` = 10) L-BFGS steps (see
         :func:`~lensworks.probes._solvers.fit_logistic_whitened`): about scikit-learn's held-out
@@ -280,7 +280,7 @@ def probe_inputs(
             equal to :data:`DEFAULT_STREAMS`: asking for ``resid_mid`` on such a model is an
             error. Where the model has every default stream, both give the same result.
         offsets: Which input token to recover, relative to the position (0, -1, -2, ...).
-        method: ``"fast-logistic"`` (default), ``"logistic"``, ``"ridge"``, ``"lda"`` or ``"auto"``.
+        method: ``"ridge"`` (default), ``"lda"``, ``"auto"``, ``"logistic"`` or ``"fast-logistic"``.
         shared: Fit one probe per offset on the pooled activations of every probed layer and
             stream (then scored at each of them), instead of one per (layer, stream, offset).
         test_fraction: Share of sequences held out (of positions for a single sequence).
