@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lensworks.probes.linear import METHODS
 from lensworks.cli._common import (
     add_model_argument, add_option, add_outputs, format_table, model_from_args, records, write_outputs,
 )
@@ -41,8 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--skip-unknown", action="store_true",
                    help="drop characters the vocabulary lacks (with a warning counting them) instead of stopping")
     p.add_argument(
-        "--method", choices=("ridge", "lda", "auto", "logistic"), default="auto",
-        help="probe fitting rule (default auto: per probe the better of lda and ridge on a validation slice)",
+        "--method", choices=METHODS, default="auto",
+        help="probe fitting rule (default auto: per probe the better of lda and ridge on a validation slice; "
+             "fast-logistic: scikit-learn's logistic objective in a few whitened L-BFGS steps)",
     )
     p.add_argument("--offsets", default="0,-1,-2", help="comma-separated offsets (default 0,-1,-2)")
     p.add_argument("--streams", default=None, help="comma-separated streams (default resid_pre,resid_mid,resid_post)")
