@@ -232,6 +232,11 @@ def test_cached_activations_give_the_same_numbers(arch):
     lens_t, lens_c = logit_lens(model, toks), logit_lens(model, cache)
     torch.testing.assert_close(lens_c.kl, lens_t.kl, atol=float_tol(model, 1e-5), rtol=1e-4)
     assert lens_c.prompt_labels[0] == "cached row 0"
+    # probes read the cache for the main model (the tokens give the labels); same probes
+    kw = dict(offsets=(0,), streams=("resid_pre",), controls=False, method="lda")
+    p_t, p_c = probe_inputs(model, toks, **kw), probe_inputs(model, toks, cache=cache, **kw)
+    torch.testing.assert_close(p_c.accuracy, p_t.accuracy)
+    torch.testing.assert_close(p_c.probe_weights, p_t.probe_weights, atol=float_tol(model, 1e-4), rtol=1e-3)
 
 
 def test_decomposition_and_logit_lens_reproduce_the_output(arch):

@@ -229,3 +229,18 @@ def test_auto_method_chooses_and_refits(mlp_model):
     planted = torch.randint(0, 40, (30, 12), generator=torch.Generator().manual_seed(6))
     exact = probe_inputs(m, planted, streams=("resid_pre",), layers=[0], offsets=(0,), method="auto", controls=False)
     assert exact.accuracy[0, 0, 0] == 1.0
+
+
+def test_probes_from_a_cache_equal_the_token_path_and_check_the_cache(mlp_model):
+    from lensworks.probes import probe_inputs
+
+    toks = torch.randint(1, mlp_model.cfg.d_vocab, (12, 10), generator=torch.Generator().manual_seed(2))
+    _, cache = mlp_model.run_with_cache(toks)
+    kw = dict(offsets=(0, -1), method="ridge", seed=0)
+    a, b = probe_inputs(mlp_model, toks, **kw), probe_inputs(mlp_model, toks, cache=cache, **kw)
+    torch.testing.assert_close(a.accuracy, b.accuracy)
+    torch.testing.assert_close(a.control_random_model, b.control_random_model)  # the control runs its own copy
+    with pytest.raises(LensworksError, match="the tokens are"):
+        probe_inputs(mlp_model, toks[:6], cache=cache, **kw)
+    with pytest.raises(LensworksError, match="cache has no blocks.0.hook_resid_mid"):
+        probe_inputs(mlp_model, toks, cache={k: v for k, v in cache.items() if "resid_mid" not in k}, **kw)

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lensworks.model._compat import require_finite_activation
 from lensworks._dist import all_reduce_sum, world
 from lensworks.model import HookedTransformer
 from lensworks.probes._data import BatchFn, Plan, run_batches, sequences_with_rows
@@ -68,6 +69,9 @@ class ProbeJob:
     act_dtype: torch.dtype
     val_rows: list[Bool[Tensor, "n pos"]]
     test_seqs: Int[Tensor, "m"]
+    #: Activations the user already cached for ``tokens`` (read instead of running ``cache_model``).
+    cache: Any = None
+    cache_model: Any = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -96,8 +100,16 @@ class ProbeJob:
         rank, size = world()
         if size > 1:
             seqs = seqs[len(seqs) * rank // size : len(seqs) * (rank + 1) // size]
-        if len(seqs):
-            run_batches(model, self.tokens, seqs, self.hooks, self.stop_at, self.batch_size, desc, self.progress, fn)
+        if not len(seqs):
+            return
+        if self.cache is not None and model is self.cache_model:
+            with torch.inference_mode():
+                for s in range(0, len(seqs), self.batch_size):
+                    idx = seqs[s : s + self.batch_size]
+                    fn(idx, {key: require_finite_activation(self.cache[name][idx.to(self.cache[name].device)], name)
+                             for name, key in self.hooks.items()})
+            return
+        run_batches(model, self.tokens, seqs, self.hooks, self.stop_at, self.batch_size, desc, self.progress, fn)
 
     def all_keys(self) -> list[tuple]:
         """Every probe key, in a fixed order (the same on every rank)."""

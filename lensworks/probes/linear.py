@@ -220,6 +220,23 @@ class ProbeResults(Result):
 # --------------------------------------------------------------------------- public entry
 
 
+def _check_cache(cache: Any, tokens: Tensor, names: Sequence[str]) -> None:
+    """A user's ActivationCache must hold every probed hook for exactly these token rows."""
+    from lensworks._dist import is_distributed
+
+    if is_distributed():
+        raise LensworksError("cache: under torch.distributed pass tokens, not an activation cache (it belongs to one process)")
+    if not hasattr(cache, "keys"):
+        raise LensworksError(f"cache: expected an ActivationCache or a {{hook: tensor}} dict, got {type(cache).__name__}")
+    for name in names:
+        if name not in cache.keys():
+            raise LensworksError(f"cache has no {name}; cache it (model.run_with_cache(tokens) without a names_filter)")
+        shape = tuple(cache[name].shape[:2])
+        if shape != tuple(tokens.shape):
+            raise LensworksError(f"cache: {name} has batch/pos {shape} but the tokens are {tuple(tokens.shape)}; "
+                                 "pass the very token tensor the cache was computed from")
+
+
 def probe_inputs(
     model: HookedTransformer,
     data: Data,
@@ -236,6 +253,7 @@ def probe_inputs(
     controls: bool = True,
     max_iter: int | None = None,
     progress: bool | None = None,
+    cache: Any = None,
 ) -> ProbeResults:
     """Fit linear probes that recover input tokens from the residual stream, layer by layer.
 
@@ -293,6 +311,10 @@ def probe_inputs(
         max_iter: L-BFGS iterations of the logistic methods; None: 100 for ``"logistic"``,
             :data:`FAST_LOGISTIC_ITER` for ``"fast-logistic"``.
         progress: Show progress bars (None: only on a terminal).
+        cache: Activations already cached for ``data`` (an ``ActivationCache`` from
+            ``model.run_with_cache(tokens)`` or a ``{hook: tensor}`` dict; ``data`` must then be
+            that token tensor, which gives the labels). The model is not run again; the
+            random-model control still runs its own copy.
 
     Returns:
         A :class:`ProbeResults`.
@@ -318,6 +340,8 @@ def probe_inputs(
     layer_list = _check_layers(model, layers)
 
     tokens, lengths = model_tokens(model, data)
+    if cache is not None:
+        _check_cache(cache, tokens, [hook_name(s, l) for l in layer_list for s in streams])
     max_len = int(lengths.max())
     for o in offsets:
         if abs(o) >= max_len:
@@ -346,6 +370,8 @@ def probe_inputs(
         act_dtype=torch.float64 if model.cfg.dtype == torch.float64 else torch.float32,
         val_rows=validation_rows(plan, seed) if method == "auto" else [],
         test_seqs=sequences_with_rows(plan.test),
+        cache=cache,
+        cache_model=model if cache is not None else None,
     )
     fit = fit_logistic_pass if method in ("logistic", "fast-logistic") else fit_closed_form
     main = fit(job, model, "model", main=True)
