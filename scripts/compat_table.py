@@ -35,6 +35,11 @@ ROWS = {
     "test_probes_run_with_controls": "probes with controls, comparison with W_E",
     "test_embedding_basis_pca_equals_svd": "embedding PCA basis = SVD",
     "test_unlikely_token_usage": "unlikely-token usage",
+    "test_cached_activations_give_the_same_numbers": "an ActivationCache as data (residual stats, logit lens, probes) = tokens",
+    "test_effective_dimensionality_equals_dense_covariance": "effective dimensionality = dense covariance eigenvalues",
+    "test_skip_trigrams_equal_the_dense_circuits": "skip-trigrams = dense OV / QK circuits",
+    "test_circuit_graph_edges_are_the_composition_pairs_above_z": "circuit graph edges = composition pairs above z",
+    "test_attention_explorer_shows_the_model_patterns": "attention explorer = the cached pattern",
     "test_analyse_and_build": "`report.analyse` + `report.build`",
     "test_every_cli_command": "every CLI command (heads, geometry, neighbours, probes, report)",
 }
