@@ -1,8 +1,9 @@
-"""``python -m lensworks``: the command line (also under ``torchrun ... -m lensworks``)."""
+"""``python -m lensworks``: the command line (also under ``torchrun ... -m lensworks``).
 
-import sys
+Runs the ``lensworks.cli`` package's own ``__main__``; the library itself never imports the CLI.
+"""
 
-from lensworks.cli import main
+import runpy
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("lensworks.cli", run_name="__main__", alter_sys=True)

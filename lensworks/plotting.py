@@ -108,7 +108,7 @@ def attention_explorer(
         A plotly Figure.
 
     Example:
-        >>> attention_explorer(model, ["def f(x):", "import os"]).show()  # doctest: +SKIP
+        >>> fig = attention_explorer(model, ["def f(x):", "import os"])  # doctest: +SKIP
     """
     import plotly.graph_objects as go
     import torch
