@@ -15,6 +15,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lensworks._dist import is_main
 from lensworks.model import HookedTransformer, LensworksError, as_tokens
 from lensworks.model._compat import capture_hooks
 
@@ -235,7 +236,7 @@ def run_batches(
     """
     disable = None if progress is None else not progress
     starts = range(0, len(seq_idx), batch_size)
-    for s in tqdm(starts, desc=desc, disable=disable, leave=False):
+    for s in tqdm(starts, desc=desc, disable=True if not is_main() else disable, leave=False):  # rank 0 only
         idx = seq_idx[s : s + batch_size]
         store: dict[tuple[int, str], Tensor] = {}
 

@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lensworks._dist import is_main
 from lensworks._deprecation import renamed_arguments
 from lensworks._results import Result, require_finite
 from lensworks.model._compat import capture_hooks
@@ -166,7 +167,8 @@ def unlikely_token_usage(
     gen = torch.Generator().manual_seed(seed)
     shares_u, shares_l, shares_r, lows = [], [], [], []
     disable = None if progress is None else not progress
-    for s in tqdm(range(0, toks.shape[0], batch_size), desc="unlikely-token usage", disable=disable, leave=False):
+    for s in tqdm(range(0, toks.shape[0], batch_size), desc="unlikely-token usage", disable=True if not is_main() else disable,
+                  leave=False):
         batch, lens = toks[s : s + batch_size], lengths[s : s + batch_size]
         rows = torch.arange(len(batch), device=batch.device)
         store: dict[str, Tensor] = {}
