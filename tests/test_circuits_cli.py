@@ -36,3 +36,19 @@ def test_heads_cli_errors(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["heads", "--no-such-flag"])
+
+
+def test_heads_cli_graph_and_trigrams(tmp_path, capsys):
+    save_model(planted_induction_model(), tmp_path / "planted")
+    out_json = tmp_path / "heads.json"
+    assert main(["heads", str(tmp_path / "planted"), "--graph", "--trigrams", "L1H0", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"circuit graph: \d+ edges at z >= 3", text)
+    assert re.search(r"L0H0\s+L1H0\s+K", text)  # the planted K-composition is an edge
+    assert "skip-trigrams of L1H0" in text
+    payload = json.loads(out_json.read_text())
+    assert payload["circuit_graph"]["edges"][0][:3] == ["L0H0", "L1H0", "K"]
+    tri = payload["skip_trigrams"]
+    assert tri["source"] == tri["out"]  # the planted induction head copies the token it attends to
+    assert main(["heads", str(tmp_path / "planted"), "--trigrams", "head-1"]) == 2
+    assert "--trigrams expects a head such as L1H2" in capsys.readouterr().err

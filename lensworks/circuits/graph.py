@@ -106,6 +106,7 @@ def circuit_graph(
     copying_threshold: float = 0.5,
     seed: int = 0,
     baseline_samples: int = 200,
+    precomputed: dict[str, Any] | None = None,
 ) -> CircuitGraph:
     """Heads with their roles and the composition edges far above chance.
 
@@ -117,6 +118,9 @@ def circuit_graph(
         copying_threshold: A copying score at least this gives the role "copying".
         seed: Seed of the repeated random tokens.
         baseline_samples: Random factor pairs behind each mode's baseline (and so behind ``z``).
+        precomputed: Results already at hand, reused instead of recomputed: ``"Q"``/``"K"``/``"V"``
+            (:class:`CompositionScores` with a baseline), ``"copying"``, and ``"previous_token"``,
+            ``"duplicate_token"``, ``"induction"`` (behavioural scores); the report passes its own.
 
     Returns:
         A :class:`CircuitGraph`.
@@ -129,10 +133,15 @@ def circuit_graph(
     modes = tuple(modes)
     if not modes or any(m not in ("Q", "K", "V") for m in modes):
         raise LensworksError(f"modes must be a non-empty subset of ('Q', 'K', 'V'), got {modes}")
-    bos = uses_bos(model)
-    tokens = repeated_tokens(model, seq_len=default_seq_len(model, bos=bos), n_seqs=32, seed=seed, prepend_bos=bos)
-    scores = behaviour_scores(model, tokens, offset=int(bos))
-    copying = copying_scores(model, baseline=False)
+    given = dict(precomputed or {})
+    kinds = ("previous_token", "duplicate_token", "induction")
+    if all(k in given for k in kinds):
+        scores = {k: given[k] for k in kinds}
+    else:
+        bos = uses_bos(model)
+        tokens = repeated_tokens(model, seq_len=default_seq_len(model, bos=bos), n_seqs=32, seed=seed, prepend_bos=bos)
+        scores = behaviour_scores(model, tokens, offset=int(bos))
+    copying = given["copying"] if "copying" in given else copying_scores(model, baseline=False)
     labels = copying.labels
     H = model.cfg.n_heads
     roles_of = {"previous_token": "previous-token", "duplicate_token": "duplicate-token", "induction": "induction"}
@@ -147,7 +156,9 @@ def circuit_graph(
     edges: list[Edge] = []
     if model.cfg.n_layers > 1:
         for mode in modes:
-            comp = composition_scores(model, mode, baseline_samples=baseline_samples, progress=False)
+            comp = given.get(mode)
+            if comp is None or comp.baseline is None:
+                comp = composition_scores(model, mode, baseline_samples=baseline_samples, progress=False)
             z = (comp.scores - comp.baseline.mean) / max(comp.baseline.std, 1e-12)
             hits = (comp.mask() & (z >= z_min)).nonzero().tolist()
             for la, ha, lb, hb in hits:

@@ -29,6 +29,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--top", type=int, default=5, help="rows per table (default 5)")
     p.add_argument("--seq-len", type=int, default=None, help="length of the repeated random sequence")
     p.add_argument("--n-seqs", type=int, default=32, help="number of repeated sequences (default 32)")
+    p.add_argument("--graph", action="store_true", help="also print the circuit graph (composition edges above z)")
+    p.add_argument("--z-min", type=float, default=3.0, help="z threshold of a circuit-graph edge (default 3)")
+    p.add_argument("--trigrams", default=None, metavar="LxHy",
+                   help="also print the skip-trigrams of one head, e.g. L1H2")
     add_option(p, "--seed")
     add_outputs(p, "write every score as JSON", "write the figures as one self-contained HTML page")
     p.set_defaults(func=run)
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print("\nstrongest composition (z: std above random factors)")
         print(format_table(rows, ["mode", "pair", "score", "z"]))
     print("\n" + report.summary())
+    extra = _graph_and_trigrams(args, model, report, dup, comps)
     payload = {
         "model": name,
         "induction_heads": [f"L{l}H{h}" for l, h in report.heads],
@@ -88,6 +93,37 @@ def run(args: argparse.Namespace) -> int:
         "head_scores": {k: v.to_dict() for k, v in per_head.items()},
         "composition": {m: c.to_dict() for m, c in comps.items()},
     }
+    payload.update({k: v.to_dict() for k, v in extra.items()})
     figures = [report.figure()] + [res.figure() for res in per_head.values()] + [c.figure() for c in comps.values()]
+    figures += [v.figure() for v in extra.values()]
     write_outputs(args, payload, figures, title=f"lensworks heads: {name}")
     return 0
+
+
+def _graph_and_trigrams(args: argparse.Namespace, model: Any, report: Any, dup: Any, comps: dict) -> dict[str, Any]:
+    """``--graph`` and ``--trigrams``: print them and return the results for JSON/HTML."""
+    import re
+
+    from lensworks.circuits import circuit_graph, skip_trigrams
+    from lensworks.model import LensworksError
+
+    out: dict[str, Any] = {}
+    if args.graph:
+        given = {"previous_token": report.previous, "induction": report.induction, "duplicate_token": dup,
+                 "copying": report.copying, **comps}
+        graph = circuit_graph(model, z_min=args.z_min, seed=args.seed, precomputed=given)
+        rows = [(a, b, mode, score, f"{z:.1f}") for a, b, mode, score, z in graph.edges[: max(args.top, 10)]]
+        print(f"\ncircuit graph: {len(graph.edges)} edges at z >= {args.z_min:g}")
+        print(format_table(rows, ["from", "to", "mode", "score", "z"]) if rows else "(no edges)")
+        out["circuit_graph"] = graph
+    if args.trigrams is not None:
+        m = re.fullmatch(r"L(\d+)H(\d+)", args.trigrams.strip())
+        if m is None:
+            raise LensworksError(f"--trigrams expects a head such as L1H2, got {args.trigrams!r}")
+        tri = skip_trigrams(model, int(m.group(1)), int(m.group(2)), k=max(args.top, 10))
+        rows = [(d, s_, o, ov, qk) for d, s_, o, ov, qk in zip(tri.destination_labels, tri.source_labels, tri.out_labels,
+                                                               tri.ov.tolist(), tri.qk.tolist())]
+        print(f"\nskip-trigrams of {args.trigrams} (destination ... source -> out)")
+        print(format_table(rows, ["destination", "source", "out", "ov", "qk"]))
+        out["skip_trigrams"] = tri
+    return out

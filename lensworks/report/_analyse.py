@@ -141,7 +141,8 @@ def analyse(
     # Named places on the page, in page order; each analysis fills its own.
     slots: dict[str, dict[str, Any]] = {
         "circuits": dict.fromkeys(["verdict", "induction", "previous_token", "duplicate_token", "Q composition",
-                                   "K composition", "V composition", "copying", "attention explorer"]),
+                                   "K composition", "V composition", "circuit graph", "copying",
+                                   "attention explorer"]),
         "geometry": dict.fromkeys(["residual statistics", "block ablation", "decomposition", "logit lens"]),
         "probes": dict.fromkeys(["input-token probes", "comparison with W_E", "embedding basis"]),
     }
@@ -201,6 +202,13 @@ def analyse(
     def run_composition():
         comps = [circuits.composition_scores(model, m, progress=False) for m in ("Q", "V")]
         circuits_out["Q composition"], circuits_out["V composition"] = comps
+
+    def run_graph():
+        c = circuits_out
+        given = {"previous_token": c["previous_token"], "induction": c["induction"],
+                 "duplicate_token": c["duplicate_token"], "copying": c["copying"]}
+        given.update({m: c[f"{m} composition"] for m in "QKV" if c.get(f"{m} composition") is not None})
+        circuits_out["circuit graph"] = circuits.circuit_graph(model, seed=seed, precomputed=given)
 
     def run_explorer():
         from lensworks.plotting import attention_explorer
@@ -280,6 +288,7 @@ def analyse(
     ]
     if cfg.n_layers > 1:
         steps.append(("circuits: Q/V composition", run_composition))
+        steps.append(("circuits: circuit graph", run_graph))
     steps += [
         ("geometry: data", run_data),
         ("circuits: attention explorer", run_explorer),
