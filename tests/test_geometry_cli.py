@@ -10,7 +10,7 @@ import torch
 from helpers import tiny_model
 from lensworks import save_model
 from lensworks.cli import main
-from lensworks.geometry import block_ablation, residual_stats
+from lensworks.geometry import block_ablation, effective_dimensionality, residual_stats
 from lensworks.zoo.recipes import CHAR_VOCAB as ZOO_VOCAB
 
 
@@ -37,7 +37,17 @@ def test_geometry_builtin_sets(ckpt, tmp_path, capsys):
     ref = block_ablation(model, both).to_frame()
     assert [r["drop_mlp_hellinger_mean"] for r in data["block_ablation"]] == pytest.approx(
         ref.drop_mlp_hellinger_mean.tolist(), abs=1e-5)
-    assert "<html" in out_html.read_text()[:200]
+    # effective dimensionality: printed, and the JSON holds exactly the library's numbers on both sets
+    assert "effective dimensionality" in text and "participation_ratio" in text
+    dim = effective_dimensionality(model, both).to_frame()
+    assert data["effective_dimensionality_samples"] == len(both)
+    assert [(r["layer"], r["stream"], r["n_components_90"]) for r in data["effective_dimensionality"]] == list(
+        zip(dim.layer.tolist(), dim.stream.tolist(), dim.n_components_90.tolist()))
+    assert [r["participation_ratio"] for r in data["effective_dimensionality"]] == pytest.approx(
+        dim.participation_ratio.tolist(), rel=1e-5)
+    assert f"rank at most {len(both) - 1}" in text  # 32 samples, d_model 32: the rank bound is said plainly
+    page = out_html.read_text()
+    assert "<html" in page[:200] and "Effective dimensionality of the residual stream" in page
 
 
 def test_geometry_with_files(ckpt, tmp_path, capsys):
@@ -60,6 +70,12 @@ def test_geometry_errors(ckpt, tmp_path, capsys):
     one = tmp_path / "one.txt"
     one.write_text("only one line\n")
     assert main(["geometry", str(path), "--positive", str(one), "--negative", str(one)]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait\nthe sun\n".encode("latin-1"))
+    assert main(["geometry", str(path), "--positive", str(latin1), "--negative", str(latin1)]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and "0xe9" in err and err.count("\n") == 1
 
 
 def test_neighbours_cli(ckpt, tmp_path, capsys):

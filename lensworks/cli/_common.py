@@ -186,7 +186,7 @@ def read_lines(path: str | None, what: str) -> list[str] | None:
         At least two lines, without their line endings.
 
     Raises:
-        LensworksError: The file is missing or has fewer than two non-empty lines.
+        LensworksError: The file is missing, is not UTF-8, or has fewer than two non-empty lines.
 
     Example:
         >>> read_lines(None, "positive") is None
@@ -199,7 +199,12 @@ def read_lines(path: str | None, what: str) -> list[str] | None:
     p = Path(path)
     if not p.is_file():
         raise LensworksError(f"--{what}: no such file {path!r}")
-    lines = [line.rstrip("\r\n") for line in p.read_text(encoding="utf-8").splitlines()]
+    try:
+        content = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LensworksError(f"--{what}: {path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                             "save it as UTF-8") from None
+    lines = [line.rstrip("\r\n") for line in content.splitlines()]
     lines = [line for line in lines if line.strip()]
     if len(lines) < 2:
         raise LensworksError(f"--{what}: {path!r} has {len(lines)} non-empty lines; need at least 2 (one prompt per line)")

@@ -1,4 +1,5 @@
-"""``lensworks geometry``: residual statistics of two prompt sets, block ablations, logit lens."""
+"""``lensworks geometry``: residual statistics of two prompt sets, block ablations, logit lens,
+effective dimensionality."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ def register(subparsers: Any) -> None:
         32
     """
     g = subparsers.add_parser(
-        "geometry", help="residual statistics of two prompt sets, block ablations, logit lens",
+        "geometry", help="residual statistics of two prompt sets, block ablations, logit lens, effective dimensionality",
         description="Per-layer residual statistics for two contrastive prompt sets (one prompt per line), "
-                    "attention/MLP ablation per block (Hellinger), logit lens and block decomposition. Without "
+                    "attention/MLP ablation per block (Hellinger), logit lens, block decomposition and the "
+                    "effective dimensionality of the residual stream (both sets together). Without "
                     "files, built-in sets (Python code vs English prose) are used.")
     add_model_argument(g)
     g.add_argument("--positive", metavar="FILE", help="prompts of the first set, one per line")
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         >>> main(["geometry", "--json", "out/geometry.json"])  # doctest: +SKIP
         0
     """
-    from lensworks.geometry import block_ablation, block_decomposition, logit_lens, residual_stats, update_alignment
+    from lensworks.geometry import (block_ablation, block_decomposition, effective_dimensionality, logit_lens,
+                                    residual_stats, update_alignment)
     from lensworks.model import LensworksError, model_streams
 
     pos = read_lines(args.positive, "positive")
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     lens = logit_lens(model, both, batch_size=bs)
     dec = block_decomposition(model, both, batch_size=bs)
     align = update_alignment(model, both, batch_size=bs)
+    dim = effective_dimensionality(model, both, batch_size=bs)
 
     cos = stats.cosine("positive", "negative")
     rows = []
@@ -105,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                        ["layer", "KL to final (nats)", "top1 = final"]))
     print(f"\ncosine(final residual, embed + MLP outputs only): mean {float(dec.ffn_only_cosine.mean()):.3f} "
           f"over {len(both)} prompts")
+    _print_dimensionality(dim, model.cfg.d_model)
 
     payload = {
         "model": name,
@@ -120,7 +125,22 @@ def run(args: argparse.Namespace) -> int:
         "block_decomposition": records(dec.to_frame()),
         "ffn_only_cosine_mean": float(dec.ffn_only_cosine.mean()),
         "update_alignment": {"labels": list(align.labels), "cosine": align.cosine.tolist()},
+        "effective_dimensionality": records(dim.to_frame()),
+        "effective_dimensionality_samples": dim.n_samples,
     }
-    write_outputs(args, payload, [stats.figure(), table.figure(), lens.figure(), dec.figure(0), align.figure()],
+    write_outputs(args, payload, [stats.figure(), table.figure(), lens.figure(), dec.figure(0), align.figure(),
+                                  dim.figure()],
                   title=f"lensworks geometry: {name}")
     return 0
+
+
+def _print_dimensionality(dim: Any, d_model: int) -> None:
+    """The effective-dimensionality table, with a note when the samples cap the covariance's rank."""
+    print(f"\neffective dimensionality at the last token ({dim.n_samples} prompts of both sets; participation ratio "
+          "(sum lambda)^2 / sum lambda^2 and components for 90% of the variance)")
+    print(format_table([(int(r.layer), r.stream, float(r.participation_ratio), int(r.n_components_90))
+                        for r in dim.to_frame().itertuples()],
+                       ["layer", "stream", "participation_ratio", "n_components_90"]))
+    if dim.n_samples <= d_model:
+        print(f"note: {dim.n_samples} samples give a covariance of rank at most {dim.n_samples - 1} (d_model {d_model}); "
+              "more prompts give numbers less bounded by the sample count")
