@@ -327,3 +327,86 @@ def test_attention_explorer_shows_the_model_patterns(arch):
     lower = torch.ones(7, 7).tril().bool()
     torch.testing.assert_close(z[lower], ref[lower], atol=float_tol(model, 1e-6), rtol=0)
     assert torch.isnan(z[~lower]).all()  # the future is masked, never shown as 0
+
+
+# --------------------------------------------------------------------------- term importance
+
+
+def _naive_term_losses(model, toks, max_order):
+    """Seed 003's expansion written out head by head from the weights and a cache (LayerNorm
+    models with sequential blocks and ungated MLPs): order components and every path vector."""
+    from lensworks.model import attention_weights
+
+    cfg = model.cfg
+    logits, cache = model.run_with_cache(toks)
+    w = {k: v.double() for k, v in attention_weights(model).items()}
+    d = lambda t: t.detach().double()  # noqa: E731
+
+    def lin(x, ln, scale):  # a frozen LayerNorm without its bias
+        return (x - x.mean(-1, keepdim=True)) / d(scale) * d(ln.w)
+
+    def head_out(l, h, x):
+        v = lin(x, model.blocks[l].ln1, cache[f"blocks.{l}.ln1.hook_scale"]) @ w["W_V"][l, h]
+        return torch.einsum("bqk,bkd->bqd", d(cache[f"blocks.{l}.attn.hook_pattern"][:, h]), v) @ w["W_O"][l, h]
+
+    x0 = d(cache["blocks.0.hook_resid_pre"])
+    orders = [x0] + [torch.zeros_like(x0)] * cfg.n_layers
+    paths = {(): orders[0]}
+    for l in range(cfg.n_layers):
+        blk = model.blocks[l]
+        b_v = d(blk.attn.b_V) if blk.attn.b_V is not None else torch.zeros(cfg.n_heads, cfg.d_head, dtype=torch.float64)
+        const = sum((d(blk.ln1.b) @ w["W_V"][l, h] + b_v[h]) @ w["W_O"][l, h] for h in range(cfg.n_heads)) + d(blk.attn.b_O)
+        for p in [p for p in paths if len(p) < max_order and (not p or p[-1][0] < l)]:
+            for h in range(cfg.n_heads):
+                paths[p + ((l, h),)] = head_out(l, h, paths[p])
+        moved = [sum(head_out(l, h, orders[j - 1]) for h in range(cfg.n_heads)) if j else const for j in range(len(orders))]
+        orders = [o + m for o, m in zip(orders, moved)]
+        paths[()] = orders[0]
+        if cfg.attn_only:
+            continue
+        pre, post = d(cache[f"blocks.{l}.mlp.hook_pre"]), d(cache[f"blocks.{l}.mlp.hook_post"])
+        ratio = post / pre
+        mlp = lambda x: ((lin(x, blk.ln2, cache[f"blocks.{l}.ln2.hook_scale"]) @ d(blk.mlp.W_in)) * ratio) @ d(blk.mlp.W_out)  # noqa: E731
+        mlp_const = ((d(blk.ln2.b) @ d(blk.mlp.W_in) + d(blk.mlp.b_in)) * ratio) @ d(blk.mlp.W_out) + d(blk.mlp.b_out)
+        orders = [o + mlp(o) + (mlp_const if j == 0 else 0) for j, o in enumerate(orders)]
+        paths = {p: (orders[0] if not p else v + mlp(v)) for p, v in paths.items()}
+
+    scale_f = cache["ln_final.hook_scale"]
+    readout = lambda x: lin(x, model.ln_final, scale_f)  # noqa: E731
+    const_f = d(model.ln_final.b)
+
+    def loss(normalized):
+        lg = normalized @ d(model.W_U) + d(model.b_U)
+        return float(-torch.log_softmax(lg[:, :-1], -1).gather(-1, toks[:, 1:, None]).mean())
+
+    by_order = [loss(sum(readout(o) for o in orders[: k + 1]) + const_f) for k in range(cfg.n_layers + 1)]
+    full = sum(readout(o) for o in orders) + const_f
+    return by_order, {p: loss(full - readout(v)) for p, v in paths.items()}
+
+
+def test_term_importance_sums_back_to_the_model(arch):
+    from lensworks.circuits import term_importance
+
+    model = arch_model(arch)
+    toks = _tokens(model, n=4, pos=10)
+    ti = term_importance(model, toks, max_order=2, batch_size=3, slots_per_pass=7)
+    with torch.no_grad():
+        own = float(model(toks, return_type="loss"))
+    assert ti.model_loss == pytest.approx(own, rel=float_tol(model, 1e-5))
+    # the frozen expansion of every order is the model itself (MLPs linearised exactly at the real input)
+    assert float(ti.loss_by_order[-1]) == pytest.approx(own, rel=float_tol(model, 1e-5))
+    assert ti.reconstruction_error < float_tol(model, 1e-5)
+    n_heads, n_layers = model.cfg.n_heads, model.cfg.n_layers
+    assert len(ti.terms) == 1 + n_layers * n_heads + math.comb(n_layers, 2) * n_heads**2 == len(ti.loss_without)
+    frame = ti.to_frame()
+    assert list(frame.columns) == ["term", "order", "loss_without", "loss_increase"]
+    assert frame["loss_increase"].is_monotonic_decreasing and ti.figure().data and ti.headline()
+    if arch in ("attn-only", "ln-mlp"):  # LayerNorm, sequential blocks, ungated MLP: written out by hand
+        by_order, without = _naive_term_losses(model, toks, 2)
+        torch.testing.assert_close(ti.loss_by_order.double(), torch.tensor(by_order, dtype=torch.float64),
+                                   rtol=1e-5, atol=1e-5)
+        from lensworks.circuits.terms import path_label
+
+        naive = torch.tensor([without[p] for p in sorted(without, key=lambda p: ti.terms.index(path_label(p)))],
+                             dtype=torch.float64)
+        torch.testing.assert_close(ti.loss_without.double(), naive, rtol=1e-5, atol=1e-5)

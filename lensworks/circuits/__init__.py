@@ -1,4 +1,5 @@
-"""Circuits: composition, copying and behavioural head scores, and induction-head detection."""
+"""Circuits: composition, copying and behavioural head scores, induction heads, skip-trigrams, the
+circuit graph and term importance."""
 
 from lensworks.circuits.composition import CompositionScores, composition_scores
 from lensworks.circuits.eigen import CopyingScores, copying_scores
@@ -7,6 +8,7 @@ from lensworks.circuits.heads import BehaviourScores, head_scores, repeated_toke
 from lensworks.circuits.induction import InductionReport, find_induction_heads
 from lensworks.circuits.trigrams import SkipTrigrams, skip_trigrams
 from lensworks.circuits.graph import CircuitGraph, circuit_graph
+from lensworks.circuits.terms import TermImportance, term_importance
 
 __all__ = [
     "composition_scores",
@@ -16,7 +18,9 @@ __all__ = [
     "repeated_tokens",
     "skip_trigrams",
     "circuit_graph",
+    "term_importance",
     "CircuitGraph",
+    "TermImportance",
     "SkipTrigrams",
     "CompositionScores",
     "HeadScores",
