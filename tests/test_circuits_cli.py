@@ -52,3 +52,23 @@ def test_heads_cli_graph_and_trigrams(tmp_path, capsys):
     assert tri["source"] == tri["out"]  # the planted induction head copies the token it attends to
     assert main(["heads", str(tmp_path / "planted"), "--trigrams", "head-1"]) == 2
     assert "--trigrams expects a head such as L1H2" in capsys.readouterr().err
+
+
+def test_heads_cli_terms(tmp_path, capsys):
+    from lensworks import load_model
+    from lensworks.circuits import find_induction_heads, repeated_tokens, term_importance
+
+    save_model(planted_induction_model(), tmp_path / "planted")
+    out_json = tmp_path / "heads.json"
+    assert main(["heads", str(tmp_path / "planted"), "--terms", "--n-seqs", "4", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "term importance on 4 repeated random sequences" in text
+    got = json.loads(out_json.read_text())["term_importance"]
+    model = load_model(tmp_path / "planted")
+    t = find_induction_heads(model, n_seqs=4, seed=0).thresholds  # the sequences the CLI reads
+    want = term_importance(model, repeated_tokens(model, seq_len=t["seq_len"], n_seqs=4, seed=0,
+                                                  prepend_bos=t["prepend_bos"]))
+    assert got["loss_by_order"] == pytest.approx(want.loss_by_order.tolist(), rel=1e-5)
+    assert got["terms"] == list(want.terms)
+    assert main(["heads", str(tmp_path / "planted"), "--terms-text", str(tmp_path / "missing.txt")]) == 2
+    assert "--terms-text: no such file" in capsys.readouterr().err

@@ -33,6 +33,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--z-min", type=float, default=3.0, help="z threshold of a circuit-graph edge (default 3)")
     p.add_argument("--trigrams", default=None, metavar="LxHy",
                    help="also print the skip-trigrams of one head, e.g. L1H2")
+    p.add_argument("--terms", action="store_true",
+                   help="also print term importance (loss by path order, most important paths) on the repeated "
+                        "sequences, or on --terms-text")
+    p.add_argument("--terms-text", default=None, metavar="FILE",
+                   help="text file for --terms, read as windows of --seq-len tokens (at most --n-seqs of them)")
     add_option(p, "--seed")
     add_outputs(p, "write every score as JSON", "write the figures as one self-contained HTML page")
     p.set_defaults(func=run)
@@ -86,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows, ["mode", "pair", "score", "z"]))
     print("\n" + report.summary())
     extra = _graph_and_trigrams(args, model, report, dup, comps)
+    if args.terms or args.terms_text is not None:
+        extra["term_importance"] = _terms(args, model, report)
     payload = {
         "model": name,
         "induction_heads": [f"L{l}H{h}" for l, h in report.heads],
@@ -127,3 +134,39 @@ def _graph_and_trigrams(args: argparse.Namespace, model: Any, report: Any, dup: 
         print(format_table(rows, ["destination", "source", "out", "ov", "qk"]))
         out["skip_trigrams"] = tri
     return out
+
+
+def _terms(args: argparse.Namespace, model: Any, report: Any) -> Any:
+    """``--terms``: term importance on the repeated sequences (or ``--terms-text``), printed."""
+    from lensworks.circuits import repeated_tokens, term_importance
+    from lensworks.model import LensworksError, text_windows
+
+    n_seqs = min(args.n_seqs, 16)  # one copy of the batch per term: keep the batch small
+    if args.terms_text is not None:
+        from pathlib import Path
+
+        path = Path(args.terms_text)
+        if not path.is_file():
+            raise LensworksError(f"--terms-text: no such file {args.terms_text!r}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise LensworksError(f"--terms-text: {args.terms_text!r} is not UTF-8 text (offset {e.start}); "
+                                 "save it as UTF-8") from None
+        width = min(args.seq_len or 64, model.cfg.n_ctx)
+        data = text_windows(model, text, width=width)[:n_seqs]
+        what = f"{data.shape[0]} windows of {args.terms_text}"
+    else:
+        data = repeated_tokens(model, seq_len=report.thresholds["seq_len"], n_seqs=n_seqs, seed=args.seed,
+                               prepend_bos=report.thresholds["prepend_bos"])
+        what = f"{n_seqs} repeated random sequences"
+    if data.shape[0] == 0:
+        raise LensworksError(f"--terms-text {args.terms_text}: too short for one window of {width} tokens")
+    ti = term_importance(model, data, progress=None)
+    rows = [(k, loss, loss - ti.model_loss) for k, loss in enumerate(ti.loss_by_order.tolist())]
+    print(f"\nterm importance on {what}: loss keeping paths through at most k heads (model {ti.model_loss:.4f})")
+    print(format_table(rows, ["k", "loss", "above model"]))
+    frame = ti.to_frame().head(args.top)
+    print(format_table(list(zip(frame["term"], frame["order"], frame["loss_without"], frame["loss_increase"])),
+                       ["term", "order", "loss without", "increase"]))
+    return ti
