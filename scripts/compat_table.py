@@ -40,6 +40,7 @@ ROWS = {
     "test_skip_trigrams_equal_the_dense_circuits": "skip-trigrams = dense OV / QK circuits",
     "test_circuit_graph_edges_are_the_composition_pairs_above_z": "circuit graph edges = composition pairs above z",
     "test_attention_explorer_shows_the_model_patterns": "attention explorer = the cached pattern",
+    "test_term_importance_sums_back_to_the_model": "term importance: all orders = the model's loss (head-by-head expansion on LN models)",
     "test_analyse_and_build": "`report.analyse` + `report.build`",
     "test_every_cli_command": "every CLI command (heads, geometry, neighbours, probes, report)",
 }
