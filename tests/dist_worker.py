@@ -32,6 +32,8 @@ def analyses(model, toks, texts):
         "probes_ridge": lambda: _probes(model, toks, "ridge"),
         "probes_fast_logistic": lambda: _probes(model, toks, "fast-logistic"),
         "effective_dimensionality": lambda: {"pr": geometry.effective_dimensionality(model, toks, batch_size=3).participation_ratio},
+        "term_importance": lambda: {k: getattr(circuits.term_importance(model, toks, batch_size=3), k)
+                                    for k in ("loss_by_order", "loss_without")},
         "copying": lambda: {"scores": circuits.copying_scores(model).scores},
         "composition": lambda: {"scores": circuits.composition_scores(model, "K", progress=False).scores},
     }

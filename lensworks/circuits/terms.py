@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._dist import Shard, all_reduce_sum, gather_each
 from lensworks._results import Result
 from lensworks.geometry._common import Data, iter_batches, progress_bar, softcap
 from lensworks.model import HookedTransformer, LensworksError, check_model, has_resid_mid, processing_state
@@ -415,8 +416,10 @@ def term_importance(
     without = torch.zeros(len(paths), dtype=torch.float64)
     model_sum, n_tokens, worst, scale = 0.0, 0, 0.0, 0.0
     bar = progress_bar(desc="term importance", progress=progress)
+    shard = Shard("data")  # under torch.distributed each rank reads its share of every batch
     with torch.inference_mode():
-        for toks, last in iter_batches(model, data, batch_size=batch_size, position=-1, prepend_bos=prepend_bos):
+        for toks, last in iter_batches(model, data, batch_size=batch_size, position=-1, prepend_bos=prepend_bos,
+                                       shard=shard):
             if toks.shape[1] < 2:
                 raise LensworksError(f"data: sequences need at least 2 tokens to have a next-token loss, got {toks.shape[1]}")
             pos = torch.arange(toks.shape[1] - 1, device=toks.device)
@@ -447,12 +450,16 @@ def term_importance(
                 done += len(chunk)
                 bar.update(1)
     bar.close()
+    sums = all_reduce_sum(torch.cat([order_sum, without, torch.tensor([model_sum, float(n_tokens)], dtype=torch.float64)]))
+    order_sum, without = sums[: len(order_sum)], sums[len(order_sum): len(order_sum) + len(without)]
+    model_sum, n_tokens = float(sums[-2]), int(sums[-1])
+    worst = max(float(w) for w in gather_each(torch.tensor([worst / max(scale, 1e-30)], dtype=torch.float64)))
     if n_tokens == 0:
         raise LensworksError("data: no next-token predictions (every sequence is a single token)")
     return TermImportance(
         loss_by_order=(order_sum / n_tokens).float(), model_loss=model_sum / n_tokens,
         terms=tuple(path_label(p) for p in paths), orders=torch.tensor([len(p) for p in paths]),
         loss_without=(without / n_tokens).float(), max_order=max_order, n_tokens=n_tokens,
-        reconstruction_error=worst / max(scale, 1e-30), mlp="none" if cfg.attn_only else "frozen linearisation",
+        reconstruction_error=worst, mlp="none" if cfg.attn_only else "frozen linearisation",
         processing=processing_state(model),
     )
