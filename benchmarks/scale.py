@@ -488,7 +488,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--models", default=",".join(CONFIGS), help=f"comma separated subset of {','.join(CONFIGS)}")
+    ap.add_argument("--models", default=",".join(CONFIGS), help=f"comma separated subset of {','.join(CONFIGS)}, or none")
     ap.add_argument("--only", default=",".join(ANALYSES), help=f"comma separated subset of {','.join(ANALYSES)}")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--tiny", action="store_true", help="shrink every config and data size (CPU dry run)")
@@ -511,7 +511,8 @@ def main() -> None:
         show(args.show)
         return
 
-    names = parse_list(args.models, tuple(CONFIGS), "models")
+    # "--models none" with --cpu-weight-only measures only the CPU weight-only scores
+    names = [] if args.models.strip() == "none" else parse_list(args.models, tuple(CONFIGS), "models")
     only = set(parse_list(args.only, ANALYSES, "only"))
     dtype = getattr(torch, args.dtype)
     device = args.device
