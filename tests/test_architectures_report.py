@@ -21,7 +21,8 @@ def test_analyse_and_build(arch, tmp_path):
     text = TEXT if arch_family(arch) else TEXT.lower().replace("(", " ").replace(")", " ").replace("=", " ").replace(":", " ").replace("_", " ")
     results = report.analyse(model, text=text, n_prompts=4, prompt_len=24, progress=False)
     names = [type(r[0] if isinstance(r, tuple) else r).__name__ for sec in results.values() for r in sec]
-    for expected in ("InductionReport", "CompositionScores", "ResidualStats", "AblationTable", "LogitLens", "ProbeResults"):
+    for expected in ("InductionReport", "CompositionScores", "ResidualStats", "AblationTable", "LogitLens",
+                     "EffectiveDimensionality", "ProbeResults"):
         assert expected in names, (arch, names)
     stats = next(r for r in results["geometry"] if type(r).__name__ == "ResidualStats")
     assert ("resid_mid" in stats.streams) == has_resid_mid(model)
@@ -46,14 +47,16 @@ def test_every_cli_command(arch, tmp_path, capsys):
     pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
     pos.write_text("the cat sat\na dog ran\nit is late\n")
     neg.write_text("one two three\nfour five six\nseven eight nine\n")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat sat on the mat.\nthe dog ran.\n")
     runs = [
         ["heads", ckpt, "--n-seqs", "4", "--json", str(tmp_path / "h.json")],
         ["geometry", ckpt, "--positive", str(pos), "--negative", str(neg), "--json", str(tmp_path / "g.json")],
         ["neighbours", ckpt, "--corpus", str(text), "--window", "4", "--prompts", "8",
          "--hook", "attn_out" if arch == "attn-only" else "mlp_out", "--json", str(tmp_path / "n.json")],
         ["probes", ckpt, "--text", str(text), "--max-tokens", "300", "--offsets", "0,-1", "--json", str(tmp_path / "p.json")],
-        ["report", ckpt, "--text", str(text), "--n-prompts", "2", "--prompt-len", "16", "--no-progress",
-         "-o", str(tmp_path / "r.html")],
+        ["report", ckpt, "--text", str(text), "--prompts", str(prompts), "--n-prompts", "2", "--prompt-len", "16",
+         "--no-progress", "-o", str(tmp_path / "r.html")],
     ]
     for argv in runs:
         code = main(argv + flags)
@@ -62,3 +65,5 @@ def test_every_cli_command(arch, tmp_path, capsys):
     for name in ("h", "g", "n", "p"):
         assert json.loads((tmp_path / f"{name}.json").read_text())
     assert (tmp_path / "r.html").stat().st_size > 10_000
+    assert json.loads((tmp_path / "g.json").read_text())["effective_dimensionality"]
+    assert "the prompts given (2)" in (tmp_path / "r.html").read_text()

@@ -68,8 +68,30 @@ def test_analyse_runs_every_section(hostile):
     assert {"InductionReport", "CopyingScores", "BehaviourScores"} <= set(names["circuits"])
     kinds = {r.kind for r in results["circuits"] if type(r).__name__ == "BehaviourScores"}
     assert kinds == {"previous_token", "duplicate_token", "induction"}
-    assert names["geometry"] == ["ResidualStats", "AblationTable", "BlockDecomposition", "LogitLens"]
+    assert names["geometry"] == ["ResidualStats", "AblationTable", "BlockDecomposition", "LogitLens",
+                                 "EffectiveDimensionality"]
     assert names["probes"] == ["ProbeResults", "Comparison", "Basis"]
+
+
+def test_effective_dimensionality_reads_the_geometry_windows(hostile):
+    """The report's effective dimensionality is the library call on the windows block ablation reads,
+    and the Data read table says so."""
+    from lensworks.geometry import effective_dimensionality
+    from lensworks.model import text_windows
+
+    model, results = hostile
+    got, caption = next(r for r in results["geometry"] if isinstance(r, tuple)
+                        and type(r[0]).__name__ == "EffectiveDimensionality")
+    windows = text_windows(model, HOSTILE_TEXT, max_tokens=4 * 32 * 2, width=32)[:4]
+    ref = effective_dimensionality(model, windows)
+    assert got.n_samples == 4 and got.streams == ref.streams and got.layers == ref.layers
+    assert torch.allclose(got.participation_ratio, ref.participation_ratio, rtol=1e-5)
+    assert torch.equal(got.n_components_90, ref.n_components_90)
+    assert "rank at most 3" in caption  # 4 windows < d_model: the bound is on the page
+    read = next(d for d in results.data if "effective dimensionality" in d.analyses)
+    assert "block ablation" in read.analyses and read.n_windows == 4 and read.tokens_per_window == 32
+    explorer = next(d for d in results.data if d.analyses == "circuits: attention explorer")
+    assert explorer.source == read.source and explorer.n_windows == 2 and explorer.tokens_per_window == 24
 
 
 def test_page_is_self_contained(page):
@@ -288,3 +310,93 @@ def test_attention_explorer_on_strings_and_bad_input(mlp_model):
         attention_explorer(mlp_model, ["x"], max_tokens=0)
     with pytest.raises(LensworksError, match="head"):
         attention_explorer(mlp_model, ["x"], heads=[(0, 99)])
+
+
+# --------------------------------------------------------------------------- the explorer on the user's prompts
+
+PROMPTS = ["the cat sat on the mat.", HOSTILE[0] + " x " + HOSTILE[1], "one more line, 12 3"]
+
+
+def _explorer_views(page: str) -> dict[str, list[str]]:
+    """The attention explorer's views in a written page: menu label -> the x-axis token labels."""
+    spec = next(s["figure"] for s in figures_json(page)
+                if s["figure"]["layout"]["title"]["text"].startswith("Attention pattern:"))
+    return {b["label"]: b["args"][0]["x"][0] for b in spec["layout"]["updatemenus"][0]["buttons"]}
+
+
+def test_cli_prompts_in_the_attention_explorer(tmp_path, capsys):
+    from lensworks.model import encode_text, token_strings
+    from lensworks.plotting import escape_label
+
+    model = hostile_model()
+    ckpt = save_model(model, tmp_path / "ckpt", vocab=HOSTILE_VOCAB)
+    text, prompts = tmp_path / "t.txt", tmp_path / "prompts.txt"
+    text.write_text(HOSTILE_TEXT)
+    prompts.write_text(PROMPTS[0] + "\n\n" + PROMPTS[1] + "\r\n" + PROMPTS[2] + "\n")
+    out = tmp_path / "report.html"
+    assert main(["report", str(ckpt), "-o", str(out), "--text", str(text), "--prompts", str(prompts),
+                 "--n-prompts", "2", "--prompt-len", "16", "--no-progress"]) == 0
+    page = out.read_text()
+    views = _explorer_views(page)
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    assert len(views) == len(PROMPTS) * n_heads
+    for p, prompt in enumerate(PROMPTS):
+        ids = encode_text(model, prompt)
+        expected = [report.safe_markup(escape_label(f"{i}:{t}")) for i, t in enumerate(token_strings(model, ids))]
+        assert views[f"prompt {p} · L1H2"] == expected  # every token of the prompt, no padding, no window text
+    assert "0:&lt;bos&gt;" in views["prompt 1 · L0H0"] and "1:t" in views["prompt 0 · L0H0"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in "".join(views["prompt 1 · L0H0"])  # escaped, as everywhere
+    assert "<script>alert" not in page
+    assert "the prompts given (3)" in page and "the prompts given (3 of 3 shown" in page  # Data read + caption
+
+
+def test_analyse_prompts_limits_and_errors(attn_model, tmp_path, monkeypatch):
+    from lensworks.report import _analyse
+
+    model = hostile_model()
+    # checked before any analysis runs: each refusal names the prompt
+    monkeypatch.setattr(_analyse, "_text_windows", lambda *a, **k: pytest.fail("analyses ran before the check"))
+    for prompts, match in [
+        ("fine\nnot fine {}\n", r"prompts line 2: 2 characters the vocabulary lacks: '\{' at 9"),
+        ("\n  \n", "no non-empty prompt"),
+        ([], "no non-empty prompt"),
+        (["ok", "  "], r"prompts\[1\] is empty"),
+        (["ok", 3], r"prompts\[1\] must be a string"),
+        (7, "a string .one prompt per line. or a list"),
+        (["ab" * 40], r"prompts\[0\] has 81 tokens, more than the model's n_ctx=32"),
+    ]:
+        with pytest.raises(LensworksError, match=match):
+            report.analyse(model, prompts=prompts, progress=False)
+    with pytest.raises(LensworksError, match="no tokenizer"):
+        report.analyse(attn_model, prompts=["a b"], progress=False)
+    monkeypatch.undo()
+    # more prompts than the explorer shows: the first ones, and the page says how many were left out
+    monkeypatch.setattr(_analyse, "EXPLORER_MAX_PROMPTS", 2)
+    many = report.analyse(model, text=HOSTILE_TEXT, prompts=[f"line {i}" for i in range(5)], n_prompts=2,
+                          prompt_len=16, progress=False)
+    fig, caption = next(r for r in many["circuits"] if isinstance(r, tuple) and "explorer" in r[1])
+    labels = [b.label for b in fig.layout.updatemenus[0].buttons]
+    assert {label.split(" · ")[0] for label in labels} == {"prompt 0", "prompt 1"}
+    assert "2 of 5 shown" in caption
+    read = next(d for d in many.data if d.analyses == "circuits: attention explorer")
+    assert read.n_windows == 2 and "the other 3 are not shown" in read.note
+
+
+def test_cli_prompts_bad_files(tmp_path, capsys):
+    model = hostile_model()
+    ckpt = save_model(model, tmp_path / "ckpt", vocab=HOSTILE_VOCAB)
+    out = str(tmp_path / "r.html")
+    empty, blank, latin1, unknown = (tmp_path / n for n in ("empty.txt", "blank.txt", "latin1.txt", "unknown.txt"))
+    empty.write_text("")
+    blank.write_text("\n   \n")
+    latin1.write_bytes("the cat\ncaf\xe9\n".encode("latin-1"))
+    unknown.write_text("the cat\n\nthe {dog}\n")
+    text = tmp_path / "t.txt"
+    text.write_text(HOSTILE_TEXT)
+    for path, expected in [(tmp_path / "missing.txt", "no such file"), (empty, "is empty"), (blank, "is empty"),
+                           (latin1, "not UTF-8 text: byte 0xe9 on line 2"),
+                           (unknown, "prompts line 3: 2 characters the vocabulary lacks: '{' at 4")]:
+        assert main(["report", str(ckpt), "--text", str(text), "--prompts", str(path), "-o", out, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lensworks report: error: ") and expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r.html").exists()

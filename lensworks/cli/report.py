@@ -42,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--skip-unknown", action="store_true",
                    help="drop characters of --text the vocabulary lacks (with a warning counting them) instead of stopping")
     p.add_argument("--corpus", default=None, metavar="FILE", help="fallback text when --text is not given")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="prompts for the attention explorer, one per line (default: the first two text windows)")
     p.add_argument("--n-prompts", type=int, default=32, help="text windows read by geometry (probes read 2x; default 32)")
     p.add_argument("--prompt-len", type=int, default=64, help="tokens per window (default 64)")
     p.add_argument("--title", default=None, help="page title (default: lensworks report: CHECKPOINT)")
@@ -61,6 +63,28 @@ def _read(path: str | None, flag: str) -> str | None:
     text = file.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         raise LensworksError(f"{flag} {path!r} is empty; expected text")
+    return text
+
+
+def _read_prompts(path: str | None) -> str | None:
+    """The ``--prompts`` file as text (one prompt per line), strictly UTF-8: a prompt is shown
+    token by token, so undecodable bytes are refused rather than replaced."""
+    from lensworks.model import LensworksError
+
+    if path is None:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise LensworksError(f"--prompts {path!r}: no such file")
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise LensworksError(f"--prompts {path!r} is not UTF-8 text: byte {raw[e.start]:#04x} on line {line} "
+                             "cannot be decoded; save the file as UTF-8") from None
+    if not text.strip():
+        raise LensworksError(f"--prompts {path!r} is empty; expected prompts, one per line")
     return text
 
 
@@ -87,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = _read(args.corpus, "--corpus")
     positive = _read(args.positive, "--positive")
     negative = _read(args.negative, "--negative")
+    prompts = _read_prompts(args.prompts)
     model, name = model_from_args(args)
     from lensworks import zoo
 
@@ -97,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     results = report.analyse(
         model, text=text, corpus=corpus, positive=positive, negative=negative,
         n_prompts=args.n_prompts, prompt_len=args.prompt_len, seed=args.seed, progress=not args.no_progress,
-        skip_unknown=args.skip_unknown,
+        skip_unknown=args.skip_unknown, prompts=prompts,
     )
     if not is_main():  # under torchrun only rank 0 writes the page
         return 0

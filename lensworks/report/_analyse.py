@@ -8,7 +8,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from lensworks.model import HookedTransformer, LensworksError, check_model, model_streams, text_windows, uses_bos
+from lensworks.model import (HookedTransformer, LensworksError, check_model, encode_text, model_streams,
+                             text_windows, uses_bos)
 
 __all__ = ["analyse", "Analyses", "DataRead", "FALLBACK_SOURCE", "FALLBACK_NOTE"]
 
@@ -77,6 +78,45 @@ def _read_prompts(value: Any, what: str) -> list[str]:
     return lines
 
 
+#: The attention explorer on prompts given by the user: at most this many prompts, this many
+#: tokens of each, and (prompt, head) views, so the page stays a few MB on models with many heads.
+EXPLORER_MAX_PROMPTS = 8
+EXPLORER_MAX_TOKENS = 48
+EXPLORER_MAX_VIEWS = 256
+
+
+def _explorer_prompts(model: HookedTransformer, prompts: str | Sequence[str]) -> list[str]:
+    """The prompts for the attention explorer, each checked now (before any analysis runs).
+
+    A string is one prompt per line (blank lines skipped; errors name the line); a sequence
+    holds one prompt per item (errors name the index).
+    """
+    if isinstance(prompts, str):
+        items = [(f"prompts line {n}", line.rstrip("\r")) for n, line in enumerate(prompts.split("\n"), 1)]
+        items = [(what, line) for what, line in items if line.strip()]
+    else:
+        try:
+            items = list(enumerate(prompts))
+        except TypeError:
+            raise LensworksError(f"prompts must be a string (one prompt per line) or a list of strings, "
+                                 f"got {type(prompts).__name__}") from None
+        for i, p in items:
+            if not isinstance(p, str):
+                raise LensworksError(f"prompts[{i}] must be a string, got {type(p).__name__}")
+            if not p.strip():
+                raise LensworksError(f"prompts[{i}] is empty; expected text")
+        items = [(f"prompts[{i}]", p) for i, p in items]
+    if not items:
+        raise LensworksError("prompts: no non-empty prompt; expected at least one (one prompt per line)")
+    if model.tokenizer is None:
+        raise LensworksError("prompts: the model has no tokenizer, so it cannot read text prompts; leave prompts out")
+    for what, p in items:
+        n = len(encode_text(model, p, what=what))  # refuses characters the vocabulary lacks, naming them
+        if n > model.cfg.n_ctx:
+            raise LensworksError(f"{what} has {n} tokens, more than the model's n_ctx={model.cfg.n_ctx}; shorten it")
+    return [p for _, p in items]
+
+
 def analyse(
     model: HookedTransformer,
     *,
@@ -89,16 +129,18 @@ def analyse(
     seed: int = 0,
     progress: bool = True,
     skip_unknown: bool = False,
+    prompts: str | Sequence[str] | None = None,
 ) -> dict[str, list[Any]]:
     """Run the analyses that apply to a model; the result goes straight into :func:`build`.
 
     Circuits always run (composition Q/K/V when there are at least two layers, copying scores,
-    previous-token / duplicate-token / induction scores, the induction verdict). Geometry
-    (residual statistics, block ablation, decomposition, logit lens) and probes (input-token
-    probes with controls, their comparison with the embedding, the embedding's PCA basis) run
-    on ``n_prompts`` windows of ``prompt_len`` tokens: from ``text``, else ``corpus``, else the
-    held-out part of :func:`lensworks.zoo.corpus` for a model with a tokenizer, else repeated
-    random token sequences.
+    previous-token / duplicate-token / induction scores, the induction verdict, the circuit graph,
+    the attention explorer). Geometry (residual statistics, block ablation, decomposition, logit
+    lens, effective dimensionality) and probes (input-token probes with controls, their
+    comparison with the embedding, the embedding's PCA basis) run on ``n_prompts`` windows of
+    ``prompt_len`` tokens: from ``text``, else ``corpus``, else the held-out part of
+    :func:`lensworks.zoo.corpus` for a model with a tokenizer, else repeated random token
+    sequences. The attention explorer shows ``prompts`` when given, else the first two windows.
 
     Args:
         model: The model (not modified).
@@ -115,6 +157,11 @@ def analyse(
         progress: Show a progress bar over the analyses.
         skip_unknown: Drop characters of ``text`` / ``corpus`` the vocabulary lacks (with a
             warning counting them) instead of raising.
+        prompts: Prompts for the attention explorer (a list, or one prompt per line), instead of
+            the first two text windows. Shown: the first ``EXPLORER_MAX_PROMPTS`` (8), fewer when
+            the model has many heads (at most ``EXPLORER_MAX_VIEWS`` = 256 prompt-head views), the
+            first ``EXPLORER_MAX_TOKENS`` (48) tokens of each. Checked before anything runs: a
+            prompt with characters the vocabulary lacks or more than ``n_ctx`` tokens raises.
 
     Returns:
         An :class:`Analyses` dict ``{"circuits": [...], "geometry": [...], "probes": [...]}``
@@ -137,13 +184,15 @@ def analyse(
     if n_prompts < 2:
         raise LensworksError(f"n_prompts must be >= 2, got {n_prompts}")
     cfg = model.cfg
+    explorer_prompts = None if prompts is None else _explorer_prompts(model, prompts)
     prompt_len = max(4, min(int(prompt_len), cfg.n_ctx))
     # Named places on the page, in page order; each analysis fills its own.
     slots: dict[str, dict[str, Any]] = {
         "circuits": dict.fromkeys(["verdict", "induction", "previous_token", "duplicate_token", "Q composition",
                                    "K composition", "V composition", "circuit graph", "copying",
                                    "attention explorer"]),
-        "geometry": dict.fromkeys(["residual statistics", "block ablation", "decomposition", "logit lens"]),
+        "geometry": dict.fromkeys(["residual statistics", "block ablation", "decomposition", "logit lens",
+                                   "effective dimensionality"]),
         "probes": dict.fromkeys(["input-token probes", "comparison with W_E", "embedding basis"]),
     }
     circuits_out, geometry_out, probes_out = slots["circuits"], slots["geometry"], slots["probes"]
@@ -213,14 +262,32 @@ def analyse(
     def run_explorer():
         from lensworks.plotting import attention_explorer
 
-        w = state["windows"][:2, :24]
-        fig = attention_explorer(model, w, max_tokens=24, max_prompts=2)
+        how = "pick a (prompt, head) in the menu at the top right. Rows are destination tokens, columns source tokens."
+        if explorer_prompts is None:
+            w = state["windows"][:2, :24]
+            fig = attention_explorer(model, w, max_tokens=24, max_prompts=2)
+            data.append(DataRead("circuits: attention explorer", state["windows_source"], int(w.shape[0]), int(w.shape[1]),
+                                 "the first geometry windows, first 24 tokens; pass prompts= (CLI: --prompts FILE) "
+                                 "to explore your own prompts"))
+            circuits_out["attention explorer"] = (fig, (
+                "Attention explorer: the attention pattern of any head on the first two text windows (first 24 "
+                f"tokens); {how}"))
+            return
+        n_heads = cfg.n_layers * cfg.n_heads
+        shown = explorer_prompts[: max(1, min(EXPLORER_MAX_PROMPTS, EXPLORER_MAX_VIEWS // n_heads))]
+        fig = attention_explorer(model, shown, max_tokens=EXPLORER_MAX_TOKENS, max_prompts=len(shown))
+        left = len(explorer_prompts) - len(shown)
+        more = f"; the other {left} are not shown (at most {len(shown)} on a model with {n_heads} heads)" if left else ""
+        data.append(DataRead("circuits: attention explorer", f"the prompts given ({len(explorer_prompts)})", len(shown),
+                             None, f"first {EXPLORER_MAX_TOKENS} tokens of each{more}"))
         circuits_out["attention explorer"] = (fig, (
-            "Attention explorer: the attention pattern of any head on the first two text windows (first 24 tokens); "
-            "pick a (prompt, head) in the menu at the top right. Rows are destination tokens, columns source tokens."))
+            f"Attention explorer: the attention pattern of any head on the prompts given ({len(shown)} of "
+            f"{len(explorer_prompts)} shown, first {EXPLORER_MAX_TOKENS} tokens of each); {how}"))
 
     def run_data():
-        state["windows"] = windows(n_prompts, "geometry: block ablation, decomposition, logit lens")
+        state["windows"] = windows(n_prompts, "geometry: block ablation, decomposition, logit lens, "
+                                              "effective dimensionality")
+        state["windows_source"] = data[-1].source
 
     def run_stats():
         if positive is not None:
@@ -264,6 +331,16 @@ def analyse(
     def run_lens():
         geometry_out["logit lens"] = geometry.logit_lens(model, state["windows"][: min(12, n_prompts)], progress=False)
 
+    def run_dimensionality():
+        w = state["windows"]
+        res = geometry.effective_dimensionality(model, w, progress=False)
+        caption = res.caption()
+        if res.n_samples <= cfg.d_model:
+            caption += (f" Read from {res.n_samples} windows (one sample each, at the last token): the covariance has "
+                        f"rank at most {res.n_samples - 1}, below d_model={cfg.d_model}, so both numbers are bounded "
+                        "by the sample count; raise n_prompts (CLI: --n-prompts) for larger samples.")
+        geometry_out["effective dimensionality"] = (res, caption)
+
     def run_probes():
         w = windows(2 * n_prompts, "probes: input-token probes")
         res = probes.probe_inputs(model, w, seed=seed, progress=False)
@@ -296,6 +373,7 @@ def analyse(
         ("geometry: block ablation", run_ablation),
         ("geometry: decomposition", run_decomposition),
         ("geometry: logit lens", run_lens),
+        ("geometry: effective dimensionality", run_dimensionality),
         ("probes: input-token probes", run_probes),
         ("probes: comparison with W_E", run_compare),
         ("probes: embedding basis", run_basis),
