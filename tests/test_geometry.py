@@ -373,5 +373,9 @@ def test_effective_dimensionality_equals_dense_covariance(mlp_model):
             k = int((lam.cumsum(0) / lam.sum() < 0.9).sum()) + 1
             assert int(ed.n_components_90[si, layer]) == k
     assert len(ed.to_frame()) == 2 * mlp_model.cfg.n_layers and ed.figure().data
+    # one colour per stream in both panels (the legend shows the left panel's lines only)
+    colours = {(t.name, t.xaxis): t.line.color for t in ed.figure().data}
+    assert all(colours[(s, "x")] == colours[(s, "x2")] for s in ("resid_pre", "resid_mid"))
+    assert colours[("resid_pre", "x")] != colours[("resid_mid", "x")]
     with pytest.raises(LensworksError, match="at least 2"):
         effective_dimensionality(mlp_model, toks[:1])

@@ -68,11 +68,15 @@ class EffectiveDimensionality(Result):
         from plotly.subplots import make_subplots
         import plotly.graph_objects as go
 
+        import plotly.colors
+
         fig = make_subplots(rows=1, cols=2, subplot_titles=("participation ratio", "components for 90% of variance"))
+        palette = plotly.colors.qualitative.Plotly
         for si, s in enumerate(self.streams):
+            colour = palette[si % len(palette)]  # one colour per stream in both panels, as the legend says
             for col, values in ((1, self.participation_ratio[si]), (2, self.n_components_90[si])):
                 fig.add_trace(go.Scatter(x=list(self.layers), y=values.tolist(), mode="lines+markers", name=s,
-                                         legendgroup=s, showlegend=col == 1,
+                                         legendgroup=s, showlegend=col == 1, line=dict(color=colour),
                                          hovertemplate=f"{s}<br>layer %{{x}}<br>%{{y:.2f}}<extra></extra>"),
                               row=1, col=col)
         fig.update_xaxes(title_text="layer")
