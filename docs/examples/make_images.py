@@ -40,8 +40,10 @@ def shoot(html: Path, png: Path, size: str, tmp: Path) -> None:
 
 def figures() -> dict[str, tuple[Callable[[], object], str]]:
     """Name -> (function computing the result, window size); computed only when asked for."""
-    from lensworks.circuits import composition_scores, find_induction_heads
-    from lensworks.geometry import block_ablation, block_decomposition, logit_lens, residual_stats
+    from lensworks.circuits import circuit_graph, composition_scores, find_induction_heads, skip_trigrams
+    from lensworks.circuits.heads import repeated_tokens
+    from lensworks.geometry import block_ablation, block_decomposition, effective_dimensionality, logit_lens, residual_stats
+    from lensworks.plotting import attention_explorer
     from lensworks.probes import embedding_basis, probe_inputs
     from lensworks.model import text_windows
     from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
@@ -51,6 +53,20 @@ def figures() -> dict[str, tuple[Callable[[], object], str]]:
 
     def windows(n):
         return text_windows(char(), zoo.corpus(1_100_000)[1_000_000:], max_tokens=n * 127)[:n]
+
+    def explorer():
+        # The strongest induction head first, so the screenshot (the menu's first view) shows its stripe
+        # one position after the repeated token; every other head stays in the menu.
+        model = ind()
+        first = find_induction_heads(model).heads[0]
+        heads = [first] + [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads) if (l, h) != first]
+        tokens = repeated_tokens(model, seq_len=10, n_seqs=1, seed=0, prepend_bos=True)
+        return attention_explorer(model, tokens, heads=heads)
+
+    def dimensionality():
+        # as in docs/seed-experiments.md (seed 001): the last position of 600 held-out windows of 64 tokens
+        held_out = text_windows(char(), zoo.corpus(None)[1_000_000:], max_tokens=600 * 64 * 2, width=64)[:600]
+        return effective_dimensionality(char(), held_out)
 
     return {
         "induction-verdict": (lambda: find_induction_heads(ind()), "1100,520"),
@@ -63,6 +79,10 @@ def figures() -> dict[str, tuple[Callable[[], object], str]]:
         "logit-lens": (lambda: logit_lens(char(), windows(8)), "1100,620"),
         "probes": (lambda: probe_inputs(char(), windows(120)), "1100,620"),
         "embedding-basis": (lambda: embedding_basis(char(), "pca", k=32), "1100,520"),
+        "attention-explorer": (explorer, "1000,650"),
+        "circuit-graph": (lambda: circuit_graph(ind()), "1100,490"),
+        "skip-trigrams": (lambda: skip_trigrams(ind(), 1, 3, k=20), "1100,560"),
+        "effective-dimensionality": (dimensionality, "1100,490"),
     }
 
 
