@@ -115,7 +115,8 @@ class TermImportance(Result):
         from plotly.subplots import make_subplots
 
         fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6], horizontal_spacing=0.18,
-                            subplot_titles=("Loss keeping paths through ≤ k heads", "Loss increase when one term is removed"))
+                            subplot_titles=("Loss keeping paths through ≤ k heads",
+                                            "Loss increase when one term is removed (colour: order)"))
         ks = list(range(len(self.loss_by_order)))
         fig.add_trace(go.Scatter(x=ks, y=self.loss_by_order.tolist(), mode="lines+markers", name="expansion",
                                  hovertemplate="≤ %{x} heads<br>loss %{y:.4f} nats<extra></extra>"), row=1, col=1)
@@ -133,7 +134,7 @@ class TermImportance(Result):
         fig.update_yaxes(title_text="mean next-token loss (nats)", row=1, col=1)
         fig.update_xaxes(title_text="nats", row=1, col=2)
         fig.update_layout(template="plotly_white", height=max(380, 22 * len(frame) + 140),
-                          legend=dict(x=0.01, y=0.01))
+                          legend=dict(x=0.33, y=0.98, xanchor="right"))
         return fig
 
     def caption(self) -> str:
