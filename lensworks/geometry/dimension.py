@@ -65,10 +65,9 @@ class EffectiveDimensionality(Result):
 
     def figure(self):
         """Participation ratio and components for 90% of the variance against depth, one line per stream."""
-        from plotly.subplots import make_subplots
-        import plotly.graph_objects as go
-
         import plotly.colors
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
 
         fig = make_subplots(rows=1, cols=2, subplot_titles=("participation ratio", "components for 90% of variance"))
         palette = plotly.colors.qualitative.Plotly
@@ -76,7 +75,7 @@ class EffectiveDimensionality(Result):
             colour = palette[si % len(palette)]  # one colour per stream in both panels, as the legend says
             for col, values in ((1, self.participation_ratio[si]), (2, self.n_components_90[si])):
                 fig.add_trace(go.Scatter(x=list(self.layers), y=values.tolist(), mode="lines+markers", name=s,
-                                         legendgroup=s, showlegend=col == 1, line=dict(color=colour),
+                                         legendgroup=s, showlegend=col == 1, line={"color": colour},
                                          hovertemplate=f"{s}<br>layer %{{x}}<br>%{{y:.2f}}<extra></extra>"),
                               row=1, col=col)
         fig.update_xaxes(title_text="layer")
