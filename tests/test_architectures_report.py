@@ -22,7 +22,7 @@ def test_analyse_and_build(arch, tmp_path):
     results = report.analyse(model, text=text, n_prompts=4, prompt_len=24, progress=False)
     names = [type(r[0] if isinstance(r, tuple) else r).__name__ for sec in results.values() for r in sec]
     for expected in ("InductionReport", "CompositionScores", "ResidualStats", "AblationTable", "LogitLens",
-                     "EffectiveDimensionality", "ProbeResults"):
+                     "EffectiveDimensionality", "ProbeResults", "TermImportance", "SkipTrigrams"):
         assert expected in names, (arch, names)
     stats = next(r for r in results["geometry"] if type(r).__name__ == "ResidualStats")
     assert ("resid_mid" in stats.streams) == has_resid_mid(model)

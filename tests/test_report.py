@@ -65,7 +65,7 @@ def test_analyse_runs_every_section(hostile):
     names = {s: [type(r[0] if isinstance(r, tuple) else r).__name__ for r in v] for s, v in results.items()}
     assert names["circuits"].count("CompositionScores") == 3
     assert sorted(r.mode for r in results["circuits"] if type(r).__name__ == "CompositionScores") == ["K", "Q", "V"]
-    assert {"InductionReport", "CopyingScores", "BehaviourScores"} <= set(names["circuits"])
+    assert {"InductionReport", "CopyingScores", "BehaviourScores", "TermImportance", "SkipTrigrams"} <= set(names["circuits"])
     kinds = {r.kind for r in results["circuits"] if type(r).__name__ == "BehaviourScores"}
     assert kinds == {"previous_token", "duplicate_token", "induction"}
     assert names["geometry"] == ["ResidualStats", "AblationTable", "BlockDecomposition", "LogitLens",
@@ -92,6 +92,28 @@ def test_effective_dimensionality_reads_the_geometry_windows(hostile):
     assert "block ablation" in read.analyses and read.n_windows == 4 and read.tokens_per_window == 32
     explorer = next(d for d in results.data if d.analyses == "circuits: attention explorer")
     assert explorer.source == read.source and explorer.n_windows == 2 and explorer.tokens_per_window == 24
+
+
+def test_term_importance_and_trigrams_in_the_report(hostile):
+    """The report's term importance is the library call on the first geometry windows (Data read
+    says so); its skip-trigrams belong to the verdict's first induction head, or the most copying head."""
+    from lensworks.circuits import skip_trigrams, term_importance
+    from lensworks.model import text_windows
+
+    model, results = hostile
+    got = next(r[0] for r in results["circuits"] if isinstance(r, tuple) and type(r[0]).__name__ == "TermImportance")
+    windows = text_windows(model, HOSTILE_TEXT, max_tokens=4 * 32 * 2, width=32)[:4]
+    ref = term_importance(model, windows, max_order=2)
+    torch.testing.assert_close(got.loss_by_order, ref.loss_by_order)
+    torch.testing.assert_close(got.loss_without, ref.loss_without)
+    assert got.terms == ref.terms
+    read = next(d for d in results.data if d.analyses == "circuits: term importance")
+    assert read.n_windows == 4 and read.tokens_per_window == 32
+    verdict = next(r for r in results["circuits"] if type(r).__name__ == "InductionReport")
+    tri = next(r[0] for r in results["circuits"] if isinstance(r, tuple) and type(r[0]).__name__ == "SkipTrigrams")
+    want = verdict.heads[0] if verdict.heads else tuple(int(x) for x in verdict.copying.top(1)[0][0][1:].split("H"))
+    assert (tri.layer, tri.head) == want
+    torch.testing.assert_close(tri.ov, skip_trigrams(model, *want, k=15).ov)
 
 
 def test_page_is_self_contained(page):

@@ -133,7 +133,8 @@ class TermImportance(Result):
         fig.update_xaxes(title_text="k (heads on a path)", dtick=1, row=1, col=1)
         fig.update_yaxes(title_text="mean next-token loss (nats)", row=1, col=1)
         fig.update_xaxes(title_text="nats", row=1, col=2)
-        fig.update_layout(template="plotly_white", height=max(380, 22 * len(frame) + 140),
+        fig.update_layout(title=f"Term importance: paths through the heads, patterns and norms frozen ({self.n_tokens:,} "
+                                f"predictions)", template="plotly_white", height=max(400, 22 * len(frame) + 160),
                           legend=dict(x=0.33, y=0.98, xanchor="right"))
         return fig
 

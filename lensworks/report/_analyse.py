@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
@@ -83,6 +84,10 @@ def _read_prompts(value: Any, what: str) -> list[str]:
 EXPLORER_MAX_PROMPTS = 8
 EXPLORER_MAX_TOKENS = 48
 EXPLORER_MAX_VIEWS = 256
+#: Term importance reads this many windows (one copy of them per term in every pass) and lists
+#: virtual heads one by one only while the table stays under TERMS_MAX terms.
+TERMS_WINDOWS = 4
+TERMS_MAX = 300
 
 
 def _explorer_prompts(model: HookedTransformer, prompts: str | Sequence[str]) -> list[str]:
@@ -189,8 +194,8 @@ def analyse(
     # Named places on the page, in page order; each analysis fills its own.
     slots: dict[str, dict[str, Any]] = {
         "circuits": dict.fromkeys(["verdict", "induction", "previous_token", "duplicate_token", "Q composition",
-                                   "K composition", "V composition", "circuit graph", "copying",
-                                   "attention explorer"]),
+                                   "K composition", "V composition", "circuit graph", "term importance",
+                                   "skip-trigrams", "copying", "attention explorer"]),
         "geometry": dict.fromkeys(["residual statistics", "block ablation", "decomposition", "logit lens",
                                    "effective dimensionality"]),
         "probes": dict.fromkeys(["input-token probes", "comparison with W_E", "embedding basis"]),
@@ -284,6 +289,28 @@ def analyse(
             f"Attention explorer: the attention pattern of any head on the prompts given ({len(shown)} of "
             f"{len(explorer_prompts)} shown, first {EXPLORER_MAX_TOKENS} tokens of each); {how}"))
 
+    def run_trigrams():
+        rep = state["induction"]
+        if rep.heads:
+            (layer, head), why = rep.heads[0], "the first induction head of the verdict"
+        else:
+            label, _ = rep.copying.top(1)[0]
+            layer, head = (int(x) for x in label[1:].split("H"))
+            why = "the head with the highest copying score"
+        res = circuits.skip_trigrams(model, layer, head, k=15)
+        circuits_out["skip-trigrams"] = (res, f"{res.caption()} Head chosen: {why}.")
+
+    def run_terms():
+        w = state["windows"][:TERMS_WINDOWS]
+        n_heads, n_layers = cfg.n_heads, cfg.n_layers
+        order = 2 if n_layers >= 2 and 1 + n_layers * n_heads + math.comb(n_layers, 2) * n_heads**2 <= TERMS_MAX else 1
+        res = circuits.term_importance(model, w, max_order=min(order, n_layers), progress=False)
+        data.append(DataRead("circuits: term importance", state["windows_source"], int(w.shape[0]), int(w.shape[1]),
+                             "the first geometry windows"))
+        more = "" if order == 2 else (f" Only single heads are listed one by one: the {n_layers * n_heads} heads "
+                                      "would give too many virtual heads for the report.")
+        circuits_out["term importance"] = (res, res.caption() + more)
+
     def run_data():
         state["windows"] = windows(n_prompts, "geometry: block ablation, decomposition, logit lens, "
                                               "effective dimensionality")
@@ -369,6 +396,8 @@ def analyse(
     steps += [
         ("geometry: data", run_data),
         ("circuits: attention explorer", run_explorer),
+        ("circuits: skip-trigrams", run_trigrams),
+        ("circuits: term importance", run_terms),
         ("geometry: residual statistics", run_stats),
         ("geometry: block ablation", run_ablation),
         ("geometry: decomposition", run_decomposition),
