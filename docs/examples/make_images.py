@@ -40,7 +40,8 @@ def shoot(html: Path, png: Path, size: str, tmp: Path) -> None:
 
 def figures() -> dict[str, tuple[Callable[[], object], str]]:
     """Name -> (function computing the result, window size); computed only when asked for."""
-    from lensworks.circuits import circuit_graph, composition_scores, find_induction_heads, skip_trigrams
+    from lensworks.circuits import (circuit_graph, composition_scores, find_induction_heads, skip_trigrams,
+                                     term_importance)
     from lensworks.circuits.heads import repeated_tokens
     from lensworks.geometry import block_ablation, block_decomposition, effective_dimensionality, logit_lens, residual_stats
     from lensworks.plotting import attention_explorer
@@ -83,6 +84,9 @@ def figures() -> dict[str, tuple[Callable[[], object], str]]:
         "circuit-graph": (lambda: circuit_graph(ind()), "1100,490"),
         "skip-trigrams": (lambda: skip_trigrams(ind(), 1, 3, k=20), "1100,560"),
         "effective-dimensionality": (dimensionality, "1100,490"),
+        # as in docs/seed-experiments.md (seed 003): 32 repeated random sequences of 31 tokens
+        "term-importance": (lambda: term_importance(ind(), repeated_tokens(ind(), seq_len=31, n_seqs=32), progress=False),
+                            "1100,660"),
     }
 
 
