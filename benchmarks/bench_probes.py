@@ -53,8 +53,9 @@ def _d384_tokens(text: str, vocab: dict[str, int]) -> torch.Tensor:
     return torch.tensor([vocab.get(c, 64) for c in text], dtype=torch.long)
 
 
-def d384_model(steps: int, cache: str):
-    """Build (or load from ``cache``) the d_model-384, 65-symbol model trained for ``steps`` steps."""
+def d384_model(steps: int, cache: str, device: str = "cpu"):
+    """Build (or load from ``cache``) the d_model-384, 65-symbol model trained for ``steps`` steps
+    (trained on ``device``; on the CPU with one thread, as the probes benchmark measured it)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
@@ -68,12 +69,14 @@ def d384_model(steps: int, cache: str):
         model.load_state_dict(torch.load(cache)["state"])
         print(f"{D384}: loaded {steps}-step weights from {cache}")
         return model.eval()
+    model = model.to(device)
     text = zoo.corpus(1_000_000)
     data = _d384_tokens(text, _d384_vocab(text))
     gen = torch.Generator().manual_seed(1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if device == "cpu":
+        torch.set_num_threads(1)
     t0 = time.perf_counter()
     model.train()
     for step in range(steps):
@@ -81,7 +84,7 @@ def d384_model(steps: int, cache: str):
         for group in opt.param_groups:
             group["lr"] = lr
         starts = torch.randint(0, len(data) - 256, (4,), generator=gen).tolist()
-        batch = torch.stack([data[s : s + 256] for s in starts])
+        batch = torch.stack([data[s : s + 256] for s in starts]).to(device)
         loss = model(batch, return_type="loss")
         opt.zero_grad()
         loss.backward()
@@ -90,7 +93,7 @@ def d384_model(steps: int, cache: str):
         if step % 50 == 0 or step == steps - 1:
             print(f"  train step {step}: loss {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     torch.set_num_threads(threads)
-    model.eval()
+    model = model.to("cpu").eval()
     torch.save({"steps": steps, "state": model.state_dict()}, cache)
     return model
 

@@ -11,7 +11,11 @@
 # it (e.g. a folder where transformer_lens and its pure-Python dependencies were unpacked).
 # Writes out/gpu_scale.json (and a copy into $OUT when that is set) and prints the table; after a
 # timeout or crash, the table of the rows done so far (the JSON is rewritten after every row).
-# For a dry run without a GPU: GPU_CHECK_CPU=1 GPU_CHECK_JSON=/tmp/x.json bash benchmarks/gpu_check.sh --device cpu --tiny
+# First the seed-004 job (benchmarks/seed004_job.py: trains the d384 character model on the GPU, about
+# 600 steps, then fit + evaluate warm in four precision variants; at most 150 s), then the scale
+# benchmark (at most 320 s): under 8 minutes in all.
+# For a dry run without a GPU: GPU_CHECK_CPU=1 GPU_CHECK_JSON=/tmp/x.json SEED004_FLAGS=--tiny \
+#     SEED004_TIMEOUT=900 bash benchmarks/gpu_check.sh --device cpu --tiny
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -66,12 +70,23 @@ for d in ("transformer_lens", "transformers"):
 print("lensworks from", os.path.dirname(lensworks.__file__))
 EOF
 
+echo "== seed 004 job (trained d384 character model, 1.1 M characters, 20,000 prompts)"
+SEED_JSON="$(dirname "$JSON")/seed004.json"
+rc_seed=0
+timeout "${SEED004_TIMEOUT:-150}" "$PY" benchmarks/seed004_job.py --json "$SEED_JSON" ${SEED004_FLAGS:-} || rc_seed=$?
+if [ "$rc_seed" -ne 0 ]; then
+    echo "seed004_job.py exited with status $rc_seed$([ "$rc_seed" -eq 124 ] && echo ' (killed by its timeout)')"
+fi
+if [ -f "$SEED_JSON" ] && [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+    cp "$SEED_JSON" "$OUT/"
+fi
+
 echo "== scale benchmark"
 rm -f "$JSON"
 rc=0
-timeout 480 "$PY" benchmarks/scale.py --json "$JSON" "$@" || rc=$?
+timeout "${SCALE_TIMEOUT:-320}" "$PY" benchmarks/scale.py --deadline 300 --json "$JSON" "$@" || rc=$?
 if [ "$rc" -ne 0 ]; then
-    echo "scale.py exited with status $rc$([ "$rc" -eq 124 ] && echo ' (killed by timeout 480)')"
+    echo "scale.py exited with status $rc$([ "$rc" -eq 124 ] && echo ' (killed by its timeout)')"
 fi
 
 if [ -f "$JSON" ]; then
@@ -85,4 +100,4 @@ if [ -f "$JSON" ]; then
 else
     echo "(no JSON written)"
 fi
-exit "$rc"
+exit $(( rc != 0 ? rc : rc_seed ))
