@@ -62,3 +62,12 @@ def test_same_numbers_on_both_lines(arch):
         if key == "processing":
             continue
         torch.testing.assert_close(torch.tensor(value), torch.tensor(ref[key]), atol=tol, rtol=tol, msg=f"{arch} {key}")
+
+
+def test_zoo_describes_every_model_on_this_line():
+    """zoo.describe reads recipes and stored measurements; it must not need TransformerLens 3."""
+    from lensworks import zoo
+
+    for name in zoo.names():
+        info = zoo.describe(name)
+        assert info["summary"] and info["hyper_parameters"], name

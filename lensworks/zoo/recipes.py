@@ -23,10 +23,6 @@ from lensworks.model._io import write_atomic
 from lensworks.zoo._training import optimise, run_with_threads, training_info
 from lensworks.zoo.metrics import char_loss, char_metrics, induction_metrics
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from transformer_lens import HookedTransformerConfig
-
 __all__ = [
     "Recipe",
     "RECIPES",
@@ -271,6 +267,13 @@ def char_heldout(n_chars: int = 100_000) -> str:
 
 
 def _build_model(recipe: Recipe) -> HookedTransformer:
+    if HookedTransformer is None:
+        raise LensworksError("training a zoo model builds a HookedTransformer, which TransformerLens 4 removed; "
+                             "train with TransformerLens 3 (the bundled checkpoints load on both lines)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformer_lens import HookedTransformerConfig
+
     cfg = HookedTransformerConfig(**recipe.cfg, device="cpu", seed=None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
