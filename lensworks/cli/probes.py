@@ -42,9 +42,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--skip-unknown", action="store_true",
                    help="drop characters the vocabulary lacks (with a warning counting them) instead of stopping")
     p.add_argument(
-        "--method", choices=METHODS, default="auto",
-        help="probe fitting rule (default auto: per probe the better of lda and ridge on a validation slice; "
-             "fast-logistic: scikit-learn's logistic objective in a few whitened L-BFGS steps)",
+        "--method", choices=METHODS, default="fast-logistic",
+        help="probe fitting rule (default fast-logistic: scikit-learn's logistic objective in a few whitened "
+             "L-BFGS steps; auto: per probe the better of lda and ridge on a validation slice, streamed, for "
+             "data whose activations do not fit in memory)",
     )
     p.add_argument("--offsets", default="0,-1,-2", help="comma-separated offsets (default 0,-1,-2)")
     p.add_argument("--streams", default=None, help="comma-separated streams (default resid_pre,resid_mid,resid_post)")
