@@ -349,6 +349,18 @@ def _frozen_run(model: HookedTransformer, toks: Tensor, plan: _Plan, frozen: dic
     return slots(final.value)
 
 
+#: Bytes of attention patterns (the real ones, frozen, and the pass's own) one pass may hold.
+PASS_BUDGET = 1 << 30
+
+
+def _slots_that_fit(model: HookedTransformer, toks: Tensor) -> int:
+    """Term slots per pass so that the patterns of one layer's pass stay under PASS_BUDGET."""
+    B, pos = toks.shape
+    itemsize = torch.finfo(model.cfg.dtype).bits // 8
+    per_slot = 2 * B * model.cfg.n_heads * pos * pos * itemsize + 8 * B * pos * model.cfg.d_model * itemsize
+    return int(max(1, min(256, PASS_BUDGET // max(per_slot, 1) - 2)))
+
+
 def _next_token_loss(model: HookedTransformer, normalized: Tensor, toks: Tensor, valid: Tensor) -> Tensor:
     """Summed next-token loss of every row of ``normalized`` (``[..., batch, pos, d_model]``)."""
     logits = softcap(model, model.unembed(normalized)).float()
@@ -365,7 +377,7 @@ def term_importance(
     max_order: int | None = None,
     max_terms: int = 5000,
     batch_size: int = 8,
-    slots_per_pass: int = 64,
+    slots_per_pass: int | None = None,
     prepend_bos: bool | None = None,
     progress: bool | None = None,
 ) -> TermImportance:
@@ -380,7 +392,10 @@ def term_importance(
             covers every order up to ``n_layers``.
         max_terms: Refuse a table longer than this (orders above 2 grow as ``n_heads ** k``).
         batch_size: Sequences per forward pass.
-        slots_per_pass: Terms computed per forward pass (each is a copy of the batch).
+        slots_per_pass: Terms computed per forward pass (each is a copy of the batch). Default:
+            as many as keep one pass's attention patterns under :data:`PASS_BUDGET` bytes
+            (at least 1). The pass over the orders always holds ``n_layers + 3`` copies: lower
+            ``batch_size`` for long sequences on large models.
         prepend_bos: For strings; default the model's setting.
         progress: Show a progress bar (default: only on a terminal).
 
@@ -398,7 +413,8 @@ def term_importance(
     max_order = min(2, cfg.n_layers) if max_order is None else check_int(max_order, "max_order", low=0,
                                                                            high=cfg.n_layers + 1)
     check_int(max_terms, "max_terms", low=1)
-    slots_per_pass = check_int(slots_per_pass, "slots_per_pass", low=1)
+    if slots_per_pass is not None:
+        slots_per_pass = check_int(slots_per_pass, "slots_per_pass", low=1)
     act_fn = str(getattr(cfg, "act_fn", "") or "")
     if not cfg.attn_only and (act_fn.startswith("solu") or getattr(cfg, "num_experts", None)):
         raise LensworksError(f"term_importance cannot linearise this MLP (act_fn={act_fn!r}, "
@@ -410,8 +426,8 @@ def term_importance(
                              "lower max_order or raise max_terms (each term costs one copy of the batch per pass)")
     paths = [()] + list(_paths(cfg.n_layers, cfg.n_heads, max_order))
     order_plan = _plan([("order", j) for j in range(cfg.n_layers + 1)], cfg.n_layers, not has_resid_mid(model))
-    chunks = [paths[1 + i: 1 + i + slots_per_pass] for i in range(0, len(paths) - 1, slots_per_pass)]
-    plans = [_plan([("path", p) for p in c], cfg.n_layers, not has_resid_mid(model)) for c in chunks]
+    # (path plans are made per batch: how many fit in one pass depends on the batch's length)
+    parallel = not has_resid_mid(model)
     names = _frozen_names(model)
 
     order_sum = torch.zeros(cfg.n_layers + 1, dtype=torch.float64)
@@ -445,7 +461,10 @@ def term_importance(
             without[0] += float(_next_token_loss(model, real_final - lin[0], toks, valid))
             bar.update(1)
             done = 1
-            for chunk, plan in zip(chunks, plans):
+            per_pass = slots_per_pass or _slots_that_fit(model, toks)
+            chunks = [paths[1 + i: 1 + i + per_pass] for i in range(0, len(paths) - 1, per_pass)]
+            for chunk in chunks:
+                plan = _plan([("path", p) for p in chunk], cfg.n_layers, parallel)
                 out = _frozen_run(model, toks, plan, frozen)
                 for i in range(len(chunk)):
                     without[done + i] += float(_next_token_loss(model, real_final - (out[i] - out[-2]), toks, valid))
