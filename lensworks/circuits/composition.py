@@ -231,6 +231,16 @@ def _pair_norms(left: Tensor, right: Tensor, chunk_heads: int) -> Tensor:
     return out
 
 
+def _default_cache_bytes(device: torch.device) -> int:
+    """A quarter of the free GPU memory on CUDA, 1 GiB elsewhere."""
+    if torch.device(device).type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0] // 4)
+        except Exception:  # pragma: no cover - a CUDA build without the query
+            return 2**30
+    return 2**30
+
+
 def _check_mode(mode: str) -> str:
     if mode not in _MODES:
         raise LensworksError(f"mode must be one of {list(_MODES)}, got {mode!r}")
@@ -307,7 +317,7 @@ def composition_scores(
     baseline: bool = True,
     baseline_samples: int = 200,
     chunk_heads: int | None = None,
-    max_cache_bytes: int = 2**30,
+    max_cache_bytes: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool | None = None,
 ) -> CompositionScores:
@@ -327,7 +337,9 @@ def composition_scores(
             product stays near 64 MB).
         max_cache_bytes: The left factors of all earlier layers are kept between layers when
             they fit in this many bytes; otherwise each earlier layer's factors are recomputed
-            for every later layer (a few percent more work, memory of one layer's factors).
+            for every later layer (memory of one layer's factors, but a QR per earlier layer
+            and later layer: the later layers of a deep model get slower). Default: a quarter of
+            the free GPU memory on CUDA (a Llama-3-8B shape needs 2 GiB), 1 GiB on the CPU.
             Peak extra memory is about ``min(cache, 2 layers of factors) + chunk product``.
         dtype: Compute dtype (weights are upcast; bf16/fp16 models are scored in float32).
         progress: Show a progress bar (None: only when the work is large).
@@ -356,12 +368,15 @@ def composition_scores(
     if progress is None:
         progress = (L * H) ** 2 * cfg.d_head**2 * d_model > 5e10
     itemsize = torch.empty((), dtype=dtype).element_size()
-    cache = (L - 1) * H * min(cfg.d_head, d_model) * d_model * itemsize <= max_cache_bytes
-    lefts: list[tuple[Tensor, Tensor]] = []
+    r = min(cfg.d_head, d_model)
+    if max_cache_bytes is None:
+        max_cache_bytes = _default_cache_bytes(device)
+    cache = (L - 1) * H * r * d_model * itemsize <= max_cache_bytes
+    # earlier layers' left factors, filled layer by layer (a view of the first j layers, no copy)
+    left_cache = torch.empty((L - 1) * H if cache else 0, r, d_model, dtype=dtype, device=device)
+    ln_cache = torch.empty((L - 1) * H if cache else 0, dtype=dtype, device=device)
 
     def left_of(i: int) -> tuple[Tensor, Tensor]:
-        if cache:
-            return lefts[i]
         left, ln = _left_factors(attention_weights(model, [i]), dtype)
         return left[0], ln[0]
 
@@ -372,9 +387,10 @@ def composition_scores(
                 right, rn = _right_factors(w, mode, dtype)
                 groups = [list(range(j))] if cache else [[i] for i in range(j)]
                 for group in groups:
-                    parts = [left_of(i) for i in group]
-                    left_all = torch.cat([p[0] for p in parts])  # [(g H), r, d]
-                    ln_all = torch.cat([p[1] for p in parts])
+                    if cache:
+                        left_all, ln_all = left_cache[: j * H], ln_cache[: j * H]  # [(j H), r, d]
+                    else:
+                        left_all, ln_all = left_of(group[0])
                     num = _pair_norms(left_all, right[0], chunk_heads)  # [(g H), H]
                     denom = ln_all[:, None] * rn[0][None, :]
                     # a head with an all-zero W_OV or W_QK composes with nothing: score 0, not 0/0
@@ -382,7 +398,8 @@ def composition_scores(
                     scores[group[0] : group[-1] + 1, :, j, :] = s.reshape(len(group), H, H)
             if cache and j < L - 1:
                 left, ln = _left_factors(w, dtype)
-                lefts.append((left[0], ln[0]))
+                left_cache[j * H : (j + 1) * H] = left[0]
+                ln_cache[j * H : (j + 1) * H] = ln[0]
     require_finite(f"{mode}-composition scores", scores)
     base = (
         random_composition_baseline(d_model, cfg.d_head, mode, n_samples=baseline_samples, device=device)
