@@ -422,3 +422,23 @@ def test_cli_prompts_bad_files(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("lensworks report: error: ") and expected in err and err.count("\n") == 1, err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_term_importance_in_the_report_reads_less_on_models_with_many_heads():
+    """Above 300 terms the report lists single heads only, on 2 windows of 32 tokens (each term is a
+    copy of the batch), and says so."""
+    from helpers import CHAR_VOCAB, tiny_model
+    from lensworks.circuits import term_importance
+    from lensworks.model import text_windows
+
+    model = tiny_model(n_layers=4, n_heads=8, d_head=4, vocab=CHAR_VOCAB, d_vocab=len(CHAR_VOCAB))
+    text = "the cat sat on the mat and the dog ran to the park. " * 20
+    results = report.analyse(model, text=text, n_prompts=4, prompt_len=48, progress=False)
+    got, caption = next(r for r in results["circuits"] if isinstance(r, tuple) and type(r[0]).__name__ == "TermImportance")
+    assert got.max_order == 1 and len(got.terms) == 1 + 32
+    assert "single heads only" in caption and "2 windows of 32 tokens" in caption
+    w = text_windows(model, text, max_tokens=4 * 48 * 2, width=48)[:2, :32]
+    ref = term_importance(model, w, max_order=1)
+    torch.testing.assert_close(got.loss_without, ref.loss_without)
+    read = next(d for d in results.data if d.analyses == "circuits: term importance")
+    assert (read.n_windows, read.tokens_per_window) == (2, 32)

@@ -85,9 +85,12 @@ EXPLORER_MAX_PROMPTS = 8
 EXPLORER_MAX_TOKENS = 48
 EXPLORER_MAX_VIEWS = 256
 #: Term importance reads this many windows (one copy of them per term in every pass) and lists
-#: virtual heads one by one only while the table stays under TERMS_MAX terms.
+#: virtual heads one by one only while the table stays under TERMS_MAX terms; above that it lists
+#: single heads (or, above TERMS_MAX heads, the direct path only) on fewer, shorter windows.
 TERMS_WINDOWS = 4
 TERMS_MAX = 300
+TERMS_WINDOWS_LARGE = 2
+TERMS_TOKENS_LARGE = 32
 
 
 def _explorer_prompts(model: HookedTransformer, prompts: str | Sequence[str]) -> list[str]:
@@ -301,14 +304,21 @@ def analyse(
         circuits_out["skip-trigrams"] = (res, f"{res.caption()} Head chosen: {why}.")
 
     def run_terms():
-        w = state["windows"][:TERMS_WINDOWS]
         n_heads, n_layers = cfg.n_heads, cfg.n_layers
-        order = 2 if n_layers >= 2 and 1 + n_layers * n_heads + math.comb(n_layers, 2) * n_heads**2 <= TERMS_MAX else 1
+        if n_layers >= 2 and 1 + n_layers * n_heads + math.comb(n_layers, 2) * n_heads**2 <= TERMS_MAX:
+            order, w = 2, state["windows"][:TERMS_WINDOWS]
+            more = ""
+        else:  # many heads: every term is a copy of the batch, so read less and list less
+            order = 1 if 1 + n_layers * n_heads <= TERMS_MAX else 0
+            w = state["windows"][:TERMS_WINDOWS_LARGE, :TERMS_TOKENS_LARGE]
+            more = (f" With {n_layers * n_heads} heads the report lists "
+                    + ("single heads only (virtual heads would be too many terms)" if order == 1 else
+                       "only the direct path (single heads would be too many terms)")
+                    + f" and reads {w.shape[0]} windows of {w.shape[1]} tokens; call "
+                      "lensworks.circuits.term_importance for more.")
         res = circuits.term_importance(model, w, max_order=min(order, n_layers), progress=False)
         data.append(DataRead("circuits: term importance", state["windows_source"], int(w.shape[0]), int(w.shape[1]),
-                             "the first geometry windows"))
-        more = "" if order == 2 else (f" Only single heads are listed one by one: the {n_layers * n_heads} heads "
-                                      "would give too many virtual heads for the report.")
+                             "the first geometry windows" + ("" if not more else ", cut short (many heads)")))
         circuits_out["term importance"] = (res, res.caption() + more)
 
     def run_data():
