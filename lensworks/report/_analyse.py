@@ -86,9 +86,11 @@ EXPLORER_MAX_TOKENS = 48
 EXPLORER_MAX_VIEWS = 256
 #: Term importance reads this many windows (one copy of them per term in every pass) and lists
 #: virtual heads one by one only while the table stays under TERMS_MAX terms; above that it lists
-#: single heads (or, above TERMS_MAX heads, the direct path only) on fewer, shorter windows.
+#: single heads (or, above TERMS_MAX_HEADS heads, the direct path only) on fewer, shorter windows:
+#: on a GPT-2-small shape (144 heads) single heads would cost about a minute on a 2-core CPU.
 TERMS_WINDOWS = 4
 TERMS_MAX = 300
+TERMS_MAX_HEADS = 64
 TERMS_WINDOWS_LARGE = 2
 TERMS_TOKENS_LARGE = 32
 
@@ -309,11 +311,11 @@ def analyse(
             order, w = 2, state["windows"][:TERMS_WINDOWS]
             more = ""
         else:  # many heads: every term is a copy of the batch, so read less and list less
-            order = 1 if 1 + n_layers * n_heads <= TERMS_MAX else 0
+            order = 1 if n_layers * n_heads <= TERMS_MAX_HEADS else 0
             w = state["windows"][:TERMS_WINDOWS_LARGE, :TERMS_TOKENS_LARGE]
             more = (f" With {n_layers * n_heads} heads the report lists "
                     + ("single heads only (virtual heads would be too many terms)" if order == 1 else
-                       "only the direct path (single heads would be too many terms)")
+                       f"only the direct path (single heads are listed up to {TERMS_MAX_HEADS} heads)")
                     + f" and reads {w.shape[0]} windows of {w.shape[1]} tokens; call "
                       "lensworks.circuits.term_importance for more.")
         res = circuits.term_importance(model, w, max_order=min(order, n_layers), progress=False)
