@@ -348,3 +348,13 @@ def test_circuit_graph_on_the_planted_induction_model(planted):
     assert g.figure().data and list(g.to_frame().columns) == ["from", "to", "mode", "score", "z"]
     with pytest.raises(LensworksError, match="modes"):
         circuit_graph(planted, modes=("X",))
+
+
+def test_copying_eigenvalues_solved_in_threads_equal_one_by_one():
+    from lensworks.circuits.eigen import _eigvals_by_layer
+
+    g = torch.Generator().manual_seed(0)
+    mats = [torch.randn(4, 8, 8, dtype=torch.float64, generator=g) for _ in range(6)]
+    assert torch.get_num_threads() >= 2  # conftest: two threads, so the pool is used
+    got = _eigvals_by_layer(mats)
+    assert all(torch.equal(a, torch.linalg.eigvals(m)) for a, m in zip(got, mats))

@@ -224,10 +224,14 @@ def _pair_norms(left: Tensor, right: Tensor, chunk_heads: int) -> Tensor:
     B, _, r2 = right.shape
     rhs = right.permute(1, 0, 2).reshape(d, B * r2)
     out = torch.empty(A, B, dtype=left.dtype, device=left.device)
+    # one product buffer, reused and squared in place: a fresh 10-100 MB tensor per chunk would be
+    # mapped and page-faulted anew by the allocator every time
+    buf = torch.empty(min(A, chunk_heads) * r, B * r2, dtype=left.dtype, device=left.device)
     for start in range(0, A, chunk_heads):
         stop = min(A, start + chunk_heads)
-        prod = left[start:stop].reshape(-1, d) @ rhs  # [(a r), (B r2)]
-        out[start:stop] = prod.reshape(stop - start, r, B, r2).square().sum(dim=(1, 3)).sqrt()
+        prod = buf[: (stop - start) * r]
+        torch.matmul(left[start:stop].reshape(-1, d), rhs, out=prod)  # [(a r), (B r2)]
+        out[start:stop] = prod.square_().reshape(stop - start, r, B, r2).sum(dim=(1, 3)).sqrt()
     return out
 
 

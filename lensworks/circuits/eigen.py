@@ -15,7 +15,8 @@ eigenvalue is positive real (the head copies the tokens it attends to), -1 when 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Complex, Float
@@ -107,6 +108,21 @@ def _small_ov(model: HookedTransformer, layer: int, G: Tensor) -> Tensor:
     return w["W_O"][0].double() @ G @ w["W_V"][0].double()
 
 
+def _eigvals_by_layer(mats: Sequence[Tensor]) -> list[Tensor]:
+    """``torch.linalg.eigvals`` of each batch in ``mats``, on up to ``torch.get_num_threads()``
+    threads at once (the same numbers as one after the other: each batch is solved alone)."""
+    workers = max(1, min(len(mats), torch.get_num_threads()))
+
+    def solve(m: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return torch.linalg.eigvals(m)
+
+    if workers == 1:
+        return [solve(m) for m in mats]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(solve, mats))
+
+
 @rank0_only
 def copying_scores(
     model: HookedTransformer,
@@ -143,8 +159,9 @@ def copying_scores(
         G = _gram_ue(model, vocab_chunk)
         # One layer at a time: a Llama-8B-shaped model's W_V and W_O for all layers in float64
         # would take 8.6 GB; one layer's take 270 MB. The small eigenproblems go to the CPU,
-        # where LAPACK solves many d_head x d_head problems faster than a GPU's batched geev.
-        eig = torch.stack([torch.linalg.eigvals(_small_ov(model, layer, G).cpu()) for layer in range(model.cfg.n_layers)])
+        # where LAPACK solves many d_head x d_head problems faster than a GPU's batched geev,
+        # one layer per thread (LAPACK releases the GIL).
+        eig = torch.stack(_eigvals_by_layer([_small_ov(model, layer, G).cpu() for layer in range(model.cfg.n_layers)]))
         score, frac = eigen_copying_score(eig)
         b_mean = b_std = None
         if baseline:
