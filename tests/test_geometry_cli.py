@@ -95,3 +95,8 @@ def test_neighbours_cli(ckpt, tmp_path, capsys):
     short.write_text("x = 1\n")
     assert main(["neighbours", str(path), "--corpus", str(short), "--window", "20"]) == 2
     assert "longer than the corpus" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("x = 1\ncaf\xe9 = 2\n".encode("latin-1"))
+    assert main(["neighbours", str(path), "--corpus", str(latin1)]) == 2  # was a crash reported as a bug
+    err = capsys.readouterr().err
+    assert "--corpus" in err and "not UTF-8 text: byte 0xe9 on line 2" in err and err.count("\n") == 1

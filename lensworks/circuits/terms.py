@@ -168,8 +168,14 @@ def _paths(n_layers: int, n_heads: int, max_order: int) -> Iterator[tuple[tuple[
             yield from itertools.product(*[[(l, h) for h in range(n_heads)] for l in layers])
 
 
-def _n_paths(n_layers: int, n_heads: int, max_order: int) -> int:
-    return sum(math.comb(n_layers, k) * n_heads**k for k in range(1, max_order + 1))
+def count_terms(n_layers: int, n_heads: int, max_order: int) -> int:
+    """Terms in the table up to ``max_order``: the direct path and every path of 1..max_order heads.
+
+    Example:
+        >>> count_terms(2, 4, 2)  # direct + 8 heads + 16 virtual heads
+        25
+    """
+    return 1 + sum(math.comb(n_layers, k) * n_heads**k for k in range(1, max_order + 1))
 
 
 def path_label(path: Sequence[tuple[int, int]]) -> str:
@@ -361,13 +367,17 @@ def _slots_that_fit(model: HookedTransformer, toks: Tensor) -> int:
     return int(max(1, min(256, PASS_BUDGET // max(per_slot, 1) - 2)))
 
 
-def _next_token_loss(model: HookedTransformer, normalized: Tensor, toks: Tensor, valid: Tensor) -> Tensor:
-    """Summed next-token loss of every row of ``normalized`` (``[..., batch, pos, d_model]``)."""
-    logits = softcap(model, model.unembed(normalized)).float()
-    logp = torch.log_softmax(logits[..., :-1, :], dim=-1)
+def _nll_sum(logits: Tensor, toks: Tensor, valid: Tensor) -> Tensor:
+    """Summed next-token loss of ``logits`` (``[..., batch, pos, vocab]``) over the valid targets."""
+    logp = torch.log_softmax(logits.float()[..., :-1, :], dim=-1)
     target = toks[:, 1:].expand(*logp.shape[:-1])
     nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     return (nll * valid).sum(dim=(-1, -2))
+
+
+def _next_token_loss(model: HookedTransformer, normalized: Tensor, toks: Tensor, valid: Tensor) -> Tensor:
+    """Summed next-token loss when ``normalized`` (``[..., batch, pos, d_model]``) is what the unembedding reads."""
+    return _nll_sum(softcap(model, model.unembed(normalized)), toks, valid)
 
 
 def term_importance(
@@ -420,7 +430,7 @@ def term_importance(
         raise LensworksError(f"term_importance cannot linearise this MLP (act_fn={act_fn!r}, "
                              f"num_experts={getattr(cfg, 'num_experts', None)}); SoLU and mixture-of-experts MLPs are "
                              "not supported")
-    n_terms = 1 + _n_paths(cfg.n_layers, cfg.n_heads, max_order)
+    n_terms = count_terms(cfg.n_layers, cfg.n_heads, max_order)
     if n_terms > max_terms:
         raise LensworksError(f"the table up to order {max_order} has {n_terms} terms (more than max_terms={max_terms}); "
                              "lower max_order or raise max_terms (each term costs one copy of the batch per pass)")
@@ -447,8 +457,7 @@ def term_importance(
                 logits = model.run_with_hooks(toks, return_type="logits",
                                               fwd_hooks=capture_hooks(names, lambda n, a: frozen.__setitem__(n, a.clone())))
             real_final = grabbed.value
-            logp = torch.log_softmax(logits.float()[:, :-1], dim=-1)
-            model_sum += float((-logp.gather(-1, toks[:, 1:, None]).squeeze(-1) * valid).sum())
+            model_sum += float(_nll_sum(logits, toks, valid))
             n_tokens += int(valid.sum())
 
             out = _frozen_run(model, toks, order_plan, frozen)  # [orders + 2, B, pos, d]

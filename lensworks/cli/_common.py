@@ -21,6 +21,7 @@ __all__ = [
     "add_outputs",
     "model_from_args",
     "read_lines",
+    "read_text_file",
     "records",
     "write_outputs",
     "format_table",
@@ -175,6 +176,30 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
     return load_model(source, device=args.device, **kwargs), name
 
 
+def read_text_file(path: str, what: str) -> str:
+    """The whole of a UTF-8 text file named by option ``--what``.
+
+    Raises:
+        LensworksError: The file is missing or is not UTF-8 (one line naming the byte and its line).
+
+    Example:
+        >>> read_text_file("prompts.txt", "prompts")  # doctest: +SKIP
+        'first prompt\\nsecond prompt\\n'
+    """
+    from lensworks.model import LensworksError
+
+    p = Path(path)
+    if not p.is_file():
+        raise LensworksError(f"--{what}: no such file {path!r}")
+    raw = p.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise LensworksError(f"--{what} {path!r} is not UTF-8 text: byte {raw[e.start]:#04x} on line {line} cannot be "
+                             "decoded; save the file as UTF-8") from None
+
+
 def read_lines(path: str | None, what: str) -> list[str] | None:
     """The non-empty lines of a prompt file (one prompt per line); ``None`` when ``path`` is.
 
@@ -196,14 +221,7 @@ def read_lines(path: str | None, what: str) -> list[str] | None:
 
     if path is None:
         return None
-    p = Path(path)
-    if not p.is_file():
-        raise LensworksError(f"--{what}: no such file {path!r}")
-    try:
-        content = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LensworksError(f"--{what}: {path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
-                             "save it as UTF-8") from None
+    content = read_text_file(path, what)
     lines = [line.rstrip("\r\n") for line in content.splitlines()]
     lines = [line for line in lines if line.strip()]
     if len(lines) < 2:

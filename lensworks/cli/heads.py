@@ -143,16 +143,9 @@ def _terms(args: argparse.Namespace, model: Any, report: Any) -> Any:
 
     n_seqs = min(args.n_seqs, 16)  # one copy of the batch per term: keep the batch small
     if args.terms_text is not None:
-        from pathlib import Path
+        from lensworks.cli._common import read_text_file
 
-        path = Path(args.terms_text)
-        if not path.is_file():
-            raise LensworksError(f"--terms-text: no such file {args.terms_text!r}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise LensworksError(f"--terms-text: {args.terms_text!r} is not UTF-8 text (offset {e.start}); "
-                                 "save it as UTF-8") from None
+        text = read_text_file(args.terms_text, "terms-text")
         width = min(args.seq_len or 64, model.cfg.n_ctx)
         data = text_windows(model, text, width=width)[:n_seqs]
         what = f"{data.shape[0]} windows of {args.terms_text}"

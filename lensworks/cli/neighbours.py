@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import random
-from pathlib import Path
 from typing import Any
 
 from lensworks.cli._common import (
-    add_model_argument, add_option, add_outputs, format_table, model_from_args, read_lines, records, write_outputs,
+    add_model_argument, add_option, add_outputs, format_table, model_from_args, read_lines, read_text_file, records,
+    write_outputs,
 )
 
 __all__ = ["register", "run"]
@@ -63,14 +63,10 @@ def run(args: argparse.Namespace) -> int:
         0
     """
     from lensworks.geometry import NeighbourApproximation
-    from lensworks.model import LensworksError
 
+    text = read_text_file(args.corpus, "corpus")[: args.bytes] if args.corpus else None  # before loading
     model, name = model_from_args(args)
-    if args.corpus:
-        p = Path(args.corpus)
-        if not p.is_file():
-            raise LensworksError(f"--corpus: no such file {args.corpus!r}")
-        text = p.read_text(encoding="utf-8")[: args.bytes]
+    if text is not None:
         source = f"{args.corpus} (first {len(text):,} characters)"
     else:
         from lensworks import zoo

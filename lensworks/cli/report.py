@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lensworks._dist import is_main
-from lensworks.cli._common import add_model_argument, add_option, model_from_args
+from lensworks.cli._common import add_model_argument, add_option, model_from_args, read_text_file
 
 __all__ = ["register", "run"]
 
@@ -73,16 +73,7 @@ def _read_prompts(path: str | None) -> str | None:
 
     if path is None:
         return None
-    file = Path(path)
-    if not file.is_file():
-        raise LensworksError(f"--prompts {path!r}: no such file")
-    raw = file.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise LensworksError(f"--prompts {path!r} is not UTF-8 text: byte {raw[e.start]:#04x} on line {line} "
-                             "cannot be decoded; save the file as UTF-8") from None
+    text = read_text_file(path, "prompts")
     if not text.strip():
         raise LensworksError(f"--prompts {path!r} is empty; expected prompts, one per line")
     return text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
@@ -306,8 +305,10 @@ def analyse(
         circuits_out["skip-trigrams"] = (res, f"{res.caption()} Head chosen: {why}.")
 
     def run_terms():
+        from lensworks.circuits.terms import count_terms
+
         n_heads, n_layers = cfg.n_heads, cfg.n_layers
-        if n_layers >= 2 and 1 + n_layers * n_heads + math.comb(n_layers, 2) * n_heads**2 <= TERMS_MAX:
+        if n_layers >= 2 and count_terms(n_layers, n_heads, 2) <= TERMS_MAX:
             order, w = 2, state["windows"][:TERMS_WINDOWS]
             more = ""
         else:  # many heads: every term is a copy of the batch, so read less and list less
