@@ -4,6 +4,7 @@ Pythia-1.4B and Llama-3-8B, built directly in bf16 on the target device.
 Run:  .venv/bin/python benchmarks/scale.py [--device cuda] [--models gpt2-xl,pythia-1.4b,llama-3-8b]
           [--only composition,copying,behaviour,residual_stats,probe_inputs,analyse]
           [--deadline 420] [--json out/gpu_scale.json] [--tiny] [--cpu-weight-only]
+          [--layers N] [--small-data]
 
 For each model: wall time (device synchronised before and after; every analysis is first run
 once on a tiny model of the same family, untimed; on the CPU all but analyse) and peak memory of
@@ -40,6 +41,11 @@ GPT-2-XL shape built on the CPU, with the resident-set peak of the weight-only s
 (composition Q, copying); it runs last, under the same deadline.
 
 --show PATH prints the table of an earlier run's JSON (also a partial one) and exits.
+
+--layers N keeps every model's width, heads and vocabulary but only N layers, and --small-data
+uses the --tiny data sizes with the real configs: together, a full-width rehearsal on the CPU
+(e.g. the Llama-3-8B shape with 2 layers, 3 GB in bf16) of every code path at the real d_model,
+GQA grouping and 128,256-token vocabulary.
 
 --tiny shrinks every config (2 layers, d_model 64, 4 heads, d_head 16, d_mlp 128, d_vocab 1000,
 n_ctx 256) and every data size, for a CPU dry run.
@@ -114,11 +120,17 @@ TINY_SIZES = dict(baseline_samples=20, rep_seqs=4, rep_len=10, stats_prompts=16,
                   probe_prompts=16, probe_len=32, analyse_prompts=4, analyse_len=16)
 
 
+#: --layers: the number of layers of every full-size config (None: the real depth)
+LAYERS: int | None = None
+
+
 def config(name: str, tiny: bool) -> dict[str, Any]:
     cfg = dict(CONFIGS[name])
     if tiny:
         cfg.update(TINY)
         cfg.update(TINY_EXTRA.get(name, {}))
+    elif LAYERS is not None:
+        cfg["n_layers"] = LAYERS
     return cfg
 
 
@@ -469,7 +481,9 @@ def print_table(meta: dict[str, Any], rows: list[dict[str, Any]], elapsed: float
     gpu = f" ({meta['gpu']})" if meta.get("gpu") else ""
     total = "" if elapsed is None else f", total {elapsed:.1f} s"
     print(f"scale benchmark, device {meta.get('device')}{gpu}, dtype {meta.get('dtype')}"
-          f"{', TINY configs' if meta.get('tiny') else ''}{total}")
+          f"{', TINY configs' if meta.get('tiny') else ''}"
+          f"{', ' + str(meta['layers']) + ' layers' if meta.get('layers') else ''}"
+          f"{', small data' if meta.get('small_data') else ''}{total}")
     print(f"{'model':18s} | {'analysis':30s} | {'seconds':>8s} | {'peak GiB':>8s} | note")
     print("-" * 110)
     for r in rows:
@@ -500,6 +514,9 @@ def main() -> None:
                          "and copying (needs ~6 GB RAM in bf16 at full size)")
     ap.add_argument("--cpu-dtype", default="bfloat16", choices=["bfloat16", "float32"],
                     help="dtype of the --cpu-weight-only model")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="keep only this many layers of every full-size config (a full-width CPU rehearsal)")
+    ap.add_argument("--small-data", action="store_true", help="the --tiny data sizes with the real configs")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed tiny warm-up")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice; 1 with --tiny on the CPU, where a "
@@ -518,7 +535,12 @@ def main() -> None:
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    sizes = TINY_SIZES if args.tiny else FULL_SIZES
+    sizes = TINY_SIZES if args.tiny or args.small_data else FULL_SIZES
+    if args.layers is not None:
+        if args.layers < 1:
+            raise SystemExit(f"--layers must be >= 1, got {args.layers}")
+        global LAYERS
+        LAYERS = args.layers
     if args.threads is None and args.tiny and device == "cpu":
         args.threads = 1
     if args.threads is not None:
@@ -528,6 +550,7 @@ def main() -> None:
         "device": device, "machine": platform.machine(), "python": platform.python_version(),
         "torch": torch.__version__, "transformer_lens": getattr(transformer_lens, "__version__", None),
         "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "tiny": args.tiny,
+        "layers": args.layers, "small_data": args.small_data,
         "models": names, "analyses": sorted(only), "sizes": sizes, "deadline_s": args.deadline, "argv": sys.argv[1:],
     }
     import importlib.metadata as md

@@ -23,7 +23,7 @@ from lensworks.geometry import (
     token_subspaces,
     update_alignment,
 )
-from lensworks.model import default_seq_len, has_resid_mid, model_streams, processing_state, uses_bos
+from lensworks.model import LensworksError, default_seq_len, has_resid_mid, model_streams, processing_state, uses_bos
 from lensworks.probes import compare_to_embedding, embedding_basis, probe_inputs, unlikely_token_usage
 
 pytestmark = pytest.mark.parametrize("arch", ARCHS)
@@ -258,6 +258,31 @@ def test_neighbour_approximation(arch):
     ev = approx.evaluate(prompts, thresholds=0.5)
     assert ev.hellinger.shape == (5,) and bool(((ev.hellinger >= 0) & (ev.hellinger <= 1)).all())
     assert len(ev.to_frame()) == 5 and ev.figure().data
+
+
+def test_neighbour_index_prefix_tree_equals_full_windows(arch):
+    """The prefix-tree forward (each distinct prefix run once, keys and values from the cache)
+    gives the full windows' outputs; where the model cannot share prefixes, asking for it says so."""
+    from lensworks.geometry._neighbour_index import embed_windows, prefix_sharing_supported, window_counts
+
+    model = arch_model(arch)
+    hook = "attn_out" if model.cfg.attn_only else "mlp_out"
+    # four token ids: the sorted windows share most of their prefixes
+    corpus = torch.randint(4, (300,), generator=torch.Generator().manual_seed(0)) + 1
+    windows = window_counts(corpus, 6, model.cfg.d_vocab)[0]
+    names = [f"blocks.{b}.hook_{hook}" for b in range(model.cfg.n_layers)]
+    kw = dict(bos=uses_bos(model), dtype=torch.float32, batch_size=64, progress=False)
+    full, _ = embed_windows(model, windows, names, shared_prefixes=False, **kw)
+    if not prefix_sharing_supported(model):
+        with pytest.raises(LensworksError, match="shared_prefixes"):
+            embed_windows(model, windows, names, shared_prefixes=True, **kw)
+        return
+    shared, _ = embed_windows(model, windows, names, shared_prefixes=True, **kw)
+    torch.testing.assert_close(shared, full, atol=float_tol(model, 2e-5), rtol=0)
+    # the first block only (stop_at_layer 1), and rows in any order give the same numbers
+    perm = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(1))
+    one, _ = embed_windows(model, windows[perm], names[:1], shared_prefixes=True, **kw)
+    torch.testing.assert_close(one[0], full[0, perm], atol=float_tol(model, 2e-5), rtol=0)
 
 
 def test_token_subspaces_read_logits_as_the_model_does(arch):

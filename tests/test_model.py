@@ -174,3 +174,25 @@ def test_shared_token_helpers(attn_model, char_model):
         check_token_tensor(attn_model, torch.zeros(2, 0, dtype=torch.long))
     with pytest.raises(LensworksError, match=r"\[batch, pos\]"):
         check_token_tensor(attn_model, torch.zeros(1, 2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_centring_check_reads_in_slices(dtype):
+    """The centring record streams large matrices in float32 slices (no full float32 copy of a
+    128k-token embedding) and decides exactly as the one-shot computation does."""
+    from lensworks.model._facts import _centred
+
+    gen = torch.Generator().manual_seed(0)
+    raw = torch.randn(300, 48, generator=gen)
+    centred_rows = (raw - raw.mean(-1, keepdim=True)).to(dtype)  # zero mean along the last axis
+    centred_cols = (raw - raw.mean(0, keepdim=True)).to(dtype)  # zero mean along the first axis
+    for chunk in (1, 7, 48 * 5, 1 << 24):  # one row per slice, a ragged last slice, one slice
+        assert _centred([centred_rows], -1, chunk_elements=chunk)
+        assert not _centred([raw.to(dtype)], -1, chunk_elements=chunk)
+        assert _centred([centred_cols], 0, chunk_elements=chunk)
+        assert not _centred([centred_cols], -1, chunk_elements=chunk)
+        assert _centred([torch.zeros(5, 3, dtype=dtype), centred_rows], -1, chunk_elements=chunk)
+    # one uncentred row among 300 is found in whichever slice holds it
+    planted = centred_rows.float().clone()
+    planted[217] += 0.5
+    assert not _centred([planted.to(dtype)], -1, chunk_elements=48 * 10)

@@ -106,3 +106,73 @@ def test_probe_inputs_fast_logistic_is_deterministic(mlp_model):
     assert torch.equal(res.accuracy, again.accuracy) and torch.equal(res.probe_weights, again.probe_weights)
     explicit = probe_inputs(mlp_model, toks, max_iter=FAST_LOGISTIC_ITER, **kw)
     assert torch.equal(res.probe_weights, explicit.probe_weights)
+
+
+def _wide(n: int, seed: int, d: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fewer rows than features (a wide model read at few tokens): the class signal lives in a
+    16-dimensional subspace of ``d``, plus isotropic noise."""
+    g = torch.Generator().manual_seed(0)
+    basis, means = torch.randn(16, d, generator=g), torch.randn(C, 16, generator=g)
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, C, (n,), generator=g)
+    return (means[y] + torch.randn(n, 16, generator=g)) @ basis + 0.5 * torch.randn(n, d, generator=g) + 1.0, y
+
+
+def test_gram_whitening_solves_the_same_problem_with_fewer_rows_than_features():
+    """With n < d the whitening comes from the n x n Gram matrix: the same non-zero spectrum,
+    whitened coordinates of (nearly) identity covariance, and the same objective after the
+    default steps as the d x d route; held-out accuracy equal."""
+    from lensworks.probes._solvers import whiten
+
+    x, y = _wide(120, seed=1)
+    xt, yt = _wide(2000, seed=2)
+    full, gram = whiten(x, gram=False), whiten(x, gram=True)
+    assert whiten(x).u.shape == gram.u.shape  # the default for n < d
+    r = gram.evals.numel()
+    assert r == 119  # standardised rows are centred: rank n - 1
+    torch.testing.assert_close(gram.evals, full.evals[-r:], rtol=1e-4, atol=1e-6)
+    assert gram.eps == pytest.approx(full.eps, rel=1e-6)
+    cov = gram.u.double().T @ gram.u.double() / len(x)
+    expected = (gram.evals / (gram.evals + gram.eps)).diag()
+    torch.testing.assert_close(cov, expected, atol=1e-4, rtol=0)
+    w_f, b_f = fit_logistic_whitened(None, y, C, whitening=full)
+    w_g, b_g = fit_logistic_whitened(None, y, C, whitening=gram)
+    assert _objective(w_g, b_g, x, y) == pytest.approx(_objective(w_f, b_f, x, y), rel=1e-3)
+    assert abs(_accuracy(w_g, b_g, xt, yt) - _accuracy(w_f, b_f, xt, yt)) <= 0.01
+    assert _accuracy(w_g, b_g, xt, yt) > 0.9  # the planted classes are found
+    # the weights lie in the span of the (centred) training rows: nothing outside it is learned
+    z = (x - x.mean(0)) / x.std(0, unbiased=False)
+    w_z = (w_g * x.std(0, unbiased=False)[:, None]).double()
+    q, _ = torch.linalg.qr(z.double().T)
+    outside = w_z - q @ (q.T @ w_z)
+    assert float(outside.norm()) < 1e-4 * float(w_z.norm())
+
+
+def test_a_shared_whitening_gives_the_same_fit():
+    """The probe and its shuffled-label control share one whitening: the fit is the one from x."""
+    from lensworks.probes._solvers import whiten
+
+    for x, y in (_mixtures(400, seed=3), _wide(80, seed=4)):
+        wh = whiten(x)
+        for labels in (y, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]):
+            w1, b1 = fit_logistic_whitened(x, labels, C)
+            w2, b2 = fit_logistic_whitened(None, labels, C, whitening=wh)
+            assert torch.equal(w1, w2) and torch.equal(b1, b2)
+    with pytest.raises(Exception, match="class indices"):
+        fit_logistic_whitened(None, y[:10], C, whitening=wh)
+
+
+def test_lda_dim_counts_the_zero_features():
+    """Moments of the varying directions only, with ``dim`` the full width, give the LDA of the
+    full features padded with identically-zero columns."""
+    x, y = _mixtures(300, seed=5)
+    pad = torch.cat([x.double(), torch.zeros(300, 7, dtype=torch.float64)], 1)
+    oh = F.one_hot(y, C).double()
+    w_pad, b_pad, _ = lda_from_moments(300, pad.sum(0), pad.T @ pad, pad.T @ oh, oh.sum(0))
+    xd = x.double()
+    w, b, _ = lda_from_moments(300, xd.sum(0), xd.T @ xd, xd.T @ oh, oh.sum(0), dim=pad.shape[1])
+    torch.testing.assert_close(w, w_pad[:-7])
+    torch.testing.assert_close(b, b_pad)
+    assert float(w_pad[-7:].abs().max()) == 0.0
+    w_own, _, _ = lda_from_moments(300, xd.sum(0), xd.T @ xd, xd.T @ oh, oh.sum(0))
+    assert not torch.allclose(w_own, w)  # the count changes the shrinkage

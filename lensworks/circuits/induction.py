@@ -121,6 +121,7 @@ def find_induction_heads(
     previous_threshold: float = 0.3,
     k_comp_z: float = 3.0,
     batch_size: int = 32,
+    progress: bool | None = None,
 ) -> InductionReport:
     """Rank heads by induction behaviour and keep those whose mechanism agrees.
 
@@ -137,6 +138,7 @@ def find_induction_heads(
         k_comp_z: Minimum K-composition z-score (against random factors) between the head and
             an earlier previous-token head.
         batch_size: Sequences per forward pass.
+        progress: Progress bar of the K-composition step (None: only when the work is large).
 
     Returns:
         :class:`InductionReport`; ``.heads`` is empty for a model without induction heads.
@@ -154,7 +156,7 @@ def find_induction_heads(
     beh = behaviour_scores(model, tokens, offset=int(bos), kinds=("previous_token", "induction"), batch_size=batch_size)
     ind, prev = beh["induction"], beh["previous_token"]
     copy = copying_scores(model)
-    kcomp = composition_scores(model, "K", baseline=True)
+    kcomp = composition_scores(model, "K", baseline=True, progress=progress)
     assert kcomp.baseline is not None
     b_mean, b_std = kcomp.baseline.mean, max(kcomp.baseline.std, 1e-12)
     L, H = cfg.n_layers, cfg.n_heads

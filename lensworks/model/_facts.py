@@ -5,6 +5,7 @@ record of the weight processing the model has had."""
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Sequence
 
 import torch
@@ -134,17 +135,29 @@ def random_copy(model: HookedTransformer, seed: int = 0) -> HookedTransformer:
     return fresh
 
 
-def _centred(mats: Sequence[torch.Tensor], dim: int) -> bool:
-    """Whether every matrix has (numerically) zero mean along ``dim``."""
+def _centred(mats: Sequence[torch.Tensor], dim: int, *, chunk_elements: int = 1 << 24) -> bool:
+    """Whether every matrix has (numerically) zero mean along ``dim``.
+
+    Read in float32 slices of about ``chunk_elements`` entries, so a 128k-token embedding in bf16
+    costs no full float32 copy (2 GB for a Llama-3 shape).
+    """
     for m in mats:
-        m = m.detach().float()
+        m = m.detach()
         if m.numel() == 0:
             continue
-        scale = m.pow(2).mean().sqrt().item()
+        rows = m.movedim(dim, -1).reshape(-1, m.shape[dim])  # a view where possible
+        step = max(1, chunk_elements // max(1, rows.shape[1]))
+        sq = torch.zeros((), dtype=torch.float64, device=m.device)
+        worst = torch.zeros((), dtype=torch.float32, device=m.device)
+        for start in range(0, rows.shape[0], step):
+            part = rows[start : start + step].float()
+            sq += part.square().sum(dtype=torch.float64)
+            worst = torch.maximum(worst, part.mean(-1).abs().max())
+        scale, worst = math.sqrt(float(sq) / m.numel()), float(worst)
         if scale == 0.0:
             continue
         # centred fp32 weights give ~1e-7, bf16 ~1e-3 / sqrt(d); uncentred ~1 / sqrt(d)
-        if m.mean(dim).abs().max().item() > 2e-3 * scale:
+        if worst > 2e-3 * scale:
             return False
     return True
 

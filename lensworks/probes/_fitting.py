@@ -10,6 +10,7 @@ activations and fits by L-BFGS. Both return a :class:`PassResult`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from lensworks._dist import all_reduce_sum, world
 from lensworks.model import HookedTransformer
 from lensworks.probes._data import BatchFn, Plan, run_batches, sequences_with_rows
 from lensworks.probes._moments import Moments, accumulate
-from lensworks.probes._solvers import AUTO_CANDIDATES, fit_logistic, fit_logistic_whitened
+from lensworks.probes._solvers import AUTO_CANDIDATES, fit_logistic, fit_logistic_whitened, whiten
 
 __all__ = ["ProbeJob", "PassResult", "fit_closed_form", "fit_logistic_pass"]
 
@@ -363,10 +364,13 @@ def fit_logistic_pass(job: ProbeJob, model: HookedTransformer, label: str, *, ma
         y_tr, y_te, ys_tr = plan.target[k][tr], plan.target[k][te], plan.shuffled[k][tr]
         for group in groups:
             x_tr = torch.cat([feats[g][tr] for g in group])
-            w, b = solver(x_tr, y_tr.repeat(len(group)), C, job.max_iter)
+            fit = solver
+            if solver is fit_logistic_whitened:  # one whitening for the probe and its control
+                fit = functools.partial(fit_logistic_whitened, whitening=whiten(x_tr))
+            w, b = fit(x_tr, y_tr.repeat(len(group)), C, job.max_iter)
             ws = bs = None
             if job.controls and main:
-                ws, bs = solver(x_tr, ys_tr.repeat(len(group)), C, job.max_iter)
+                ws, bs = fit(x_tr, ys_tr.repeat(len(group)), C, job.max_iter)
             for l, s in group:
                 i, j = job.index(l, s)
                 x_te = feats[(l, s)][te]

@@ -244,7 +244,7 @@ def analyse(
         return toks, f"random token sequences, each repeated once (seed {seed})", f"No text could be read: {why}."
 
     def run_induction():
-        rep = circuits.find_induction_heads(model, seed=seed)
+        rep = circuits.find_induction_heads(model, seed=seed, progress=False)
         state["induction"] = rep
         circuits_out.update({"verdict": rep, "induction": rep.induction, "previous_token": rep.previous,
                              "copying": rep.copying})
