@@ -12,7 +12,7 @@
 # Writes out/gpu_scale.json (and a copy into $OUT when that is set) and prints the table; after a
 # timeout or crash, the table of the rows done so far (the JSON is rewritten after every row).
 # First the seed-004 job (benchmarks/seed004_job.py: trains the d384 character model on the GPU, about
-# 600 steps, then fit + evaluate warm in four precision variants; at most 150 s), then the scale
+# 600 steps, then fit + evaluate warm in six forward/precision variants; at most 150 s), then the scale
 # benchmark (at most 320 s): under 8 minutes in all.
 # For a dry run without a GPU: GPU_CHECK_CPU=1 GPU_CHECK_JSON=/tmp/x.json SEED004_FLAGS=--tiny \
 #     SEED004_TIMEOUT=900 bash benchmarks/gpu_check.sh --device cpu --tiny

@@ -10,7 +10,11 @@ text is ``zoo.corpus`` (Python standard-library source; TinyShakespeare is not o
 
 Variants (after one untimed run of ``exact``, so kernels and allocator are warm, each is timed once):
 
-  exact      fp32 forward passes, fp32 search (``search_dtype=None``): the reference
+  exact      fp32 forward passes, fp32 search (``search_dtype=None``), lensworks's default
+             forward (full windows on a GPU, the prefix tree on the CPU): the reference
+  prefix-tree   as ``exact`` with ``fit(shared_prefixes=True)``: each distinct window prefix run
+             once, keys and values from the cache
+  full-windows  as ``exact`` with ``fit(shared_prefixes=False)``: every window run in full
   auto       fp32 forward passes, ``search_dtype="auto"``: bf16 cosines on a GPU with an exact
              fp32 re-check of every cosine within 2^-6 of its threshold (exact fp32 on the CPU)
   tf32       as ``auto``, with TF32 matmuls in the forward passes (a global flag this script sets
@@ -42,7 +46,7 @@ from bench_probes import _d384_tokens, _d384_vocab, d384_model  # noqa: E402
 from lensworks import zoo  # noqa: E402
 from lensworks.geometry import NeighbourApproximation  # noqa: E402
 
-VARIANTS = ("exact", "auto", "tf32", "bf16-fwd")
+VARIANTS = ("exact", "prefix-tree", "full-windows", "auto", "tf32", "bf16-fwd")
 #: Per-block thresholds and weights: the later blocks carry the prediction (seed 004's finding).
 THRESHOLDS = [0.6, 0.7, 0.8, 0.85, 0.9, 0.93]
 WEIGHTS = [0.01, 0.01, 0.1, 1.0, 10.0, 10.0]
@@ -53,12 +57,13 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_job(model, corpus, prompts, *, search_dtype, device) -> tuple[float, float, torch.Tensor, int]:
+def run_job(model, corpus, prompts, *, search_dtype, device,
+            shared_prefixes: bool | None = None) -> tuple[float, float, torch.Tensor, int]:
     """Fit and evaluate once; return (fit seconds, evaluate seconds, per-prompt Hellinger, windows)."""
     sync(device)
     t0 = time.perf_counter()
     approx = NeighbourApproximation(window=10, thresholds=THRESHOLDS, weights=WEIGHTS, search_dtype=search_dtype)
-    approx.fit(model, corpus, batch_size=4096, progress=False)
+    approx.fit(model, corpus, batch_size=4096, progress=False, shared_prefixes=shared_prefixes)
     sync(device)
     t1 = time.perf_counter()
     ev = approx.evaluate(prompts, batch_size=4096, progress=False)
@@ -102,14 +107,15 @@ def main() -> None:
     print(f"warm-up run: {time.perf_counter() - t:.1f} s", flush=True)
     rows, reference = [], None
     for variant in ["exact"] + [v for v in variants if v != "exact"]:
-        search = None if variant == "exact" else "auto"
+        search = None if variant in ("exact", "prefix-tree", "full-windows") else "auto"
         job_model = model
         tf32_before = torch.backends.cuda.matmul.allow_tf32
         if variant == "bf16-fwd":
             job_model = d384_model(args.train_steps, args.cache).to(args.device).to(torch.bfloat16)
         try:
             torch.backends.cuda.matmul.allow_tf32 = variant == "tf32"
-            fit_s, eval_s, hell, n_windows = run_job(job_model, corpus, prompts, search_dtype=search, device=args.device)
+            fit_s, eval_s, hell, n_windows = run_job(job_model, corpus, prompts, search_dtype=search, device=args.device,
+                                                     shared_prefixes={"prefix-tree": True, "full-windows": False}.get(variant))
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32_before
         if variant == "exact":

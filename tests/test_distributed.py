@@ -75,7 +75,13 @@ def test_work_is_split_not_repeated(single, two_ranks, name):
         assert alone["weight_reads"] > 0
         assert ranks[0]["weight_reads"] == alone["weight_reads"] and ranks[1]["weight_reads"] == 0
         return
-    assert sum(r["rows"] for r in ranks) == alone["rows"] > 0  # every row read exactly once overall
+    total = sum(r["rows"] for r in ranks)
+    if name == "neighbours":
+        # the windows are run as prefix trees (one row per distinct prefix and depth): the cut
+        # between the ranks' windows can split a shared prefix, one extra row per depth
+        assert alone["rows"] > 0 and alone["rows"] <= total <= alone["rows"] + (len(ranks) - 1) * 4
+    else:
+        assert total == alone["rows"] > 0  # every row read exactly once overall
     assert all(r["rows"] < alone["rows"] for r in ranks)
 
 

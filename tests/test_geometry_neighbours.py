@@ -228,7 +228,7 @@ def test_hyper_parameters_only_in_the_constructor():
     with pytest.raises(LensworksError, match="no hyper-parameter 'corpus'"):
         est.set_params(corpus="abc")
     fit_params = inspect.signature(NeighbourApproximation(window=4).fit).parameters
-    assert list(fit_params) == ["model", "corpus", "batch_size", "progress"]
+    assert list(fit_params) == ["model", "corpus", "batch_size", "progress", "shared_prefixes"]
     assert "window=6" in repr(est) and "fitted" not in repr(est)
 
 

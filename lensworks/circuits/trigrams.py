@@ -115,10 +115,10 @@ def skip_trigrams(model: HookedTransformer, layer: int, head: int, *, k: int = 2
     if not isinstance(source_chunk, int) or source_chunk < 1:
         raise LensworksError(f"source_chunk must be a positive int, got {source_chunk!r}")
     w = attention_weights(model, [layer])
-    W_E, W_U = embedding(model).float(), unembedding(model).float()
+    W_E, W_U = embedding(model), unembedding(model)  # model dtype: upcast a slice at a time
     with torch.inference_mode():
-        left = W_E @ w["W_V"][0, head].float()  # [V, d_head]
-        right = w["W_O"][0, head].float() @ W_U  # [d_head, V_out]
+        left = _float_rows_times(W_E, w["W_V"][0, head].float())  # [V, d_head]
+        right = _float_rows_times(W_U.T, w["W_O"][0, head].float().T).T  # [d_head, V_out]
         best_v = torch.full((0,), float("-inf"), device=left.device)
         best_i = torch.zeros(0, dtype=torch.long, device=left.device)
         n_out = right.shape[1]
@@ -128,8 +128,8 @@ def skip_trigrams(model: HookedTransformer, layer: int, head: int, *, k: int = 2
             best_v, order = torch.cat([best_v, vals]).topk(min(k, best_v.numel() + vals.numel()))
             best_i = torch.cat([best_i, idx + start * n_out])[order]
         source, out = best_i // n_out, best_i % n_out
-        q = W_E @ w["W_Q"][0, head].float()  # [V, d_head]: every destination's query
-        keys = W_E[source] @ w["W_K"][0, head].float()  # [k, d_head]: the chosen sources' keys
+        q = _float_rows_times(W_E, w["W_Q"][0, head].float())  # [V, d_head]: every destination's query
+        keys = W_E[source].float() @ w["W_K"][0, head].float()  # [k, d_head]: the chosen sources' keys
         qk_all = q @ keys.T  # [V, k]
         qk, destination = qk_all.max(0)
     return SkipTrigrams(
@@ -138,3 +138,9 @@ def skip_trigrams(model: HookedTransformer, layer: int, head: int, *, k: int = 2
         destination_labels=tuple(token_strings(model, destination.cpu())),
         out_labels=tuple(token_strings(model, out.cpu())), processing=processing_state(model),
     )
+
+
+def _float_rows_times(a: Tensor, b: Tensor, chunk: int = 16384) -> Tensor:
+    """``a.float() @ b`` with ``a`` upcast ``chunk`` rows at a time (a 128k-token bf16 embedding
+    would otherwise be copied whole to float32: 2 GiB)."""
+    return torch.cat([a[s : s + chunk].float() @ b for s in range(0, a.shape[0], chunk)])

@@ -203,7 +203,9 @@ def embed_windows(model: HookedTransformer, windows: Int[Tensor, "n_windows wind
     """Unit-normalised block outputs ``[block, n, d_model]`` at the last token of each window.
 
     ``windows`` are the sorted unique windows of :func:`window_counts`. With ``shared_prefixes``
-    (default: whenever the model supports it, see :func:`prefix_sharing_supported`), each batch
+    (default: on the CPU whenever the model supports it, see :func:`prefix_sharing_supported`;
+    on a GPU, where each position costs one more round of kernel launches per batch, the full
+    windows until that trade is measured), each batch
     is run as a prefix tree: position ``k`` is computed once per distinct prefix of ``k + 1``
     tokens, reading the keys and values of its parent prefix from a cache, since a causal model's
     activations at a position depend only on the tokens up to it. Sorted windows share most
@@ -230,8 +232,8 @@ def embed_windows(model: HookedTransformer, windows: Int[Tensor, "n_windows wind
     outputs = torch.empty(len(names), hi - lo, model.cfg.d_model, dtype=dtype, device=device)
     blocks = [int(n.split(".")[1]) for n in names]
     stop = max(blocks) + 1
-    if shared_prefixes is None:
-        shared_prefixes = prefix_sharing_supported(model)
+    if shared_prefixes is None:  # measured faster on the CPU; a GPU's launch costs are not yet measured
+        shared_prefixes = device.type == "cpu" and prefix_sharing_supported(model)
     elif shared_prefixes and not prefix_sharing_supported(model):
         raise LensworksError("shared_prefixes=True needs a TransformerLens HookedTransformer with a key-value "
                              f"cache and standard or rotary positions; this model ({type(model).__name__}, "

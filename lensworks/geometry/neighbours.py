@@ -101,14 +101,16 @@ class NeighbourApproximation(Estimator):
 
     @fit_method(legacy=_restore_old_attributes)
     def fit(self, model: HookedTransformer, corpus: Corpus, *, batch_size: int = 2048,
-            progress: bool | None = None) -> "NeighbourApproximation":
+            progress: bool | None = None, shared_prefixes: bool | None = None) -> "NeighbourApproximation":
         """Index every unique window of ``window`` tokens in the corpus; return ``self``.
 
         Steps: tokenize the corpus; take every window that is followed by a token; find the
         unique ones with a radix sort on bit-packed ids (no Python loop over windows); count
         the tokens that follow each (compressed rows); run each unique window through the
         model once (batched, stopping after the last block needed) and keep the unit-normalised
-        ``hook`` output of every block at its last token.
+        ``hook`` output of every block at its last token. Windows that share a prefix share its
+        positions: each distinct prefix is run once, its keys and values kept in
+        TransformerLens's cache for the windows that continue it.
 
         The old call ``NeighbourApproximation.fit(model, corpus, window=..., ...)`` on the class
         still works and warns (DeprecationWarning).
@@ -118,6 +120,9 @@ class NeighbourApproximation(Estimator):
             corpus: Text, or a 1-D tensor of token ids.
             batch_size: Windows per forward pass.
             progress: Progress bar (None: only on a terminal).
+            shared_prefixes: Run each distinct prefix once (None: on the CPU whenever the model
+                allows it, a HookedTransformer with standard or rotary positions; True: also on
+                a GPU; False: every window in full). The outputs agree to float rounding.
 
         Returns:
             ``self``, with the learned attributes set.
@@ -150,7 +155,8 @@ class NeighbourApproximation(Estimator):
             )
         windows, ptr, next_token, next_count, unigram = window_counts(toks, window, model.cfg.d_vocab)
         outputs, offset = embed_windows(model, windows, [hook_name(hook, b) for b in blocks], bos=bos,
-                                        dtype=self.dtype or torch.float32, batch_size=batch_size, progress=progress)
+                                        dtype=self.dtype or torch.float32, batch_size=batch_size, progress=progress,
+                                        shared_prefixes=shared_prefixes)
         index = WindowIndex(windows=windows, next_ptr=ptr, next_token=next_token, next_count=next_count,
                             outputs=outputs, unigram=unigram, offset=offset)
         return self._set_index(model, index, blocks=blocks, prepend_bos=bos, n_corpus_tokens=int(toks.numel()))
