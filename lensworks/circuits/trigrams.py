@@ -124,7 +124,13 @@ def skip_trigrams(model: HookedTransformer, layer: int, head: int, *, k: int = 2
         n_out = right.shape[1]
         for start in range(0, V, source_chunk):
             block = (left[start : start + source_chunk] @ right).flatten()  # [chunk * V_out]
-            vals, idx = block.topk(min(k, block.numel()))
+            if best_v.numel() == k:  # only entries above the k-th best so far can enter: one linear pass
+                idx = (block > best_v[-1]).nonzero()[:, 0]
+                vals = block[idx]
+            else:  # (a full sort-based top-k of a 10^8-entry block takes seconds on a CPU)
+                vals, idx = block.topk(min(k, block.numel()))
+            if not vals.numel():
+                continue
             best_v, order = torch.cat([best_v, vals]).topk(min(k, best_v.numel() + vals.numel()))
             best_i = torch.cat([best_i, idx + start * n_out])[order]
         source, out = best_i // n_out, best_i % n_out

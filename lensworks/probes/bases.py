@@ -200,6 +200,22 @@ def _matrix(model: HookedTransformer | None, matrix: Union[str, Tensor]) -> tupl
     raise LensworksError(f"matrix must be 'W_E', 'W_U' or a [n_rows, d_model] tensor, got {matrix!r}")
 
 
+def _principal_axes(xc: Float[Tensor, "n d"]) -> tuple[Float[Tensor, "r d"], Float[Tensor, " r"]]:
+    """Principal axes (rows, by decreasing variance) and the variance along each (``s**2``) of a
+    centred matrix, ``r = min(n, d)``.
+
+    A tall matrix (more rows than columns: a 128k-token embedding of width 4096) goes through
+    the ``d x d`` eigenproblem of ``xc^T xc``: a thin SVD of the whole matrix costs several times
+    the arithmetic and, on a GPU, far more time. Otherwise the thin SVD.
+    """
+    n, d = xc.shape
+    if n > d:
+        evals, evecs = torch.linalg.eigh(xc.T @ xc)
+        return evecs.flip(1).T.contiguous(), evals.flip(0).clamp_min(0.0)
+    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    return vh, s**2
+
+
 def _check_k(k: int | None, limit: int, what: str) -> int:
     if k is None:
         return limit
@@ -260,13 +276,12 @@ def _embedding_basis(model: HookedTransformer | None, method: str, k: int | None
         k = _check_k(k, min(n, d), f"the rank limit min(n_rows, d_model) of a {n}x{d} matrix")
         mean = x.mean(0)
         xc = x - mean
-        u, s, vh = torch.linalg.svd(xc, full_matrices=False)
+        vh, var = _principal_axes(xc)
         # deterministic signs: the largest-magnitude entry of each component is positive
         idx = vh.abs().argmax(1)
         signs = torch.sign(vh[torch.arange(len(vh)), idx])
         signs[signs == 0] = 1
-        vh, u = vh * signs[:, None], u * signs[None, :]
-        var = s**2
+        vh = vh * signs[:, None]
         total = float(var.sum()) or 1.0
         return Basis(
             method="pca",
@@ -275,7 +290,7 @@ def _embedding_basis(model: HookedTransformer | None, method: str, k: int | None
             importance=(var[:k] / total).float(),
             importance_name="explained variance ratio",
             labels=tuple(f"PC{i + 1}" for i in range(k)),
-            codes=(u[:, :k] * s[:k]).float(),
+            codes=(xc @ vh[:k].T).float(),
             mean=mean.float(),
             tokens=None,
             reconstruction_error=float(var[k:].sum().sqrt()),
