@@ -126,16 +126,16 @@ def main() -> None:
                "mean_hellinger": round(float(hell.mean()), 4), "max_abs_diff": float(moved.max()),
                "moved_over_1e-4": int((moved > 1e-4).sum())}
         rows.append(row)
-        print(f"{variant:9s} fit {fit_s:7.2f} s  evaluate {eval_s:7.2f} s  total {fit_s + eval_s:7.2f} s  "
+        print(f"{variant:12s} fit {fit_s:7.2f} s  evaluate {eval_s:7.2f} s  total {fit_s + eval_s:7.2f} s  "
               f"mean H {row['mean_hellinger']:.4f}  max |dH| {row['max_abs_diff']:.2e}  "
               f"moved > 1e-4: {row['moved_over_1e-4']}", flush=True)
     meta = {"device": args.device, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "torch": torch.__version__, "characters": args.bytes, "train_steps": args.train_steps, "tiny": args.tiny}
     print(f"\nseed 004 job: {rows[0]['windows']:,} unique windows of {args.bytes:,} characters, "
           f"{args.prompts:,} prompts, device {meta['gpu'] or args.device}")
-    print(f"{'variant':9s} | {'fit s':>7s} | {'evaluate s':>10s} | {'total s':>7s} | {'max |dH|':>9s} | moved > 1e-4")
+    print(f"{'variant':12s} | {'fit s':>7s} | {'evaluate s':>10s} | {'total s':>7s} | {'max |dH|':>9s} | moved > 1e-4")
     for r in rows:
-        print(f"{r['variant']:9s} | {r['fit_s']:7.2f} | {r['evaluate_s']:10.2f} | {r['total_s']:7.2f} | "
+        print(f"{r['variant']:12s} | {r['fit_s']:7.2f} | {r['evaluate_s']:10.2f} | {r['total_s']:7.2f} | "
               f"{r['max_abs_diff']:9.2e} | {r['moved_over_1e-4']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
