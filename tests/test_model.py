@@ -196,3 +196,22 @@ def test_centring_check_reads_in_slices(dtype):
     planted = centred_rows.float().clone()
     planted[217] += 0.5
     assert not _centred([planted.to(dtype)], -1, chunk_elements=48 * 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finite_check_reads_in_slices(dtype):
+    """The weight check reads slices (no float32 copy of a bf16 embedding) and still finds a
+    NaN or inf in any slice, the last and a ragged one included."""
+    from lensworks.model._compat import all_finite, require_finite_weight
+
+    w = torch.randn(50, 7).to(dtype)
+    for chunk in (1, 8, 7 * 50, 1 << 24):
+        assert all_finite(w, chunk_elements=chunk)
+        for flat_index, bad in ((0, float("nan")), (7 * 50 - 1, float("inf")), (123, -float("inf"))):
+            v = w.clone()
+            v.view(-1)[flat_index] = bad
+            assert not all_finite(v, chunk_elements=chunk)
+    v = w.clone()
+    v[49, 6] = float("nan")
+    with pytest.raises(Exception, match="W_E of the embedding holds 1 NaN"):
+        require_finite_weight(v, "W_E of the embedding")
