@@ -176,3 +176,16 @@ def test_lda_dim_counts_the_zero_features():
     assert float(w_pad[-7:].abs().max()) == 0.0
     w_own, _, _ = lda_from_moments(300, xd.sum(0), xd.T @ xd, xd.T @ oh, oh.sum(0))
     assert not torch.allclose(w_own, w)  # the count changes the shrinkage
+
+
+def test_wide_constant_features_fall_back_to_the_class_prior():
+    """Rows that never vary (fewer than the features) leave nothing to whiten: the fit is the
+    class prior, as on the d x d route, and asking without rows or a whitening is refused."""
+    from lensworks.model import LensworksError
+
+    y = torch.tensor([0, 1, 0, 1, 2])
+    w, b = fit_logistic_whitened(torch.ones(5, 20), y, 3)
+    assert float(w.abs().max()) == 0.0
+    torch.testing.assert_close(torch.softmax(b, 0), torch.tensor([0.4, 0.4, 0.2]), atol=1e-3, rtol=0)
+    with pytest.raises(LensworksError, match="feature rows"):
+        fit_logistic_whitened(None, y, 3)

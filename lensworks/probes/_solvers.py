@@ -325,6 +325,8 @@ def whiten(x: Float[Tensor, "n d"], *, gram: bool | None = None) -> Whitening:
         zd = z.to(torch.float64)
         evals, vecs = torch.linalg.eigh(zd @ zd.T / n)
         keep = evals > 1e-10 * max(float(evals.max()), 1e-300)
+        gram = bool(keep.any())  # features that never vary: the d x d route handles them as before
+    if gram:
         evals, vecs = evals[keep], vecs[:, keep]
         evecs = (zd.T @ vecs) / torch.sqrt(n * evals)  # orthonormal columns spanning the rows of z
         mean_eval = float(evals.sum()) / d  # the d - r left-out eigenvalues are zero
@@ -372,6 +374,8 @@ def fit_logistic_whitened(
         >>> W.shape, b.shape
         (torch.Size([4, 3]), torch.Size([3]))
     """
+    if x is None and whitening is None:
+        raise LensworksError("fit_logistic_whitened needs the feature rows x or their whitening")
     with torch.inference_mode(False), torch.no_grad():
         wh = whiten(x) if whitening is None else whitening
         y = y.detach().clone()
