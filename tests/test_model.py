@@ -211,6 +211,9 @@ def test_finite_check_reads_in_slices(dtype):
             v = w.clone()
             v.view(-1)[flat_index] = bad
             assert not all_finite(v, chunk_elements=chunk)
+    # finite entries whose sum overflows are still finite (checked entry by entry)
+    huge = torch.full((100,), 3e38).to(dtype)
+    assert not bool(torch.isfinite(huge.sum())) and all_finite(huge, chunk_elements=64)
     v = w.clone()
     v[49, 6] = float("nan")
     with pytest.raises(Exception, match="W_E of the embedding holds 1 NaN"):

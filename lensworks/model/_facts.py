@@ -138,8 +138,8 @@ def random_copy(model: HookedTransformer, seed: int = 0) -> HookedTransformer:
 def _centred(mats: Sequence[torch.Tensor], dim: int, *, chunk_elements: int = 1 << 24) -> bool:
     """Whether every matrix has (numerically) zero mean along ``dim``.
 
-    Read in float32 slices of about ``chunk_elements`` entries, so a 128k-token embedding in bf16
-    costs no full float32 copy (2 GB for a Llama-3 shape).
+    Read in slices of about ``chunk_elements`` entries with float32 reductions, so a 128k-token
+    embedding in bf16 costs no float32 copy (2 GB for a Llama-3 shape).
     """
     for m in mats:
         m = m.detach()
@@ -150,9 +150,9 @@ def _centred(mats: Sequence[torch.Tensor], dim: int, *, chunk_elements: int = 1 
         sq = torch.zeros((), dtype=torch.float64, device=m.device)
         worst = torch.zeros((), dtype=torch.float32, device=m.device)
         for start in range(0, rows.shape[0], step):
-            part = rows[start : start + step].float()
-            sq += part.square().sum(dtype=torch.float64)
-            worst = torch.maximum(worst, part.mean(-1).abs().max())
+            part = rows[start : start + step]  # reductions upcast inside the kernel: no float32 copy
+            sq += torch.linalg.vector_norm(part, dtype=torch.float32).double() ** 2
+            worst = torch.maximum(worst, part.sum(-1, dtype=torch.float32).abs().max() / rows.shape[1])
         scale, worst = math.sqrt(float(sq) / m.numel()), float(worst)
         if scale == 0.0:
             continue
