@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lensworks import zoo  # noqa: E402
-from lensworks.geometry._neighbour_index import corpus_tokens, embed_windows, window_counts  # noqa: E402
+from lensworks.geometry._neighbour_index import corpus_tokens, window_counts  # noqa: E402
+from lensworks.geometry._window_forward import embed_windows  # noqa: E402
 from lensworks.model import bos_token_id, uses_bos  # noqa: E402
 
 

@@ -263,7 +263,8 @@ def test_neighbour_approximation(arch):
 def test_neighbour_index_prefix_tree_equals_full_windows(arch):
     """The prefix-tree forward (each distinct prefix run once, keys and values from the cache)
     gives the full windows' outputs; where the model cannot share prefixes, asking for it says so."""
-    from lensworks.geometry._neighbour_index import embed_windows, prefix_sharing_supported, window_counts
+    from lensworks.geometry._neighbour_index import window_counts
+    from lensworks.geometry._window_forward import embed_windows, prefix_sharing_supported
 
     model = arch_model(arch)
     hook = "attn_out" if model.cfg.attn_only else "mlp_out"

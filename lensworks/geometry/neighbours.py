@@ -20,9 +20,9 @@ from lensworks._dist import Shard
 from lensworks.geometry import _common
 from lensworks.geometry._common import Data, gather_at, has_hook, iter_batches
 from lensworks.geometry._estimator import Estimator, fit_method
-from lensworks.geometry._neighbour_index import (WindowIndex, corpus_tokens, embed_windows, low_precision_for,
-                                                 window_counts)
+from lensworks.geometry._neighbour_index import WindowIndex, corpus_tokens, low_precision_for, window_counts
 from lensworks.geometry._neighbour_results import NeighbourEvaluation, NeighbourPrediction, SimilarWindows, TuneResult
+from lensworks.geometry._window_forward import embed_windows
 from lensworks.model import (HookedTransformer, LensworksError, bos_token_id, check_layer, hook_name,
                              processing_state, token_label, uses_bos)
 from lensworks.model._core import check_int
