@@ -116,6 +116,14 @@ def test_predict_matches_naive_dense(approx, naive, model, corpus, monkeypatch, 
     assert ev.baseline_mean == pytest.approx(float(base.mean()), abs=1e-5)
 
 
+def test_prefix_trees_and_full_windows_give_the_same_index(approx, model, corpus):
+    """The default fit (prefix trees on the CPU) stores what running every window in full stores."""
+    full = NeighbourApproximation(window=WINDOW).fit(model, corpus, batch_size=64, progress=False,
+                                                     shared_prefixes=False)
+    assert torch.equal(approx.index_.windows, full.index_.windows)
+    torch.testing.assert_close(approx.index_.outputs, full.index_.outputs, atol=1e-5, rtol=0)
+
+
 def test_similar_matches_naive_and_finds_itself(approx, naive, model, corpus):
     texts, _, outs = naive
     prompt = corpus[10 : 10 + WINDOW]
