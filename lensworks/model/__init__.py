@@ -37,7 +37,8 @@ from lensworks.model._facts import (
     uses_bos,
 )
 from lensworks.model._hf import SUPPORTED_ARCHITECTURES
-from lensworks.model._load import load_model, save_model
+from lensworks.model._load import load_model
+from lensworks.model._save import save_model
 from lensworks.model._tokens import (
     BOS_NAMES,
     as_tokens,

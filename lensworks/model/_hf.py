@@ -50,19 +50,20 @@ def is_hf_dir(path: Path) -> bool:
     if not cfg.is_file():
         return False
     try:
-        raw = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
+        raw = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False  # the TransformerLens-format reader says what is wrong with the file
     return isinstance(raw, dict) and ("architectures" in raw or "model_type" in raw)
 
 
 def read_config(path: Path) -> tuple[str, str, dict[str, Any]]:
     """Read ``config.json``: returns (architecture, family, raw dict), or raises naming the file."""
+    from lensworks.model._vocabfile import read_json
+
     cfg_path = path / "config.json"
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LensworksError(f"{cfg_path}: not a readable JSON config ({exc})") from exc
+    raw = read_json(cfg_path, "config")
+    if not isinstance(raw, dict):
+        raise LensworksError(f"{cfg_path}: expected a JSON object of config fields, got {type(raw).__name__}")
     archs = raw.get("architectures") or []
     arch = archs[0] if archs else None
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -128,12 +129,12 @@ def config_fields(arch: str, family: str, raw: dict[str, Any], *, where: str, n_
         >>> config_fields("GPT2LMHeadModel", "gpt2", {"n_embd": 64, ...}, where="config.json")["d_model"]
         64
     """
-    need = lambda *names: _need(raw, *names, where=where)  # noqa: E731
+    need = lambda *names: _size(raw, *names, where=where)  # noqa: E731
     if family == "gpt2":
         d_model, n_heads = need("n_embd"), need("n_head")
         out = dict(
-            d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, n_layers=need("n_layer"),
-            d_mlp=raw.get("n_inner") or 4 * d_model, n_ctx=need("n_positions", "n_ctx"),
+            d_model=d_model, n_heads=n_heads, d_head=_divide(d_model, n_heads, where), n_layers=need("n_layer"),
+            d_mlp=need("n_inner") if raw.get("n_inner") is not None else 4 * d_model, n_ctx=need("n_positions", "n_ctx"),
             eps=raw.get("layer_norm_epsilon", 1e-5), act_fn=raw.get("activation_function", "gelu_new"),
             use_attn_scale=raw.get("scale_attn_weights", True),
             scale_attn_by_inverse_layer_idx=raw.get("scale_attn_by_inverse_layer_idx", False),
@@ -141,7 +142,7 @@ def config_fields(arch: str, family: str, raw: dict[str, Any], *, where: str, n_
         )
     elif family == "neox":
         d_model, n_heads = need("hidden_size"), need("num_attention_heads")
-        d_head = d_model // n_heads
+        d_head = _divide(d_model, n_heads, where)
         pct = _rope(raw, "partial_rotary_factor", None)
         pct = raw.get("rotary_pct", 1.0) if pct is None else pct
         out = dict(
@@ -157,8 +158,8 @@ def config_fields(arch: str, family: str, raw: dict[str, Any], *, where: str, n_
             raise LensworksError(f"{where}: GPT-NeoX checkpoints without attention biases are not supported")
     else:  # llama, mistral, gemma, gemma2, qwen2: RMSNorm, gated MLP, rotary, (grouped) query attention
         d_model, n_heads = need("hidden_size"), need("num_attention_heads")
-        d_head = raw.get("head_dim") or d_model // n_heads
-        n_kv = raw.get("num_key_value_heads") or n_heads
+        d_head = need("head_dim") if raw.get("head_dim") is not None else _divide(d_model, n_heads, where)
+        n_kv = need("num_key_value_heads") if raw.get("num_key_value_heads") is not None else n_heads
         act = raw.get("hidden_activation") or raw.get("hidden_act") or "silu"
         out = dict(
             d_model=d_model, n_heads=n_heads, d_head=d_head, n_layers=need("num_hidden_layers"),
@@ -197,11 +198,52 @@ def config_fields(arch: str, family: str, raw: dict[str, Any], *, where: str, n_
                 out["output_logits_soft_cap"] = float(raw["final_logit_softcapping"])
     out["d_vocab"] = need("vocab_size")
     out["original_architecture"] = arch
+    _check_sizes(raw, out, where)
     if n_ctx is not None:
         out["n_ctx"] = int(n_ctx)
     else:
         out["n_ctx"] = min(int(out["n_ctx"]), MAX_DEFAULT_N_CTX)
     return out
+
+
+def _size(raw: dict[str, Any], *names: str, where: str) -> Any:
+    """A size field of config.json: present, an integer (not "4", 2.0 or true) and positive."""
+    from lensworks.model._foreign import check_size
+
+    value = _need(raw, *names, where=where)
+    name = next(n for n in names if raw.get(n) is not None)
+    return check_size(value, name, where)
+
+
+def _divide(d_model: int, n_heads: int, where: str) -> int:
+    if d_model % n_heads:
+        raise LensworksError(f"{where}: the model width {d_model} is not divisible by the {n_heads} attention heads")
+    return d_model // n_heads
+
+
+def _check_sizes(raw: dict[str, Any], out: dict[str, Any], where: str) -> None:
+    """Grouped-query heads must divide the query heads; every size is a positive integer."""
+    from lensworks.model._foreign import check_size
+
+    for key in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "n_key_value_heads"):
+        if out.get(key) is not None:
+            check_size(out[key], key, where)
+    kv = out.get("n_key_value_heads")
+    if kv is not None and out["n_heads"] % kv:
+        raise LensworksError(f"{where}: num_attention_heads={out['n_heads']} is not a multiple of num_key_value_heads={kv}")
+
+
+_LAYER_KEY = re.compile(r"(?:^|\.)(?:h|layers)\.(\d+)\.")
+
+
+def check_layer_count(keys: Any, n_layers: int, where: str) -> None:
+    """Refuse a config whose layer count differs from the blocks the weight files hold (a
+    1-layer config beside 2 stored blocks would silently drop one)."""
+    found = sorted({int(m.group(1)) for k in keys if (m := _LAYER_KEY.search(k))})
+    if found != list(range(n_layers)):
+        shown = found[:8] + (["..."] if len(found) > 8 else [])
+        raise LensworksError(f"{where}: config.json says {n_layers} layers (num_hidden_layers / n_layer) but the weight "
+                             f"files hold blocks {shown} ({len(found)} layers)")
 
 
 # --------------------------------------------------------------------------- weights
@@ -256,20 +298,55 @@ def plain_reason(exc: BaseException, limit: int = 240) -> str:
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
-def torch_load(path: Path) -> Any:
+def torch_load(path: Path, *, mmap: bool = False) -> Any:
     """``torch.load`` with ``weights_only=True`` (never unpickles code); errors name the file.
 
     numpy scalars (which ``HookedTransformerConfig.to_dict()`` contains) are allowed: they
-    rebuild a number, never run code.
+    rebuild a number, never run code. A file that needs code to unpickle (a whole
+    ``nn.Module`` saved with ``torch.save(model)``, or any other class) is refused naming the
+    classes it would import, with what to save instead. ``mmap=True`` maps the tensors instead
+    of reading them (zip-format files), so tensors the caller drops (optimizer state) are never
+    read into memory.
     """
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except IsADirectoryError:
+        raise LensworksError(f"{path}: is a directory; expected a checkpoint file") from None
+    except PermissionError:
+        raise LensworksError(f"{path}: permission denied (the file exists but cannot be read)") from None
     except Exception as exc:
+        if mmap and "mmap" in str(exc):  # the legacy (non-zip) format cannot be mapped
+            return torch_load(path)
+        code = _code_globals(path)
+        if code:
+            modules = [g for g in code if g.startswith("torch.nn.modules.") or g.startswith("__main__.")]
+            if modules:
+                raise LensworksError(
+                    f"{path}: refused: this file is a whole pickled module ({', '.join(modules[:3])}), which only "
+                    "running its code could read; in the training script save the weights instead, "
+                    "torch.save(model.state_dict(), 'model_state.pt'), and load that file"
+                ) from None
+            raise LensworksError(
+                f"{path}: refused: this file needs unpickling code ({', '.join(code[:4])}), which lensworks never "
+                "runs; convert it to safetensors (safetensors.torch.save_file(state_dict, 'model.safetensors')) "
+                "or save a plain state dict"
+            ) from None
         raise LensworksError(
             f"{path}: could not be read as a weights-only torch checkpoint "
             f"(lensworks never unpickles arbitrary objects): {type(exc).__name__}: {plain_reason(exc)}"
         ) from exc
+
+
+def _code_globals(path: Path) -> list[str]:
+    """The classes and functions a torch checkpoint would import when unpickled (read from the
+    pickle's opcodes, nothing executed), less those weights-only loading admits."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy format or not a torch file at all
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _numpy_scalar_globals() if hasattr(g, "__qualname__")}
+    return [g for g in found if g not in allowed]
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -411,6 +488,7 @@ def check_hf_shapes(path: Path, family: str, raw: dict[str, Any]) -> None:
     except Exception as exc:
         raise LensworksError(f"{path / 'config.json'}: transformers cannot build this config ({type(exc).__name__}: {str(exc)[:200]})") from exc
     stored = _stored_shapes(path)
+    check_layer_count(stored, int(raw.get("num_hidden_layers") or raw.get("n_layer") or 0), str(path / "config.json"))
     base = _BASE_PREFIX.get(family, "model.")
     if not any(k.startswith(base) for k in stored):
         stored = {k if k.startswith(("lm_head.", "embed_out.")) else base + k: v for k, v in stored.items()}

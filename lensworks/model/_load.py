@@ -4,21 +4,20 @@ checkpoints (``save_model`` directories, ``.pt`` files, the zoo) and pretrained 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
 
 from lensworks.model import _hf
-from lensworks.model._compat import TL_MAJOR, check_model, is_bridge, is_model, move, quiet
+from lensworks.model._compat import TL_MAJOR, check_model, is_model, move, quiet
 from lensworks.model._core import HookedTransformer, LensworksError
-from lensworks.model._io import atomic_path, check_writable, write_atomic
-from lensworks.model._tlconfig import cfg_from_dict, cfg_to_dict, check_declared_shapes, make_cfg
-from lensworks.model._tokens import BOS_NAMES, model_vocab, vocab_tokenizer
+from lensworks.model._tlconfig import cfg_from_dict, check_declared_shapes, make_cfg
+from lensworks.model import _foreign, _vocabfile
+from lensworks.model._foreign import check_size
+from lensworks.model._tokens import BOS_NAMES, vocab_tokenizer
+from lensworks.model._vocabfile import VocabSource, read_json, vocab_from_source, vocab_json
 
 ModelSource = Union[Any, str, Path]
 
@@ -26,6 +25,7 @@ _CFG_FILE = "config.json"
 _WEIGHTS_FILE = "model.safetensors"
 _VOCAB_FILE = "vocab.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+_NANOGPT_FILE = "ckpt.pt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ def load_model(
     center_writing_weights: bool | None = None,
     center_unembed: bool | None = None,
     n_ctx: int | None = None,
+    vocab: VocabSource | None = None,
 ) -> HookedTransformer:
     """Load a model for analysis, offline unless a pretrained name is asked for.
 
@@ -66,6 +67,12 @@ def load_model(
             - a directory written by :func:`save_model` (TransformerLens config and weights);
             - a ``.pt``/``.pth`` file holding ``{"cfg": {...}, "state_dict": {...},
               "vocab": [...]}`` (``vocab`` optional), read with ``weights_only=True``;
+            - a nanoGPT ``ckpt.pt`` (or the ``out`` directory holding it), its vocabulary read
+              from the ``meta.pkl`` beside it or in ``../data/<dataset>/`` (plain data only,
+              never code), else GPT-2's BPE from local tokenizer files when ``vocab_size`` is
+              50257 or 50304;
+            - a "Let's build GPT" state dict (``torch.save(model.state_dict(), path)``), with
+              ``vocab=`` since that layout stores none;
             - a TransformerLens pretrained name such as ``"gpt2"`` (needs a network).
         device: Where to put the weights (default CPU for local checkpoints).
         dtype: Floating dtype (default float32; float16 TransformerLens checkpoints are upcast).
@@ -79,6 +86,10 @@ def load_model(
             which is not shift-invariant). Defaults as ``fold_ln``.
         n_ctx: Context length for Hugging Face directories (default the checkpoint's, at most
             4096, since TransformerLens 3.x allocates an ``n_ctx x n_ctx`` mask per layer).
+        vocab: The vocabulary, for checkpoints that store none or to override the stored one:
+            token strings in id order (``sorted(set(text))`` for a character model), a
+            training corpus (its sorted distinct characters), a nanoGPT ``meta.pkl``, a
+            ``vocab.json``, or a directory of Hugging Face tokenizer files.
 
     Returns:
         The model, in eval mode, with a tokenizer when the checkpoint has one (a Hugging Face
@@ -89,12 +100,14 @@ def load_model(
         >>> model = load_model("path/to/hf_checkpoint_dir")          # doctest: +SKIP
         >>> processing_state(model)["fold_ln"]                        # doctest: +SKIP
         True
+        >>> shakespeare = load_model("nanoGPT/out-shakespeare-char/ckpt.pt")  # doctest: +SKIP
+        >>> lbg = load_model("gpt_state.pt", vocab="input.txt")      # doctest: +SKIP
     """
     flags = _Processing(fold_ln, center_writing_weights, center_unembed)
     if is_model(source):
-        if flags.any_given or dtype is not None or device is not None:
+        if flags.any_given or dtype is not None or device is not None or vocab is not None:
             raise LensworksError(
-                "load_model got a model object together with processing, dtype or device options; "
+                "load_model got a model object together with processing, dtype, device or vocab options; "
                 "it returns model objects as they are (process or move the model yourself)"
             )
         check_model(source)
@@ -113,12 +126,21 @@ def load_model(
 
         if source in zoo.names():  # a bundled demo model by name
             path = zoo.path(source)
+    if n_ctx is not None:
+        n_ctx = check_size(n_ctx, "n_ctx", "load_model")
+    user_vocab = vocab_from_source(vocab, where="vocab") if vocab is not None else None
     if path.is_dir():
         if _hf.is_hf_dir(path):
+            if user_vocab is not None:
+                raise LensworksError(f"{path}: a Hugging Face directory carries its own tokenizer; vocab= is for "
+                                     "checkpoints that store none")
             return _load_hf_dir(path, device=device, dtype=dtype, flags=flags, n_ctx=n_ctx)
-        return _load_tl_dir(path, device=device, dtype=dtype, flags=flags)
+        if not (path / _CFG_FILE).exists() and (path / _NANOGPT_FILE).is_file():
+            path = path / _NANOGPT_FILE  # nanoGPT's out_dir
+        else:
+            return _load_tl_dir(path, device=device, dtype=dtype, flags=flags, vocab=user_vocab)
     if path.is_file():
-        return _load_file(path, device=device, dtype=dtype, flags=flags)
+        return _load_file(path, device=device, dtype=dtype, flags=flags, vocab=user_vocab)
     text = str(source)
     looks_like_path = path.suffix in (".pt", ".pth", ".safetensors", ".json", ".bin") or text.startswith((".", "/", "~"))
     if looks_like_path or (path.parent != Path(".") and path.parent.exists()):
@@ -158,6 +180,8 @@ def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_c
     if tokenizer is not None:
         cfg.tokenizer_name = str(path)
     sd = _hf.read_state_dict(path)
+    _hf.check_layer_count(sd, fields["n_layers"], f"{path / _CFG_FILE}")
+    _check_floating(sd, where)
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
     converted = _hf.convert_weights(family, raw, sd, cfg, where=where)
     with quiet():
@@ -190,31 +214,50 @@ def _hf_tokenizer(path: Path):
 def _build(
     raw_cfg: dict[str, Any],
     state_dict: dict[str, Tensor],
-    vocab: Sequence[str] | None,
+    vocab: Any,
     *,
     device: Any,
     dtype: Any,
     flags: _Processing,
     where: str,
     tokenizer_dir: Path | None = None,
+    process_default: bool = False,
 ) -> Any:
+    """A model from a TransformerLens-format config and state dict. ``vocab`` is token strings,
+    a Hugging Face tokenizer, or None; ``process_default`` is whether weights are processed
+    (fold_ln, centring) when no flag is passed: False for TransformerLens-format checkpoints,
+    which load as stored, True for other tools' raw checkpoints, as for Hugging Face ones."""
     check_declared_shapes(raw_cfg, state_dict, where=where)
+    _check_floating(state_dict, where)
     stored = raw_cfg.get("dtype", torch.float32)
     target = dtype or (stored if stored != torch.float16 else torch.float32)
     raw_cfg = {**raw_cfg, "dtype": target}
-    if vocab is not None:
+    tokenizer = None
+    if isinstance(vocab, (list, tuple)):
         vocab = list(vocab)
         if len(vocab) != raw_cfg.get("d_vocab"):
-            raise LensworksError(f"{where}: vocab has {len(vocab)} entries but the config says d_vocab={raw_cfg.get('d_vocab')}")
+            raise LensworksError(f"{where}: the vocabulary has {len(vocab)} entries but the model's embedding has "
+                                 f"d_vocab={raw_cfg.get('d_vocab')} rows")
         raw_cfg["default_prepend_bos"] = any(b in vocab for b in BOS_NAMES)
-    tokenizer = vocab_tokenizer(vocab) if vocab is not None else _hf_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        tokenizer = vocab_tokenizer(vocab)
+    elif vocab is not None:
+        tokenizer = vocab
+    elif tokenizer_dir:
+        tokenizer = _hf_tokenizer(tokenizer_dir)
+    if tokenizer is not None and not isinstance(vocab, list):
+        top = max(tokenizer.get_vocab().values(), default=-1)
+        if top >= raw_cfg["d_vocab"]:
+            raise LensworksError(f"{where}: the tokenizer has ids up to {top} but the embedding has only "
+                                 f"{raw_cfg['d_vocab']} rows")
+    process = flags.any_given or process_default
+    resolved = flags.resolved(process_default)
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
     if TL_MAJOR >= 4:
         from lensworks.model import _bridge
 
         return _bridge.boot_tl_state_dict(raw_cfg, sd, tokenizer=tokenizer, dtype=target, device=device or "cpu",
-                                          where=where, **flags.resolved(False))
-    cfg = make_cfg(raw_cfg, where=where)
+                                          where=where, **resolved)
+    cfg = make_cfg({**raw_cfg, "init_weights": False}, where=where)
     try:
         with quiet():
             model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
@@ -224,24 +267,33 @@ def _build(
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd and not k.endswith(("IGNORE", ".mask"))]
     unexpected = [k for k in sd if k not in expected]
-    if flags.any_given and any(k.endswith(("ln1.w", "ln2.w", "ln_final.w")) for k in unexpected):
+    if process and any(k.endswith(("ln1.w", "ln2.w", "ln_final.w")) for k in unexpected):
         unexpected = []  # LayerNorm weights of an unfolded checkpoint, folded below
     if missing or unexpected:
         raise LensworksError(
             f"{where}: state_dict does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     _hf.check_shapes(sd, {k: tuple(v.shape) for k, v in expected.items()}, where=where)
-    if flags.any_given:
+    if process:
         with quiet():
-            model.load_and_process_state_dict(sd, fold_value_biases=False, **flags.resolved(False))
+            model.load_and_process_state_dict(sd, fold_value_biases=False, **resolved)
     else:
         model.load_state_dict(sd, strict=False)
     if tokenizer is not None:
         with quiet():
             model.set_tokenizer(tokenizer)
-        if vocab is not None:
-            model.cfg.default_prepend_bos = raw_cfg["default_prepend_bos"]
+        model.cfg.default_prepend_bos = raw_cfg.get("default_prepend_bos", model.cfg.default_prepend_bos)
     return _finish(model, device)
+
+
+def _check_floating(sd: dict[str, Tensor], where: str) -> None:
+    """Refuse integer or boolean weights (a quantised checkpoint, or a file of token ids)."""
+    for k, v in sd.items():
+        last = k.rsplit(".", 1)[-1]
+        is_weight = last in ("weight", "w", "b") or last.startswith(("W_", "b_"))  # not masks or position ids
+        if is_weight and not v.is_floating_point():
+            raise LensworksError(f"{where}: {k} holds {v.dtype} values; expected floating-point weights "
+                                 "(a quantised or integer checkpoint cannot be analysed)")
 
 
 def _check_device(device: Any) -> None:
@@ -319,114 +371,53 @@ def _check_pretrained_name(name: str) -> None:
     )
 
 
-def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> HookedTransformer:
+def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, vocab: Any = None) -> HookedTransformer:
     cfg_path, w_path = path / _CFG_FILE, path / _WEIGHTS_FILE
-    if not cfg_path.is_file() or not w_path.is_file():
+    if not cfg_path.exists() or not w_path.exists():
         raise LensworksError(
-            f"{path}: expected a Hugging Face checkpoint or a directory written by lensworks.save_model "
-            f"({_CFG_FILE} and {_WEIGHTS_FILE}); found {sorted(p.name for p in path.iterdir())[:10]}"
+            f"{path}: expected a Hugging Face checkpoint, a directory written by lensworks.save_model "
+            f"({_CFG_FILE} and {_WEIGHTS_FILE}) or a nanoGPT out directory ({_NANOGPT_FILE}); "
+            f"found {sorted(p.name for p in path.iterdir())[:10]}"
         )
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LensworksError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    cfg = cfg_from_dict(raw, where=str(cfg_path))
+    cfg = cfg_from_dict(read_json(cfg_path, "config"), where=str(cfg_path))
     state_dict = _hf.read_safetensors(w_path)
-    tok_dir = path if any((path / f).is_file() for f in _TOKENIZER_FILES) else None
-    vocab = _read_vocab(path / _VOCAB_FILE) if tok_dir is None and (path / _VOCAB_FILE).is_file() else None
+    tok_dir = path if vocab is None and any((path / f).is_file() for f in _TOKENIZER_FILES) else None
+    if vocab is None and tok_dir is None and (path / _VOCAB_FILE).is_file():
+        vocab = vocab_json(path / _VOCAB_FILE)
     return _build(cfg, state_dict, vocab, device=device, dtype=dtype, flags=flags, where=str(path), tokenizer_dir=tok_dir)
 
 
-def _read_vocab(v_path: Path) -> list[str]:
-    """A stored vocabulary: a list of token strings, or a ``{token: id}`` map with ids 0..n-1."""
-    try:
-        raw = json.loads(v_path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LensworksError(f"{v_path}: not a readable JSON vocabulary ({exc})") from exc
-    if isinstance(raw, dict):
-        ids = sorted(raw.values()) if all(isinstance(i, int) and not isinstance(i, bool) for i in raw.values()) else None
-        if ids != list(range(len(raw))):
-            raise LensworksError(f"{v_path}: a {{token: id}} vocabulary must give each id 0..{len(raw) - 1} exactly once")
-        raw = sorted(raw, key=raw.__getitem__)
-    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
-        raise LensworksError(f"{v_path}: expected a list of token strings or a {{token: id}} map")
-    return raw
-
-
-def _load_file(path: Path, *, device: Any, dtype: Any, flags: _Processing) -> HookedTransformer:
-    if path.suffix not in (".pt", ".pth"):
+def _load_file(path: Path, *, device: Any, dtype: Any, flags: _Processing, vocab: Any = None) -> HookedTransformer:
+    if path.suffix not in (".pt", ".pth", ".ckpt"):
         raise LensworksError(
             f"{path}: expected a .pt/.pth checkpoint file or a checkpoint directory, got a {path.suffix or 'suffix-less'} file"
         )
-    obj = _hf.torch_load(path)
+    obj = _hf.torch_load(path, mmap=True)
+    layout = _foreign.layout_of(obj)
+    where = str(path)
+    if layout == "nanogpt":
+        cfg, sd, run = _foreign.nanogpt_checkpoint(obj, where=where)
+        del obj  # the optimizer state is never read (mapped, not loaded)
+        if vocab is None:
+            vocab = _vocabfile.nanogpt_vocab(path, run, cfg["d_vocab"])
+        return _build(cfg, sd, vocab, device=device, dtype=dtype, flags=flags, where=where, process_default=True)
+    if layout == "lbg":
+        cfg, sd = _foreign.lbg_state_dict(obj, where=where)
+        if vocab is None:
+            _vocabfile.warn_no_vocab(path, "a \"Let's build GPT\" state dict stores no vocabulary")
+        return _build(cfg, sd, vocab, device=device, dtype=dtype, flags=flags, where=where, process_default=True)
+    if layout == "nanogpt-bare":
+        raise LensworksError(f"{path}: a bare nanoGPT state dict holds no model_args (n_head cannot be read from "
+                             "the shapes); load the ckpt.pt that train.py writes, which has them")
     if not isinstance(obj, dict) or "cfg" not in obj or "state_dict" not in obj:
-        keys = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-        raise LensworksError(f"{path}: expected a dict with keys 'cfg', 'state_dict' and optional 'vocab', got {keys}")
+        keys = sorted(map(str, obj))[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise LensworksError(f"{path}: expected a lensworks/TransformerLens checkpoint (a dict with 'cfg', 'state_dict' "
+                             f"and optional 'vocab'), a nanoGPT ckpt.pt or a \"Let's build GPT\" state dict; got {keys}")
     sd = obj["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise LensworksError(f"{path}: 'state_dict' must map parameter names to tensors")
-    vocab = obj.get("vocab")
-    if vocab is not None and not (isinstance(vocab, (list, tuple)) and all(isinstance(s, str) for s in vocab)):
+    stored = obj.get("vocab")
+    if stored is not None and not (isinstance(stored, (list, tuple)) and all(isinstance(s, str) for s in stored)):
         raise LensworksError(f"{path}: 'vocab' must be a list of token strings")
-    cfg = cfg_from_dict(obj["cfg"], where=str(path))
-    return _build(cfg, sd, vocab, device=device, dtype=dtype, flags=flags, where=str(path))
-
-
-# --------------------------------------------------------------------------- save
-
-
-def save_model(model: HookedTransformer, path: str | Path, *, vocab: Sequence[str] | None = None) -> Path:
-    """Write a model as a directory: ``config.json``, ``model.safetensors`` and its tokenizer.
-
-    A vocabulary tokenizer (bundled character models) is stored as ``vocab.json``; a Hugging
-    Face tokenizer is stored with its own files (``tokenizer.json``, ``tokenizer_config.json``),
-    so the directory reloads offline with the same token ids.
-
-    Args:
-        model: The model to save.
-        path: Target directory (created).
-        vocab: Token strings, one per id, to store alongside (overrides the tokenizer).
-
-    Returns:
-        The directory.
-
-    Example:
-        >>> save_model(model, "ckpt")  # doctest: +SKIP
-        >>> load_model("ckpt").cfg.d_model == model.cfg.d_model  # doctest: +SKIP
-        True
-    """
-    from safetensors.torch import save_file
-
-    check_model(model)
-    if is_bridge(model):
-        raise LensworksError(
-            "save_model writes TransformerLens 3 checkpoints; save a TransformerBridge's Hugging Face model with "
-            "model.original_model.save_pretrained(dir) and its tokenizer with model.tokenizer.save_pretrained(dir)"
-        )
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise LensworksError(f"save_model needs a directory, but {path} is a file")
-    check_writable(path / _CFG_FILE, what="checkpoint")
-    cfg = cfg_to_dict(model.cfg)
-    cfg.pop("tokenizer_name", None)  # the tokenizer travels as files, never as a hub name
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask"))}
-    tok = model.tokenizer
-    if vocab is None and tok is not None and getattr(tok, "name_or_path", "") == "lensworks-vocab":
-        vocab = model_vocab(model)
-    # Every file goes to a temporary sibling and is renamed into place: a failed save leaves
-    # the previous checkpoint readable, never a mix of half-written files.
-    with atomic_path(path / _WEIGHTS_FILE) as tmp:
-        save_file(sd, str(tmp))
-    write_atomic(path / _CFG_FILE, json.dumps(cfg, indent=1, sort_keys=True))
-    for stale in (_VOCAB_FILE, *_TOKENIZER_FILES, "special_tokens_map.json", "vocab.txt", "merges.txt"):
-        (path / stale).unlink(missing_ok=True)
-    if vocab is not None:
-        write_atomic(path / _VOCAB_FILE, json.dumps(list(vocab)))
-    elif tok is not None:
-        with tempfile.TemporaryDirectory(dir=path, prefix=".tokenizer.") as staging:
-            with quiet():
-                tok.save_pretrained(staging)
-            for f in Path(staging).iterdir():
-                if f.name != "chat_template.jinja":  # a config-free tokenizer: nothing may shadow ours
-                    os.replace(f, path / f.name)
-    return path
+    cfg = cfg_from_dict(obj["cfg"], where=where)
+    return _build(cfg, sd, vocab if vocab is not None else stored, device=device, dtype=dtype, flags=flags, where=where)

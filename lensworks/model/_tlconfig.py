@@ -63,11 +63,10 @@ def cfg_from_dict(raw: Any, *, where: str) -> dict[str, Any]:
         value = raw.get(key)
         if value is None and key not in _REQUIRED_SIZES:
             continue
-        if isinstance(value, float) and value.is_integer():
-            value = raw[key] = int(value)
         derived = key in ("d_vocab", "d_vocab_out", "n_heads") and value == -1  # TransformerLens fills these in
         if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and not derived):
-            raise LensworksError(f"{where}: config field {key!r} must be a positive integer, got {value!r}")
+            raise LensworksError(f"{where}: config field {key!r} must be a positive integer, got {value!r} "
+                                 f"({type(value).__name__})")
     for key in ("act_fn", "normalization_type", "positional_embedding_type", "original_architecture", "model_name"):
         if key in raw and raw[key] is not None and not isinstance(raw[key], str):
             raise LensworksError(f"{where}: config field {key!r} must be a string or None, got {raw[key]!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from typing import Sequence, Union
@@ -23,12 +24,17 @@ def vocab_tokenizer(vocab: Sequence[str]):
     """A HuggingFace fast tokenizer over exactly the strings in ``vocab`` (id = position).
 
     Text is split greedily into the longest vocabulary entries; decoding concatenates the
-    strings. If the vocabulary holds a BOS token (one of ``<bos>``, ``<|bos|>``, ``<s>``,
-    ``<|endoftext|>``) it is used as BOS, EOS and padding; otherwise the model should not
-    prepend BOS (``load_model`` sets ``default_prepend_bos=False`` then).
+    strings. Every entry is an ordinary token, whatever its position: a nanoGPT character
+    vocabulary whose id 0 is ``"\\n"`` encodes and decodes ``"\\n"`` like any other character.
+    If the vocabulary holds a BOS token (one of ``<bos>``, ``<|bos|>``, ``<s>``,
+    ``<|endoftext|>``) it is used as BOS, EOS and padding; otherwise the model does not
+    prepend BOS (``load_model`` sets ``default_prepend_bos=False``) and the padding token is an
+    extra id ``len(vocab)`` outside the model's vocabulary, never one of its characters.
+    lensworks pads batches itself with lengths (:func:`encode_batch`), so that id never
+    reaches a model; TransformerLens's ``model.to_tokens`` needs a padding token to exist.
 
     Args:
-        vocab: Token strings, unique.
+        vocab: Token strings, unique, in id order (any order: ``sorted(set(text))`` too).
 
     Returns:
         A ``transformers.PreTrainedTokenizerFast``.
@@ -37,6 +43,8 @@ def vocab_tokenizer(vocab: Sequence[str]):
         >>> tok = vocab_tokenizer(["<bos>", "a", "b", "ab"])
         >>> tok("abb")["input_ids"]
         [0, 3, 2]
+        >>> vocab_tokenizer(["\\n", "a"])("a\\na")["input_ids"]
+        [1, 0, 1]
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -53,16 +61,21 @@ def vocab_tokenizer(vocab: Sequence[str]):
     tok = Tokenizer(models.WordLevel(vocab={s: i for i, s in enumerate(vocab)}, unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    special = bos if bos is not None else vocab[0]
     if bos is not None:
         tok.add_special_tokens([bos])
+        pad = bos
+    else:  # an id past the vocabulary: no character of the model's is made special
+        pad = _PAD_NAME
+        while pad in vocab:
+            pad = pad[:-2] + "-|>"
+        tok.add_special_tokens([pad])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = PreTrainedTokenizerFast(
             tokenizer_object=tok,
             bos_token=bos,
-            eos_token=special,
-            pad_token=special,
+            eos_token=bos,
+            pad_token=pad,
             add_bos_token=bos is not None,
             clean_up_tokenization_spaces=False,
             name_or_path=VOCAB_TOKENIZER_NAME,
@@ -70,8 +83,13 @@ def vocab_tokenizer(vocab: Sequence[str]):
     return hf
 
 
+#: The padding token of a vocabulary tokenizer without BOS (its id is ``len(vocab)``).
+_PAD_NAME = "<|lensworks-pad|>"
+
+
 def bos_token_id(model: HookedTransformer) -> int | None:
-    """The id of the model's BOS token, or None when it has no tokenizer or no BOS token.
+    """The id of the model's BOS token, or None when it has no tokenizer or no BOS token (or
+    the tokenizer's BOS id lies outside the model's vocabulary).
 
     Example:
         >>> bos_token_id(zoo.load("char-mlp"))  # doctest: +SKIP
@@ -80,7 +98,10 @@ def bos_token_id(model: HookedTransformer) -> int | None:
     tok = model.tokenizer
     if tok is None or getattr(tok, "bos_token_id", None) is None:
         return None
-    return int(tok.bos_token_id)
+    bos = int(tok.bos_token_id)
+    # TransformerLens names "<|endoftext|>" BOS when a tokenizer has none, and TL 4 registers it
+    # as a new id past the embedding: that is no BOS the model can read.
+    return bos if 0 <= bos < model.cfg.d_vocab else None
 
 
 def check_token_tensor(model: HookedTransformer, toks: Tensor, *, what: str = "tokens") -> Int[Tensor, "batch pos"]:
@@ -153,7 +174,18 @@ def as_tokens(
             check_encodable(model, text, what=f"{what}[{i}]" if len(data) > 1 else what)
         from lensworks.model._facts import uses_bos
 
-        toks = model.to_tokens(data, prepend_bos=uses_bos(model, prepend_bos), truncate=False)
+        pad = getattr(model.tokenizer, "pad_token_id", None)
+        if pad is not None and 0 <= pad < model.cfg.d_vocab:
+            toks = model.to_tokens(data, prepend_bos=uses_bos(model, prepend_bos), truncate=False)
+        else:  # no padding token inside the vocabulary: never pad with one of the model's tokens
+            rows = [encode_text(model, s, prepend_bos=prepend_bos, what=what) for s in data]
+            if len({len(r) for r in rows}) > 1:
+                raise LensworksError(
+                    f"{what}: the texts give {sorted({len(r) for r in rows})[:6]} tokens; this model's vocabulary has "
+                    "no padding token, so texts of different lengths need lengths: use "
+                    "lensworks.model.encode_batch(model, texts), which returns (tokens, lengths)"
+                )
+            toks = torch.stack(rows)
     if toks.ndim >= 1 and toks.shape[0] == 0:
         raise LensworksError(f"{what}: empty data set (got token shape {tuple(toks.shape)}); expected at least one sequence")
     return check_token_tensor(model, toks, what=what).to(model.cfg.device)
@@ -216,16 +248,16 @@ def check_encodable(model: HookedTransformer, text: str, *, what: str = "text") 
         )
 
 
-_PATTERNS: dict[int, "re.Pattern[str]"] = {}
-
-
 def _vocab_pattern(tok) -> "re.Pattern[str]":
-    key = id(tok)
-    if key not in _PATTERNS:
-        specials = set(tok.all_special_tokens)
-        normal = [s for s in tok.get_vocab() if s not in specials]
-        _PATTERNS[key] = re.compile("|".join(re.escape(s) for s in sorted(normal, key=len, reverse=True)))
-    return _PATTERNS[key]
+    """The regular expression matching any ordinary (non-special) entry of a vocabulary
+    tokenizer, longest first. Cached by the entries themselves, never by object identity."""
+    specials = set(tok.all_special_tokens)
+    return _compiled_pattern(tuple(sorted((s for s in tok.get_vocab() if s not in specials), key=lambda s: (-len(s), s))))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_pattern(entries: tuple[str, ...]) -> "re.Pattern[str]":
+    return re.compile("|".join(re.escape(s) for s in entries))
 
 
 def encode_text(model: HookedTransformer, text: str, *, prepend_bos: bool | None = None, what: str = "text") -> Int[Tensor, "pos"]:
