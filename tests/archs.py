@@ -14,6 +14,8 @@ random checkpoints written to disk by ``transformers`` (tests/hf_families.py) an
 | gemma2     | attention and logit soft-caps, local/global attention, pre+post norms        |
 | folded-ln  | GPT-2 with LayerNorm folded and weights centred (from_pretrained's default)  |
 | bf16       | Llama loaded in bfloat16                                                     |
+| char-nl    | nanoGPT char checkpoint (ckpt.pt + meta.pkl): sorted characters, '\\n' is id 0, |
+|            | no BOS, no biases, tied head; loaded from nanoGPT's own file layout          |
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import string
+
 import torch
 
+from foreign import write_nanogpt
 from hf_families import build_hf_checkpoint
 
 from lensworks.model import Model, load_model
@@ -30,7 +35,11 @@ from lensworks.model import Model, load_model
 #: A character vocabulary with a BOS token (the attention-only entry's).
 CHAR_VOCAB = ["<bos>"] + list("abcdefghijklmnopqrstuvwxyz .,\n") + list("0123456789")
 
-ARCHS: tuple[str, ...] = ("attn-only", "ln-mlp", "gqa", "llama", "neox", "gemma2", "folded-ln", "bf16")
+ARCHS: tuple[str, ...] = ("attn-only", "ln-mlp", "gqa", "llama", "neox", "gemma2", "folded-ln", "bf16", "char-nl")
+
+#: The char-nl entry's vocabulary as nanoGPT's char prepare.py builds it, ``sorted(set(text))``
+#: of printable text: '\n' is id 0, ' ' id 1, and there is no BOS.
+NL_CHARS = sorted(set(string.ascii_letters + string.digits + string.punctuation + " \n"))
 
 #: architecture -> (Hugging Face family, load_model keyword arguments); None for native models.
 _HF = {
@@ -77,11 +86,38 @@ def hf_dir(family: str) -> Path:
     return out
 
 
+def nanogpt_char_checkpoint(root: Path | None = None) -> Path:
+    """The char-nl entry's files in nanoGPT's layout: ``out-nl/ckpt.pt`` beside ``data/nl/meta.pkl``."""
+    root = _ROOT / "nanogpt" if root is None else root
+    ckpt = root / "out-nl" / "ckpt.pt"
+    if not ckpt.is_file():
+        write_nanogpt(root / "out-nl", chars=NL_CHARS, dataset="nl", bias=False, seed=7)
+    return ckpt
+
+
+def arch_checkpoint(name: str, tmp: Path) -> tuple[Path, list[str]]:
+    """A checkpoint of entry ``name`` on disk and the CLI flags that load it as the entry has it."""
+    if name == "attn-only":
+        return attn_only_checkpoint(tmp / "attn-only.pt"), []
+    if name == "char-nl":
+        return nanogpt_char_checkpoint(), []
+    flags = {"ln-mlp": ["--no-processing"], "bf16": ["--dtype", "bfloat16"]}.get(name, [])
+    return hf_dir(_HF[name][0]), flags
+
+
+def reads_any_text(name: str) -> bool:
+    """Whether the entry's tokenizer encodes any printable ASCII text (the attention-only
+    entry's lowercase vocabulary does not)."""
+    return name != "attn-only"
+
+
 def arch_model(name: str) -> Model:
     """The model of architecture ``name`` (cached: tests must not modify it)."""
     if name not in _MODELS:
         if name == "attn-only":
             _MODELS[name] = load_model(attn_only_checkpoint(_ROOT / "attn-only.pt"))
+        elif name == "char-nl":
+            _MODELS[name] = load_model(nanogpt_char_checkpoint())
         else:
             family, kwargs = _HF[name]
             _MODELS[name] = load_model(hf_dir(family), **kwargs)

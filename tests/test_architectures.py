@@ -28,7 +28,8 @@ from lensworks.probes import compare_to_embedding, embedding_basis, probe_inputs
 
 pytestmark = pytest.mark.parametrize("arch", ARCHS)
 
-TEXT = "the quick brown fox jumps over the lazy dog. " * 6 + "one two three four five six seven eight nine ten. " * 4
+#: Text with newlines in it: a nanoGPT character vocabulary has '\n' as id 0 (the char-nl entry).
+TEXT = "the quick brown fox jumps over the lazy dog.\n" * 6 + "one two three four five six seven eight nine ten.\n" * 4
 
 
 def _tokens(model, n=6, pos=12, seed=0):
@@ -38,7 +39,7 @@ def _tokens(model, n=6, pos=12, seed=0):
 
 def _lines(model):
     words = TEXT.split()
-    return [" ".join(words[i : i + 5]) for i in range(0, 40, 5)]
+    return [" ".join(words[i : i + 3]) + "\n" + " ".join(words[i + 3 : i + 5]) for i in range(0, 40, 5)]
 
 
 def _fp32(arch, model):

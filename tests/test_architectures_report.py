@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from archs import ARCHS, arch_family, arch_model, attn_only_checkpoint, hf_dir
+from archs import ARCHS, arch_checkpoint, arch_model, reads_any_text
 from lensworks import report
 from lensworks.cli import main
 from lensworks.model import has_resid_mid
@@ -18,7 +18,7 @@ TEXT = ("def parse(self, args, namespace=None):\n    return self.parse_known_arg
 @pytest.mark.parametrize("arch", ARCHS)
 def test_analyse_and_build(arch, tmp_path):
     model = arch_model(arch)
-    text = TEXT if arch_family(arch) else TEXT.lower().replace("(", " ").replace(")", " ").replace("=", " ").replace(":", " ").replace("_", " ")
+    text = TEXT if reads_any_text(arch) else TEXT.lower().replace("(", " ").replace(")", " ").replace("=", " ").replace(":", " ").replace("_", " ")
     results = report.analyse(model, text=text, n_prompts=4, prompt_len=24, progress=False)
     names = [type(r[0] if isinstance(r, tuple) else r).__name__ for sec in results.values() for r in sec]
     for expected in ("InductionReport", "CompositionScores", "ResidualStats", "AblationTable", "LogitLens",
@@ -30,20 +30,12 @@ def test_analyse_and_build(arch, tmp_path):
     assert out.stat().st_size > 10_000
 
 
-def _checkpoint(arch, tmp_path):
-    """The checkpoint path and the CLI flags that load it as the architecture entry has it."""
-    family = arch_family(arch)
-    if family is None:
-        return str(attn_only_checkpoint(tmp_path / "attn-only.pt")), []
-    flags = {"ln-mlp": ["--no-processing"], "bf16": ["--dtype", "bfloat16"]}.get(arch, [])
-    return str(hf_dir(family)), flags
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_cli_command(arch, tmp_path, capsys):
-    ckpt, flags = _checkpoint(arch, tmp_path)
+    ckpt, flags = arch_checkpoint(arch, tmp_path)
+    ckpt = str(ckpt)
     text = tmp_path / "text.txt"
-    text.write_text(TEXT if arch_family(arch) else "the quick brown fox jumps over the lazy dog.\n" * 60)
+    text.write_text(TEXT if reads_any_text(arch) else "the quick brown fox jumps over the lazy dog.\n" * 60)
     pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
     pos.write_text("the cat sat\na dog ran\nit is late\n")
     neg.write_text("one two three\nfour five six\nseven eight nine\n")

@@ -101,7 +101,7 @@ def test_save_model_keeps_the_tokenizer(tmp_path):
 def test_save_model_removes_a_stale_vocabulary(tmp_path, mlp_model):
     out = save_model(mlp_model, tmp_path / "ckpt")
     assert (out / "vocab.json").is_file()
-    save_model(load_model(hf_dir("gpt2")), out)
+    save_model(load_model(hf_dir("gpt2")), out, overwrite=True)
     assert not (out / "vocab.json").exists()
     assert load_model(out).cfg.d_vocab == load_model(hf_dir("gpt2")).cfg.d_vocab
 

@@ -83,9 +83,9 @@ def test_pickle_payload_is_never_executed(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "payload, match",
     [
-        ({"state_dict": {}}, "expected a dict with keys 'cfg'"),
+        ({"state_dict": {}}, "a dict with 'cfg', 'state_dict'"),
         ({"cfg": {"n_layers": 1, "bogus": 3}, "state_dict": {}}, "unknown HookedTransformerConfig fields"),
-        ([1, 2, 3], "expected a dict"),
+        ([1, 2, 3], "checkpoint .a dict with.*got list"),
     ],
 )
 def test_wrong_checkpoint_contents(tmp_path, payload, match):

@@ -8,6 +8,7 @@ Every option more than one command takes is declared here once (:data:`SHARED_OP
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -143,6 +144,10 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
                         help="load the weights in this precision (default float32)")
     parser.add_argument("--no-processing", action="store_true",
                         help="load a Hugging Face checkpoint without folding LayerNorm or centring weights")
+    parser.add_argument("--vocab", default=None, metavar="FILE",
+                        help="the vocabulary, for checkpoints that store none (\"Let's build GPT\" state dicts) or to "
+                             "override the stored one: the training text (its sorted characters), a nanoGPT meta.pkl, "
+                             "a vocab.json or a tokenizer directory")
 
 
 def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
@@ -167,13 +172,39 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
     import torch
 
     name = args.checkpoint or default_model(args.command)
-    source = zoo.path(name) if name in zoo.names() else name
+    source, said = resolve_source(name)
     kwargs = {}
     if getattr(args, "dtype", None):
         kwargs["dtype"] = getattr(torch, _DTYPES[args.dtype])
     if getattr(args, "no_processing", False):
         kwargs.update(fold_ln=False, center_writing_weights=False, center_unembed=False)
-    return load_model(source, device=args.device, **kwargs), name
+    if getattr(args, "vocab", None):
+        kwargs["vocab"] = args.vocab
+    model = load_model(source, device=args.device, **kwargs)
+    from lensworks._dist import is_main
+
+    if is_main():
+        print(f"lensworks {args.command}: {said}", file=sys.stderr)
+    return model, name
+
+
+def resolve_source(name: str) -> tuple[Any, str]:
+    """What a CHECKPOINT argument names, and a line saying so: a local path always wins over a
+    bundled demo model of the same spelling, as in ``load_model``.
+
+    Example:
+        >>> resolve_source("char-mlp")[1]  # no local file of that name  # doctest: +SKIP
+        'model: bundled demo model char-mlp'
+    """
+    from lensworks import zoo
+
+    local = Path(name).expanduser()
+    if local.exists():
+        kind = "directory" if local.is_dir() else "file"
+        return local, f"model: local {kind} {local.resolve()}"
+    if name in zoo.names():
+        return zoo.path(name), f"model: bundled demo model {name}"
+    return name, f"model: {name}"
 
 
 def read_text_file(path: str, what: str) -> str:

@@ -148,27 +148,28 @@ def boot_tl_state_dict(cfg_dict: dict[str, Any], state_dict: dict[str, Tensor], 
 def attach_tokenizer(bridge: Any, tokenizer: Any) -> None:
     """``bridge.tokenizer = tok`` / ``boot_native(tokenizer=tok)`` run TL4's BOS detection,
     which encodes the literal "a" and so crashes on a WordLevel vocabulary without "a"
-    (lensworks' vocab tokenizers). Fall back to the same set-up with our own probe string."""
+    (lensworks' vocab tokenizers), and otherwise leaves ``tokenizer_prepends_bos`` at its
+    default True even for a tokenizer that prepends nothing (GPT-2's), so that
+    ``to_tokens(prepend_bos=False)`` drops a real first token. The flag is therefore always
+    measured here, on the tokenizer the bridge ends up with, with a probe from its vocabulary."""
     from transformer_lens.model_bridge.sources._hf_format import setup_tokenizer
 
     try:
         with quiet():
             bridge.tokenizer = tokenizer
-        return
+        tok = bridge.tokenizer
     except Exception:
-        pass
-    with quiet():
-        tok = setup_tokenizer(tokenizer, default_padding_side=getattr(bridge.cfg, "default_padding_side", None))
+        with quiet():
+            tok = setup_tokenizer(tokenizer, default_padding_side=getattr(bridge.cfg, "default_padding_side", None))
+        bridge._tokenizer = tok  # bypass the property setter (it would re-run the detection)
+        if getattr(bridge, "_driver", None) is not None:
+            bridge._driver.tokenizer = tok
     specials = set(tok.all_special_tokens)
     probe = next(s for s, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if s not in specials)
     ids = tok.encode(probe)
     lead = {i for i in (tok.bos_token_id, getattr(tok, "cls_token_id", None)) if i is not None}
     bridge.cfg.tokenizer_prepends_bos = len(ids) > 1 and ids[0] in lead
     bridge.cfg.tokenizer_appends_eos = len(ids) > 1 and tok.eos_token_id is not None and ids[-1] == tok.eos_token_id
-    bridge._tokenizer = tok  # bypass the property setter (it would re-run the detection)
-    if getattr(bridge, "_driver", None) is not None:
-        bridge._driver.tokenizer = tok
-
 
 
 def random_copy(model: Any, seed: int = 0) -> Any:

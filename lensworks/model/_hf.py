@@ -320,10 +320,10 @@ def torch_load(path: Path, *, mmap: bool = False) -> Any:
             return torch_load(path)
         code = _code_globals(path)
         if code:
-            modules = [g for g in code if g.startswith("torch.nn.modules.") or g.startswith("__main__.")]
-            if modules:
+            if any(g.startswith("torch.nn.modules.") for g in code):
+                own = [g for g in code if not g.startswith("torch.")] + [g for g in code if g.startswith("torch.")]
                 raise LensworksError(
-                    f"{path}: refused: this file is a whole pickled module ({', '.join(modules[:3])}), which only "
+                    f"{path}: refused: this file is a whole pickled module ({', '.join(own[:3])}), which only "
                     "running its code could read; in the training script save the weights instead, "
                     "torch.save(model.state_dict(), 'model_state.pt'), and load that file"
                 ) from None

@@ -228,12 +228,16 @@ def tokenizer_from_dir(path: Path) -> Any:
             if (path / "tokenizer_config.json").is_file() or not (path / "merges.txt").is_file():
                 from transformers import AutoTokenizer
 
-                return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            from transformers import GPT2TokenizerFast
+                tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            else:
+                from transformers import GPT2TokenizerFast
 
-            return GPT2TokenizerFast(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt"))
+                tok = GPT2TokenizerFast.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise LensworksError(f"{path}: the tokenizer files could not be read ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if tok.pad_token is None and tok.eos_token is not None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token  # as GPT-2 is used everywhere (it has no padding token of its own)
+    return tok
 
 
 #: nanoGPT's GPT-2 vocabulary sizes: 50257 tokens, padded to 50304 for speed.
