@@ -1,7 +1,30 @@
-"""lensworks: head scores, probes and residual-stream geometry for TransformerLens models."""
+"""lensworks: head scores, probes and residual-stream geometry for TransformerLens models.
 
-from lensworks.model import load_model, save_model
+``load_model`` and ``save_model`` are imported on first use, so that ``import lensworks`` (and
+the command line's ``--help``) does not load torch and TransformerLens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lensworks.errors import LensworksError, NonFiniteError
 
 __version__ = "0.1.0"
 
-__all__ = ["load_model", "save_model", "__version__"]
+__all__ = ["load_model", "save_model", "LensworksError", "NonFiniteError", "__version__"]
+
+
+_SUBPACKAGES = ("model", "circuits", "geometry", "probes", "report", "zoo", "plotting", "cli")
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("load_model", "save_model"):
+        from lensworks import model
+
+        return getattr(model, name)
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"lensworks.{name}")
+    raise AttributeError(f"module 'lensworks' has no attribute {name!r}")

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lensworks.errors import NonFiniteError
+
 __all__ = ["Result", "ResultMixin", "to_jsonable", "require_finite"]
 
 
@@ -56,7 +58,7 @@ def require_finite(name: str, tensor: Tensor) -> Tensor:
     if tensor.is_floating_point() or tensor.is_complex():
         bad = ~torch.isfinite(tensor)
         if bool(bad.any()):
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"{name} has {int(bad.sum())} non-finite values of {tensor.numel()}; "
                 "check the model's weights and inputs (e.g. a zero-norm weight matrix)"
             )

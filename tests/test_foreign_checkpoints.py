@@ -146,7 +146,6 @@ def test_cli_reads_a_lets_build_gpt_state_dict_with_vocab(tmp_path, capsys):
                  str(tmp_path / "input.txt"), "--max-tokens", "300", "--offsets", "0", "--json", str(tmp_path / "p.json")])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert f"model: local file {(tmp_path / 'gpt.pt').resolve()}" in err
     assert json.loads((tmp_path / "p.json").read_text())
 
 
@@ -335,7 +334,7 @@ def test_local_path_wins_over_a_zoo_name(tmp_path, monkeypatch, capsys):
     assert local.cfg.d_model == 64  # the tiny GPT-2, not the bundled char-mlp
     assert main(["heads", "char-mlp", "--n-seqs", "2", "--top", "1"]) == 0
     err = capsys.readouterr().err
-    assert f"model: local directory {(tmp_path / 'char-mlp').resolve()}" in err
+    assert f"model: local directory {(tmp_path / 'char-mlp').resolve()} (not the bundled demo model char-mlp)" in err
     shutil.rmtree(tmp_path / "char-mlp")
     assert main(["heads", "char-mlp", "--n-seqs", "2", "--top", "1"]) == 0
     assert "model: bundled demo model char-mlp" in capsys.readouterr().err

@@ -297,8 +297,11 @@ def test_cli_writes_report(tmp_path, capsys):
 
 
 def test_cli_bad_input(tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("a prompt\nanother\n")
     assert main(["report", "--positive", str(tmp_path / "p.txt"), "-o", str(tmp_path / "r.html")]) == 2
     assert "negative" in capsys.readouterr().err
+    assert main(["report", "--text", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 2
+    assert "is a directory; expected a text file" in capsys.readouterr().err
     assert main(["report", "--text", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "r.html")]) == 2
     assert "no such file" in capsys.readouterr().err
 

@@ -17,7 +17,8 @@ from lensworks._results import Result
 from lensworks.circuits.composition import composition_scores
 from lensworks.circuits.eigen import copying_scores
 from lensworks.circuits.heads import behaviour_scores, repeated_tokens
-from lensworks.model import HookedTransformer, LensworksError, default_seq_len, processing_state, uses_bos
+from lensworks.model import (HookedTransformer, LensworksError, check_float, check_int, default_seq_len, processing_state,
+                             uses_bos)
 
 __all__ = ["circuit_graph", "CircuitGraph", "Edge"]
 
@@ -133,6 +134,11 @@ def circuit_graph(
     modes = tuple(modes)
     if not modes or any(m not in ("Q", "K", "V") for m in modes):
         raise LensworksError(f"modes must be a non-empty subset of ('Q', 'K', 'V'), got {modes}")
+    z_min = check_float(z_min, "z_min")
+    behaviour_threshold = check_float(behaviour_threshold, "behaviour_threshold", low=0, high=1)
+    copying_threshold = check_float(copying_threshold, "copying_threshold", low=-1, high=1)
+    seed = check_int(seed, "seed")
+    baseline_samples = check_int(baseline_samples, "baseline_samples", low=2)
     given = dict(precomputed or {})
     kinds = ("previous_token", "duplicate_token", "induction")
     if all(k in given for k in kinds):

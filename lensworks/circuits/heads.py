@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 
 from lensworks._dist import Shard, all_reduce_sum, is_main
 from lensworks.circuits.scores import HeadScores
-from lensworks.model._compat import capture_hooks
+from lensworks.model._compat import capture_hooks, require_finite_parameters
 from lensworks.model import (
     HookedTransformer,
     LensworksError,
     as_tokens,
     bos_token_id,
+    check_int,
     default_seq_len,
     head_labels,
     hook_name,
@@ -177,8 +178,8 @@ def behaviour_scores(
     for k in kinds:
         if k not in KINDS:
             raise LensworksError(f"kind must be one of {list(KINDS)}, got {k!r}")
-    if batch_size < 1:
-        raise LensworksError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    require_finite_parameters(model)
     B, T = tokens.shape
     n = (T - offset) // 2
     cfg = model.cfg

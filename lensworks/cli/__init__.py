@@ -14,12 +14,18 @@ import re
 import sys
 from typing import Sequence
 
-from lensworks._dist import main_process_only
 
 __all__ = ["main", "build_parser"]
 
 #: The subcommand modules, in the order ``--help`` lists them.
 _COMMANDS = ("heads", "geometry", "neighbours", "probes", "report")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lensworks import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lensworks",
         description="Head scores, probes and residual-stream geometry for TransformerLens models.",
     )
@@ -77,14 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("LENSWORKS_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or an argument error (one line already printed)
+        return stop.code if isinstance(stop.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from lensworks.model import LensworksError
-    from lensworks.model._io import check_writable
+    from lensworks.errors import LensworksError
 
     try:
+        from lensworks._dist import main_process_only
+        from lensworks.model._io import check_writable
+
         for attr, flag in _OUTPUT_OPTIONS:
             value = getattr(args, attr, None)
             if isinstance(value, str):
@@ -103,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        user_error = isinstance(exc, (LensworksError, OSError, FloatingPointError))
+        user_error = isinstance(exc, (LensworksError, OSError))
         reason = _one_line(exc)
         if not isinstance(exc, LensworksError):
             reason = f"{type(exc).__name__}: {reason}"

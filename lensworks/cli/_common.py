@@ -41,11 +41,48 @@ DEFAULT_MODEL: dict[str, str] = {
 #: one: every report section that applies runs on the attention-only demo too.
 _FALLBACK_MODEL: dict[str, str] = {"report": "induction-2l"}
 
+def _number(kind: type, lo: float | None, what: str):
+    """An argparse ``type=`` that reads a ``kind`` and refuses NaN, inf and values below ``lo``,
+    so a bad number is an argument error before torch is even imported."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if lo is not None and value < lo:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+#: argparse types: a positive integer, an integer of at least 2, a non-negative integer, a finite float.
+positive_int = _number(int, 1, "a positive integer")
+at_least_two = _number(int, 2, "an integer of at least 2")
+non_negative_int = _number(int, 0, "a non-negative integer")
+finite_float = _number(float, None, "a finite number")
+
+
+def text_file(text: str) -> str:
+    """An argparse ``type=`` for an input file: it must exist and be a file (not a directory)."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; expected a text file")
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file {text!r}")
+    return text
+
+
 #: Options several commands take: flag -> argparse keywords. A command adds one with
 #: :func:`add_option`, overriding the help text or the default where its own differ.
 SHARED_OPTIONS: dict[str, dict[str, Any]] = {
-    "--seed": {"type": int, "default": 0},
-    "--batch-size": {"type": int},
+    "--seed": {"type": non_negative_int, "default": 0},
+    "--batch-size": {"type": positive_int},
     "--json": {"metavar": "PATH", "default": None},
     "--html": {"metavar": "PATH", "default": None},
 }
@@ -166,7 +203,6 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
         >>> name  # doctest: +SKIP
         'induction-2l'
     """
-    from lensworks import zoo
     from lensworks.model import load_model
 
     import torch
@@ -183,14 +219,15 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
     model = load_model(source, device=args.device, **kwargs)
     from lensworks._dist import is_main
 
-    if is_main():
+    if said and is_main():  # the name could mean a local path or a bundled model: say which
         print(f"lensworks {args.command}: {said}", file=sys.stderr)
     return model, name
 
 
 def resolve_source(name: str) -> tuple[Any, str]:
-    """What a CHECKPOINT argument names, and a line saying so: a local path always wins over a
-    bundled demo model of the same spelling, as in ``load_model``.
+    """What a CHECKPOINT argument names: a local path always wins over a bundled demo model of
+    the same spelling, as in ``load_model``. The line says which one, when the name is a zoo
+    name (empty otherwise: a path means itself).
 
     Example:
         >>> resolve_source("char-mlp")[1]  # no local file of that name  # doctest: +SKIP
@@ -199,12 +236,13 @@ def resolve_source(name: str) -> tuple[Any, str]:
     from lensworks import zoo
 
     local = Path(name).expanduser()
+    ambiguous = name in zoo.names()
     if local.exists():
         kind = "directory" if local.is_dir() else "file"
-        return local, f"model: local {kind} {local.resolve()}"
-    if name in zoo.names():
+        return local, f"model: local {kind} {local.resolve()} (not the bundled demo model {name})" if ambiguous else ""
+    if ambiguous:
         return zoo.path(name), f"model: bundled demo model {name}"
-    return name, f"model: {name}"
+    return name, ""
 
 
 def read_text_file(path: str, what: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lensworks.cli._common import text_file
 from lensworks.cli._common import (
     add_model_argument, add_option, add_outputs, format_table, model_from_args, read_lines, records, write_outputs,
 )
@@ -32,8 +33,8 @@ def register(subparsers: Any) -> None:
                     "effective dimensionality of the residual stream (both sets together). Without "
                     "files, built-in sets (Python code vs English prose) are used.")
     add_model_argument(g)
-    g.add_argument("--positive", metavar="FILE", help="prompts of the first set, one per line")
-    g.add_argument("--negative", metavar="FILE", help="prompts of the second set, one per line")
+    g.add_argument("--positive", metavar="FILE", type=text_file, help="prompts of the first set, one per line")
+    g.add_argument("--negative", metavar="FILE", type=text_file, help="prompts of the second set, one per line")
     add_option(g, "--batch-size", default=32)
     add_outputs(g, "write all numbers as JSON", "write all figures as one HTML page")
     g.set_defaults(func=run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lensworks.cli._common import at_least_two, finite_float, positive_int, text_file
 from lensworks.cli._common import (
     add_model_argument, add_option, add_outputs, format_table, model_from_args, write_outputs,
 )
@@ -26,17 +27,17 @@ def register(subparsers: Any) -> None:
     """
     p = subparsers.add_parser("heads", help="composition, copying and behavioural head scores, and induction heads")
     add_model_argument(p)
-    p.add_argument("--top", type=int, default=5, help="rows per table (default 5)")
-    p.add_argument("--seq-len", type=int, default=None, help="length of the repeated random sequence")
-    p.add_argument("--n-seqs", type=int, default=32, help="number of repeated sequences (default 32)")
+    p.add_argument("--top", type=positive_int, default=5, help="rows per table (default 5)")
+    p.add_argument("--seq-len", type=at_least_two, default=None, help="length of the repeated random sequence")
+    p.add_argument("--n-seqs", type=positive_int, default=32, help="number of repeated sequences (default 32)")
     p.add_argument("--graph", action="store_true", help="also print the circuit graph (composition edges above z)")
-    p.add_argument("--z-min", type=float, default=3.0, help="z threshold of a circuit-graph edge (default 3)")
+    p.add_argument("--z-min", type=finite_float, default=3.0, help="z threshold of a circuit-graph edge (default 3)")
     p.add_argument("--trigrams", default=None, metavar="LxHy",
                    help="also print the skip-trigrams of one head, e.g. L1H2")
     p.add_argument("--terms", action="store_true",
                    help="also print term importance (loss by path order, most important paths) on the repeated "
                         "sequences, or on --terms-text")
-    p.add_argument("--terms-text", default=None, metavar="FILE",
+    p.add_argument("--terms-text", default=None, metavar="FILE", type=text_file,
                    help="text file for --terms, read as windows of --seq-len tokens (at most --n-seqs of them)")
     add_option(p, "--seed")
     add_outputs(p, "write every score as JSON", "write the figures as one self-contained HTML page")

@@ -6,6 +6,7 @@ import argparse
 import random
 from typing import Any
 
+from lensworks.cli._common import finite_float, non_negative_int, positive_int, text_file
 from lensworks.cli._common import (
     add_model_argument, add_option, add_outputs, format_table, model_from_args, read_lines, read_text_file, records,
     write_outputs,
@@ -31,17 +32,17 @@ def register(subparsers: Any) -> None:
         description="Seed 004's approximation: index every unique corpus window's block outputs, then predict "
                     "each prompt's next token from the windows whose outputs point the same way.")
     add_model_argument(n)
-    n.add_argument("--corpus", metavar="FILE", help="text file (default: the bundled stdlib corpus)")
-    n.add_argument("--bytes", type=int, default=50_000, help="characters of the corpus to index (default 50,000)")
-    n.add_argument("--window", type=int, default=10)
+    n.add_argument("--corpus", metavar="FILE", type=text_file, help="text file (default: the bundled stdlib corpus)")
+    n.add_argument("--bytes", type=positive_int, default=50_000, help="characters of the corpus to index (default 50,000)")
+    n.add_argument("--window", type=positive_int, default=10)
     n.add_argument("--hook", default="mlp_out", help="block output compared (default mlp_out, the FFN output)")
-    n.add_argument("--prompts", type=int, default=200, help="random corpus windows used as prompts")
-    n.add_argument("--prompt-file", metavar="FILE", help="prompts, one per line, instead of random windows")
-    n.add_argument("--thresholds", type=float, nargs="+", help="cosine threshold, one or one per block (default 0.9)")
-    n.add_argument("--weights", type=float, nargs="+", help="block weights, one or one per block (default 1)")
+    n.add_argument("--prompts", type=positive_int, default=200, help="random corpus windows used as prompts")
+    n.add_argument("--prompt-file", metavar="FILE", type=text_file, help="prompts, one per line, instead of random windows")
+    n.add_argument("--thresholds", type=finite_float, nargs="+", help="cosine threshold, one or one per block (default 0.9)")
+    n.add_argument("--weights", type=finite_float, nargs="+", help="block weights, one or one per block (default 1)")
     n.add_argument("--tune", action="store_true", help="tune thresholds/weights on half the prompts")
     add_option(n, "--seed")
-    n.add_argument("--show", type=int, default=10, help="how many prompts to print")
+    n.add_argument("--show", type=non_negative_int, default=10, help="how many prompts to print")
     add_option(n, "--batch-size", default=1024)
     n.add_argument("--progress", action="store_true", default=None, help="show progress bars")
     add_outputs(n)

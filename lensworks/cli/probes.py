@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lensworks.probes.linear import METHODS
+from lensworks._constants import PROBE_METHODS as METHODS
+from lensworks.cli._common import positive_int, text_file
 from lensworks.cli._common import (
     add_model_argument, add_option, add_outputs, format_table, model_from_args, records, write_outputs,
 )
@@ -37,8 +38,8 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_model_argument(p)
-    p.add_argument("--text", default=None, help="text file to probe on (default: standard-library source text)")
-    p.add_argument("--max-tokens", type=int, default=25_000, help="tokens of text to use (default 25000)")
+    p.add_argument("--text", default=None, type=text_file, help="text file to probe on (default: standard-library source text)")
+    p.add_argument("--max-tokens", type=positive_int, default=25_000, help="tokens of text to use (default 25000)")
     p.add_argument("--skip-unknown", action="store_true",
                    help="drop characters the vocabulary lacks (with a warning counting them) instead of stopping")
     p.add_argument(

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lensworks._dist import is_main
+from lensworks.cli._common import at_least_two, positive_int, text_file
 from lensworks.cli._common import add_model_argument, add_option, model_from_args, read_text_file
 
 __all__ = ["register", "run"]
@@ -36,16 +36,16 @@ def register(subparsers: Any) -> None:
     )
     add_model_argument(p)
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
-    p.add_argument("--text", default=None, metavar="FILE", help="text the geometry and probes read")
-    p.add_argument("--positive", default=None, metavar="FILE", help="prompts, one per line: first data set for the residual statistics")
-    p.add_argument("--negative", default=None, metavar="FILE", help="prompts, one per line: second data set")
+    p.add_argument("--text", default=None, metavar="FILE", type=text_file, help="text the geometry and probes read")
+    p.add_argument("--positive", default=None, metavar="FILE", type=text_file, help="prompts, one per line: first data set for the residual statistics")
+    p.add_argument("--negative", default=None, metavar="FILE", type=text_file, help="prompts, one per line: second data set")
     p.add_argument("--skip-unknown", action="store_true",
                    help="drop characters of --text the vocabulary lacks (with a warning counting them) instead of stopping")
-    p.add_argument("--corpus", default=None, metavar="FILE", help="fallback text when --text is not given")
-    p.add_argument("--prompts", default=None, metavar="FILE",
+    p.add_argument("--corpus", default=None, metavar="FILE", type=text_file, help="fallback text when --text is not given")
+    p.add_argument("--prompts", default=None, metavar="FILE", type=text_file,
                    help="prompts for the attention explorer, one per line (default: the first two text windows)")
-    p.add_argument("--n-prompts", type=int, default=32, help="text windows read by geometry (probes read 2x; default 32)")
-    p.add_argument("--prompt-len", type=int, default=64, help="tokens per window (default 64)")
+    p.add_argument("--n-prompts", type=positive_int, default=32, help="text windows read by geometry (probes read 2x; default 32)")
+    p.add_argument("--prompt-len", type=at_least_two, default=64, help="tokens per window (default 64)")
     p.add_argument("--title", default=None, help="page title (default: lensworks report: CHECKPOINT)")
     add_option(p, "--seed")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = _read_prompts(args.prompts)
     model, name = model_from_args(args)
     from lensworks import zoo
+    from lensworks._dist import is_main
 
     if text is None and corpus is None and name not in zoo.names() and is_main():
         print(f"lensworks report: note: no --text given; geometry and probes read the fallback text, "

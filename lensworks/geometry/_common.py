@@ -11,7 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensworks._dist import is_main
-from lensworks.model._compat import capture_hooks, logits_from_block, require_finite_activation
+from lensworks.model._compat import capture_hooks, logits_from_block, require_finite_activation, require_finite_parameters
 from lensworks.model import (
     ALL_STREAMS,
     HookedTransformer,
@@ -163,8 +163,9 @@ def iter_batches(
                 yield mine, mine_idx
         shard.finish()
         return
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise LensworksError(f"batch_size must be a positive int, got {batch_size!r}")
+    require_finite_parameters(model)
     bos = uses_bos(model, prepend_bos) if model.tokenizer is not None else False
     device = model.cfg.device
     n_seen = 0

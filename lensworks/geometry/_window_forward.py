@@ -41,6 +41,10 @@ def embed_windows(model: HookedTransformer, windows: Int[Tensor, "n_windows wind
     """
     import torch.nn.functional as F
 
+    from lensworks.model._compat import require_finite_parameters
+
+    require_finite_parameters(model)
+
     from lensworks._dist import world
     from lensworks.geometry._common import gather_at
     from lensworks.model import bos_token_id

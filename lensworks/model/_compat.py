@@ -105,6 +105,21 @@ def require_finite_weight(tensor: Tensor, name: str) -> Tensor:
     return tensor
 
 
+def require_finite_parameters(model: Any) -> None:
+    """Raise naming the first parameter or buffer that holds NaN or inf.
+
+    Forward-based analyses call this once per call: TransformerLens turns a NaN attention
+    score into zero attention, so one NaN weight yields finite, plausible and wrong
+    activations that no activation check would catch. Read in slices (see :func:`all_finite`).
+
+    Example:
+        >>> require_finite_parameters(zoo.load("char-mlp"))  # doctest: +SKIP
+    """
+    for name, tensor in list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers()
+                                                          if b.is_floating_point() and not n.endswith(("IGNORE", "mask"))]:
+        require_finite_weight(tensor.detach(), f"the weight {name}")
+
+
 def all_finite(tensor: Tensor, *, chunk_elements: int = 1 << 24) -> bool:
     """Whether every entry is finite, read in slices of about ``chunk_elements`` entries.
 

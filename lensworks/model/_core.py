@@ -8,6 +8,8 @@ from typing import Any, Sequence
 from jaxtyping import Float
 from torch import Tensor
 
+from lensworks.errors import LensworksError, NonFiniteError  # noqa: F401 (re-exported)
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     try:  # TransformerLens 3.x; 4.x removed both (its models are TransformerBridge objects)
@@ -38,8 +40,6 @@ _HOOKS = {
 }
 
 
-class LensworksError(ValueError):
-    """Raised for input lensworks cannot use; the message names what was expected and given."""
 
 
 # --------------------------------------------------------------------------- hooks, checks
@@ -87,6 +87,36 @@ def check_int(value: Any, name: str, *, low: int | None = None, high: int | None
         bounds = f">= {low}" if high is None else f"in [{0 if low is None else low}, {high})"
         raise LensworksError(f"{name} must be {bounds}, got {value}")
     return value
+
+
+def check_float(value: Any, name: str, *, low: float | None = None, high: float | None = None,
+                inclusive: bool = True) -> float:
+    """``value`` as a finite float within ``[low, high]`` (``(low, high)`` when not ``inclusive``),
+    or a LensworksError naming ``name``. NaN and inf are refused: a NaN threshold compares false
+    with everything and would silently empty a result.
+
+    Example:
+        >>> check_float(0.5, "threshold", low=0, high=1)
+        0.5
+    """
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise LensworksError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LensworksError(f"{name} must be a number, got {value!r} ({type(value).__name__})") from None
+    if not math.isfinite(number):
+        raise NonFiniteError(f"{name} must be a finite number, got {value!r}")
+    below = low is not None and (number < low if inclusive else number <= low)
+    above = high is not None and (number > high if inclusive else number >= high)
+    if below or above:
+        lo, hi = ("[", "]") if inclusive else ("(", ")")
+        bounds = f"in {lo}{low}, {high}{hi}" if low is not None and high is not None else (
+            f"{'>=' if inclusive else '>'} {low}" if low is not None else f"{'<=' if inclusive else '<'} {high}")
+        raise LensworksError(f"{name} must be {bounds}, got {value!r}")
+    return number
 
 
 def check_layer(model: HookedTransformer, layer: int) -> int:

@@ -171,6 +171,8 @@ def as_tokens(
         if len(data) == 0:
             raise LensworksError(f"{what}: empty data set; expected at least one non-empty sequence")
         for i, text in enumerate(data):
+            if not text:
+                raise LensworksError(f"{what}: item {i} is an empty string; expected text of at least one token")
             check_encodable(model, text, what=f"{what}[{i}]" if len(data) > 1 else what)
         from lensworks.model._facts import uses_bos
 
@@ -318,6 +320,9 @@ def encode_batch(
         >>> lengths.tolist()
         [3, 4]
     """
+    for i, t in enumerate(texts):
+        if isinstance(t, str) and not t:  # with BOS it would silently be the statistics of BOS alone
+            raise LensworksError(f"{what}: item {i} is an empty string; expected text of at least one token")
     seqs = [encode_text(model, t, prepend_bos=prepend_bos, what=f"{what}[{i}]").tolist() for i, t in enumerate(texts)]
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     if bool((lengths == 0).any()):

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from lensworks._dist import is_main
 from lensworks.model import HookedTransformer, LensworksError, as_tokens
-from lensworks.model._compat import capture_hooks
+from lensworks.model._compat import capture_hooks, require_finite_parameters
 
 __all__ = ["Data", "Plan", "make_plan", "model_tokens", "run_batches", "sequences_with_rows", "validation_rows"]
 
@@ -234,6 +234,7 @@ def run_batches(
         >>> run_batches(model, toks, torch.arange(len(toks)), {"blocks.0.hook_resid_pre": (0, "resid_pre")},
         ...             None, 8, "capture", False, lambda idx, store: print(store[(0, "resid_pre")].shape))  # doctest: +SKIP
     """
+    require_finite_parameters(model)
     disable = None if progress is None else not progress
     starts = range(0, len(seq_idx), batch_size)
     for s in tqdm(starts, desc=desc, disable=True if not is_main() else disable, leave=False):  # rank 0 only

@@ -42,6 +42,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._constants import PROBE_METHODS
 from lensworks._results import Result, require_finite, to_jsonable
 from lensworks.model import (
     HookedTransformer,
@@ -67,7 +68,7 @@ __all__ = [
 ]
 
 #: Accepted ``method`` values of :func:`probe_inputs` (the first is the default).
-METHODS: tuple[str, ...] = ("ridge", "lda", "auto", "logistic", "fast-logistic")
+METHODS: tuple[str, ...] = PROBE_METHODS
 
 #: Former private name of :func:`~lensworks.probes._data.make_plan` (benchmarks import it from here).
 _plan = make_plan
