@@ -7,7 +7,7 @@ The checkpoint is written the way nanoGPT's train.py writes it: ``{"model": stat
 "_orig_mod." prefixes (torch.compile), "optimizer": AdamW state (two tensors per parameter),
 "model_args", "config", "iter_num", "best_val_loss"}``, so the file is about three times the
 weights. Each way of loading runs in a fresh Python process (imports done before the clock
-starts); we report wall time and the process's peak resident memory (ru_maxrss), and the peak
+starts); we report wall time and the process's peak resident memory (VmHWM), and the peak
 right after the imports, so the growth due to loading is visible.
 
 - reference: ``torch.load(path, map_location="cpu")`` (weights only, torch's default), strip
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time, warnings
+import json, sys, time, warnings
 warnings.filterwarnings("ignore")
 import torch
 import torch.nn as nn
@@ -61,9 +61,16 @@ class GPT(nn.Module):
         self.transformer.wte.weight = self.lm_head.weight
 
 
+def vm(field):  # this process image's own memory (ru_maxrss would carry the parent's peak across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
 if mode != "reference":
     from lensworks import load_model
-after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+after_imports = vm("VmHWM")
 t0 = time.perf_counter()
 if mode == "reference":
     ckpt = torch.load(path, map_location="cpu")
@@ -76,7 +83,7 @@ else:
     model = load_model(path, **flags)
     n = sum(p.numel() for p in model.parameters())
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+peak = vm("VmHWM")
 print(json.dumps({"seconds": seconds, "peak_gib": peak, "after_imports_gib": after_imports, "params": n}))
 """
 

@@ -115,11 +115,12 @@ def attention_explorer(
 
     from lensworks.model import (LensworksError, check_head, check_token_tensor, encode_batch, hook_name, token_strings,
                                  uses_bos)
-    from lensworks.model._compat import capture_hooks
+    from lensworks.model._compat import capture_hooks, require_finite_parameters
 
-    for name, value in (("max_tokens", max_tokens), ("max_prompts", max_prompts)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise LensworksError(f"{name} must be a positive int, got {value!r}")
+    from lensworks.model import check_int
+
+    max_tokens = min(check_int(max_tokens, "max_tokens", low=1), model.cfg.n_ctx)
+    max_prompts = min(check_int(max_prompts, "max_prompts", low=1), 2048)
     if isinstance(data, torch.Tensor):
         toks = check_token_tensor(model, data, what="data")
         lengths = torch.full((toks.shape[0],), toks.shape[1])
@@ -127,6 +128,11 @@ def attention_explorer(
         texts = [data] if isinstance(data, str) else list(data)
         toks, lengths = encode_batch(model, texts[:max_prompts], prepend_bos=uses_bos(model, prepend_bos), what="data")
     toks, lengths = toks[:max_prompts, :max_tokens], lengths[:max_prompts].clamp(max=max_tokens)
+    if toks.shape[0] == 0:
+        raise LensworksError("data: no prompts given; expected at least one string or a non-empty token tensor")
+    if heads is not None and len(list(heads)) == 0:
+        raise LensworksError("heads is empty; pass None for every head or at least one (layer, head) pair")
+    require_finite_parameters(model)
     pairs = [check_head(model, l, h) for l, h in heads] if heads is not None else [
         (l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     if len(pairs) * toks.shape[0] > 2048:

@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 from lensworks._dist import rank0_only
 from lensworks._results import Result, ResultMixin, require_finite
 from lensworks.model._core import check_int
-from lensworks.model import HookedTransformer, LensworksError, attention_weights, head_labels, processing_state
+from lensworks.model import (
+    HookedTransformer, LensworksError, attention_weights, check_int, head_labels, processing_state,
+)
 
 __all__ = ["composition_scores", "CompositionScores", "Baseline", "HeadPair", "random_composition_baseline"]
 
@@ -285,8 +287,8 @@ def random_composition_baseline(
         0.04
     """
     _check_mode(mode)
-    if n_samples < 2:
-        raise LensworksError(f"n_samples must be >= 2, got {n_samples}")
+    n_samples = check_int(n_samples, "baseline_samples", low=2)
+    seed = check_int(seed, "seed")
     return _gaussian_baseline(int(d_model), int(d_head), int(n_samples), int(seed), str(device))
 
 
@@ -367,14 +369,16 @@ def composition_scores(
     if chunk_heads is None:
         r = min(cfg.d_head, d_model)
         chunk_heads = max(1, int(16e6 // max(1, r * H * r)))
-    if chunk_heads < 1:
-        raise LensworksError(f"chunk_heads must be >= 1, got {chunk_heads}")
+    chunk_heads = min(check_int(chunk_heads, "chunk_heads", low=1), H * L)
+    if baseline:
+        baseline_samples = check_int(baseline_samples, "baseline_samples", low=2)
     if progress is None:
         progress = (L * H) ** 2 * cfg.d_head**2 * d_model > 5e10
     itemsize = torch.empty((), dtype=dtype).element_size()
     r = min(cfg.d_head, d_model)
     if max_cache_bytes is None:
         max_cache_bytes = _default_cache_bytes(device)
+    max_cache_bytes = check_int(max_cache_bytes, "max_cache_bytes", low=0)
     cache = (L - 1) * H * r * d_model * itemsize <= max_cache_bytes
     # earlier layers' left factors, filled layer by layer (a view of the first j layers, no copy)
     left_cache = torch.empty((L - 1) * H if cache else 0, r, d_model, dtype=dtype, device=device)

@@ -24,7 +24,10 @@ from torch import Tensor
 
 from lensworks._dist import rank0_only
 from lensworks.circuits.scores import HeadScores
-from lensworks.model import HookedTransformer, LensworksError, attention_weights, embedding, head_labels, processing_state, unembedding
+from lensworks.model import (
+    HookedTransformer, LensworksError, attention_weights, check_int, embedding, head_labels, processing_state,
+    unembedding,
+)
 
 __all__ = ["copying_scores", "CopyingScores", "eigen_copying_score"]
 
@@ -153,8 +156,10 @@ def copying_scores(
         >>> bool((cs.scores.abs() <= 1).all())
         True
     """
-    if vocab_chunk < 1:
-        raise LensworksError(f"vocab_chunk must be >= 1, got {vocab_chunk}")
+    vocab_chunk = check_int(vocab_chunk, "vocab_chunk", low=1)
+    if baseline:
+        baseline_samples = check_int(baseline_samples, "baseline_samples", low=2)  # a std needs two
+        seed = check_int(seed, "seed")
     with torch.inference_mode():
         G = _gram_ue(model, vocab_chunk)
         # One layer at a time: a Llama-8B-shaped model's W_V and W_O for all layers in float64

@@ -119,8 +119,9 @@ def repeated_tokens(
     bos = uses_bos(model, prepend_bos)
     if seq_len is None:
         seq_len = default_seq_len(model, bos=bos)
-    if seq_len < 2 or n_seqs < 1:
-        raise LensworksError(f"need seq_len >= 2 and n_seqs >= 1, got seq_len={seq_len}, n_seqs={n_seqs}")
+    seq_len = check_int(seq_len, "seq_len", low=2)
+    n_seqs = check_int(n_seqs, "n_seqs", low=1)
+    seed = check_int(seed, "seed")
     total = int(bos) + 2 * seq_len
     if total > model.cfg.n_ctx:
         raise LensworksError(

@@ -22,7 +22,7 @@ from lensworks._results import Result, ResultMixin
 from lensworks.circuits.composition import CompositionScores, composition_scores
 from lensworks.circuits.eigen import CopyingScores, copying_scores
 from lensworks.circuits.heads import BehaviourScores, behaviour_scores, repeated_tokens
-from lensworks.model import HookedTransformer, default_seq_len, uses_bos
+from lensworks.model import HookedTransformer, check_float, default_seq_len, uses_bos
 
 __all__ = ["find_induction_heads", "InductionReport", "HeadEvidence"]
 
@@ -149,6 +149,9 @@ def find_induction_heads(
         induction heads: L1H3
     """
     cfg = model.cfg
+    induction_threshold = check_float(induction_threshold, "induction_threshold", low=0, high=1)
+    previous_threshold = check_float(previous_threshold, "previous_threshold", low=0, high=1)
+    k_comp_z = check_float(k_comp_z, "k_comp_z")
     bos = uses_bos(model, prepend_bos)
     if seq_len is None:
         seq_len = default_seq_len(model, bos=bos)

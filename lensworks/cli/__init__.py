@@ -96,10 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lensworks._dist import main_process_only
         from lensworks.model._io import check_writable
 
+        seen: dict[str, str] = {}
         for attr, flag in _OUTPUT_OPTIONS:
             value = getattr(args, attr, None)
             if isinstance(value, str):
                 check_writable(value, what=f"{flag} file")
+                key = os.path.realpath(value)
+                if key in seen and not _is_device(key):
+                    raise LensworksError(f"{seen[key]} and {flag} name the same file {value!r}; one would overwrite "
+                                         "the other: give each its own path")
+                seen[key] = flag
         _init_distributed_from_env()
         with main_process_only():  # under torchrun: every rank computes its share, rank 0 prints
             return int(args.func(args) or 0)
@@ -121,6 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = "" if user_error else " (this looks like a bug in lensworks: rerun with --debug for the traceback)"
         print(f"lensworks {args.command}: error: {reason}{hint}", file=sys.stderr)
         return 2 if user_error else 1
+
+
+def _is_device(path: str) -> bool:
+    """Whether ``path`` is a device or pipe (``/dev/null``), which several outputs may share."""
+    import stat
+
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _init_distributed_from_env() -> None:

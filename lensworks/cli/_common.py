@@ -258,9 +258,14 @@ def read_text_file(path: str, what: str) -> str:
     from lensworks.model import LensworksError
 
     p = Path(path)
+    if p.is_dir():
+        raise LensworksError(f"--{what}: {path!r} is a directory; expected a text file")
     if not p.is_file():
         raise LensworksError(f"--{what}: no such file {path!r}")
-    raw = p.read_bytes()
+    try:
+        raw = p.read_bytes()
+    except PermissionError:
+        raise LensworksError(f"--{what}: {path!r}: permission denied") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from lensworks.geometry import NeighbourApproximation
 
     text = read_text_file(args.corpus, "corpus")[: args.bytes] if args.corpus else None  # before loading
+    given_prompts = read_lines(args.prompt_file, "prompt-file") if args.prompt_file else None
     model, name = model_from_args(args)
     if text is not None:
         source = f"{args.corpus} (first {len(text):,} characters)"
@@ -79,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     approx = NeighbourApproximation.fit(model, text, window=args.window, hook=args.hook, batch_size=args.batch_size,
                                         progress=args.progress)
     print(f"indexed {approx.n_windows:,} unique windows x {len(approx.blocks)} blocks")
-    if args.prompt_file:
-        prompts = read_lines(args.prompt_file, "prompt-file")
+    if given_prompts is not None:
+        prompts = given_prompts
     else:
         rng = random.Random(args.seed)
         prompts = [text[s : s + args.window] for s in

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from lensworks._constants import PROBE_METHODS as METHODS
 from lensworks.cli._common import positive_int, text_file
 from lensworks.cli._common import (
-    add_model_argument, add_option, add_outputs, format_table, model_from_args, records, write_outputs,
+    add_model_argument, add_option, add_outputs, format_table, model_from_args, read_text_file, records, write_outputs,
 )
 
 __all__ = ["register", "run"]
@@ -75,12 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from lensworks.model import LensworksError
     from lensworks.probes import compare_to_embedding, probe_inputs
 
-    model, name = model_from_args(args)
+    # every argument is read and checked before the model loads
     if args.text:
-        path = Path(args.text)
-        if not path.is_file():
-            raise LensworksError(f"--text {args.text!r}: no such file")
-        text = path.read_text(errors="replace")
+        text = read_text_file(args.text, "text")
     else:
         from lensworks import zoo
 
@@ -89,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
         offsets = tuple(int(o) for o in args.offsets.split(",") if o.strip())
     except ValueError:
         raise LensworksError(f"--offsets must be comma-separated integers, got {args.offsets!r}") from None
+    if not offsets:
+        raise LensworksError(f"--offsets must name at least one offset, got {args.offsets!r}")
     streams = None if not args.streams else tuple(s.strip() for s in args.streams.split(",") if s.strip())
+    model, name = model_from_args(args)
     from lensworks.model import text_windows
 
     windows = text_windows(model, text, max_tokens=args.max_tokens, skip_unknown=args.skip_unknown)

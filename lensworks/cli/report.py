@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from lensworks.cli._common import at_least_two, positive_int, text_file
@@ -53,14 +52,12 @@ def register(subparsers: Any) -> None:
 
 
 def _read(path: str | None, flag: str) -> str | None:
+    """A text option's file, strictly UTF-8 (never decoded with replacement characters)."""
     from lensworks.model import LensworksError
 
     if path is None:
         return None
-    file = Path(path)
-    if not file.is_file():
-        raise LensworksError(f"{flag} {path!r}: no such file")
-    text = file.read_text(encoding="utf-8", errors="replace")
+    text = read_text_file(path, flag.lstrip("-"))
     if not text.strip():
         raise LensworksError(f"{flag} {path!r} is empty; expected text")
     return text

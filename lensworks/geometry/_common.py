@@ -120,6 +120,9 @@ def has_hook(model: HookedTransformer, kind: str, layer: int | None = None) -> b
 def _positions(lengths: Tensor, position: int, what: str) -> Tensor:
     if not isinstance(position, int) or isinstance(position, bool):
         raise LensworksError(f"position must be an int, got {type(position).__name__}")
+    longest = int(lengths.max()) if lengths.numel() else 0
+    if not -longest <= position < max(longest, 1):
+        raise LensworksError(f"{what}: position {position} does not exist in sequences of at most {longest} tokens")
     idx = lengths + position if position < 0 else torch.full_like(lengths, position)
     bad = (idx < 0) | (idx >= lengths)
     if bool(bad.any()):

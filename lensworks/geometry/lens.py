@@ -15,7 +15,7 @@ from lensworks._dist import Shard, gather_each
 from lensworks._results import Result
 from lensworks.geometry._common import (CachedBatch, Data, gather_at, iter_batches, kl_divergence, progress_bar, softcap,
                                          std_or_zero)
-from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, token_label
+from lensworks.model import HookedTransformer, LensworksError, check_int, hook_name, processing_state, token_label
 
 __all__ = ["LogitLens", "logit_lens", "read_logits"]
 
@@ -144,9 +144,7 @@ def logit_lens(
         >>> lens.to_frame()  # doctest: +SKIP
     """
     n_layers = model.cfg.n_layers
-    k = min(int(top_k), model.cfg.d_vocab_out)
-    if k < 1:
-        raise LensworksError(f"top_k must be >= 1, got {top_k}")
+    k = min(check_int(top_k, "top_k", low=1), model.cfg.d_vocab_out)
     names = [hook_name("resid_pre", 0)] + [hook_name("resid_post", l) for l in range(n_layers)]
     parts = {k_: [] for k_ in ("kl", "tt", "tp", "ftp")}
     prompt_labels: list[str] = []

@@ -23,8 +23,10 @@ from lensworks.geometry._estimator import Estimator, fit_method
 from lensworks.geometry._neighbour_index import WindowIndex, corpus_tokens, low_precision_for, window_counts
 from lensworks.geometry._neighbour_results import NeighbourEvaluation, NeighbourPrediction, SimilarWindows, TuneResult
 from lensworks.geometry._window_forward import embed_windows
-from lensworks.model import (HookedTransformer, LensworksError, bos_token_id, check_layer, hook_name,
-                             processing_state, token_label, uses_bos)
+from lensworks.model import (
+    HookedTransformer, LensworksError, bos_token_id, check_int, check_layer, hook_name, processing_state,
+    token_label, uses_bos,
+)
 from lensworks.model._core import check_int
 
 __all__ = ["NeighbourApproximation", "NeighbourPrediction", "NeighbourEvaluation", "SimilarWindows", "TuneResult",
@@ -147,6 +149,7 @@ class NeighbourApproximation(Estimator):
         _per_block(self.thresholds, "thresholds", len(blocks), check=_check_cosines)
         if self.weights is not None:
             _per_block(self.weights, "weights", len(blocks), check=_check_weights)
+        batch_size = check_int(batch_size, "batch_size", low=1)
         toks = corpus_tokens(model, corpus)
         if toks.numel() < window + 1:
             raise LensworksError(
@@ -254,6 +257,8 @@ class NeighbourApproximation(Estimator):
         q, _, labels = self._prompt_outputs(prompt, batch_size=1)
         if q.shape[1] != 1:
             raise LensworksError(f"similar: expected one prompt, got {q.shape[1]}")
+        if chunk_size is not None:
+            chunk_size = check_int(chunk_size, "chunk_size", low=1)
         idx_t, cos_t = self.index_.similar(q[b, 0], b, t, chunk_size)
         texts = tuple(self.window_text(int(i)) for i in idx_t)
         return SimilarWindows(prompt=labels[0], block=block, threshold=float(t), indices=idx_t, cosines=cos_t,
@@ -319,6 +324,9 @@ class NeighbourApproximation(Estimator):
         """
         thr = self._thresholds(thresholds)
         w = self._weights(weights)
+        batch_size = check_int(batch_size, "batch_size", low=1)
+        if chunk_size is not None:
+            chunk_size = check_int(chunk_size, "chunk_size", low=1)
         q, model_probs, labels = self._prompt_outputs(data, batch_size)
         counts, n_sim = self.index_.search(q, thr[:, None], chunk_size=chunk_size, progress=progress,
                                            low_precision=low_precision_for(self.search_dtype, self.index_.outputs))
@@ -457,7 +465,12 @@ class NeighbourApproximation(Estimator):
 
 def _per_block(values: Any, name: str, n_blocks: int, *, check: Any) -> Float[Tensor, " block"]:
     """One value per block (a single value applies to all), checked by ``check(name, tensor)``."""
-    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    items = list(values) if isinstance(values, (list, tuple)) else [values]
+    if isinstance(values, Tensor):
+        items = values.flatten().tolist()
+    if not items or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
+        raise LensworksError(f"{name}: expected a number or one number per block, got {values!r}")
+    t = torch.tensor([float(v) for v in items], dtype=torch.float32)
     if t.numel() == 1:
         t = t.expand(n_blocks).clone()
     if t.numel() != n_blocks:

@@ -16,7 +16,9 @@ from lensworks._results import Result
 from lensworks.geometry._common import progress_bar, softcap
 from lensworks.model._core import check_int
 from lensworks.model._compat import logits_from_block
-from lensworks.model import HookedTransformer, LensworksError, check_layer, processing_state, token_strings
+from lensworks.model import (
+    HookedTransformer, LensworksError, check_float, check_int, check_layer, processing_state, token_strings,
+)
 
 __all__ = ["TokenSubspaces", "Alignment", "token_subspaces", "alignment"]
 
@@ -136,17 +138,26 @@ def token_subspaces(
         if model.cfg.positional_embedding_type == "shortformer":
             raise LensworksError("at: inserting at a block is not supported for shortformer models (the positional "
                                  "embedding is added inside attention); use at='ln_final'")
+    if tokens is not None and not isinstance(tokens, Tensor) and (
+            isinstance(tokens, (str, bytes)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)):
+        raise LensworksError(f"tokens: expected token ids (ints or an integer tensor), got {tokens!r}")
+    if tokens is not None and not isinstance(tokens, Tensor) and any(not 0 <= t < d_vocab for t in tokens):
+        raise LensworksError(f"tokens: ids must lie in [0, {d_vocab}), got {[t for t in tokens if not 0 <= t < d_vocab][:5]}")
+    if isinstance(tokens, Tensor) and (tokens.is_floating_point() or tokens.dtype == torch.bool):
+        raise LensworksError(f"tokens: expected integer token ids, got a {tokens.dtype} tensor")
     toks = torch.arange(d_vocab) if tokens is None else torch.as_tensor(tokens).flatten().long()
     if toks.numel() == 0:
         raise LensworksError("tokens: expected at least one token id, got none")
     if int(toks.min()) < 0 or int(toks.max()) >= d_vocab:
         raise LensworksError(f"tokens: ids must lie in [0, {d_vocab}), got range [{int(toks.min())}, {int(toks.max())}]")
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise LensworksError(f"n_samples must be a positive int, got {n_samples!r}")
-    if not isinstance(rank, int) or not 1 <= rank <= min(n_samples, d_model):
-        raise LensworksError(f"rank must be an int in [1, min(n_samples, d_model)={min(n_samples, d_model)}], got {rank!r}")
-    if not 0 < target_prob < 1:
-        raise LensworksError(f"target_prob must lie in (0, 1), got {target_prob}")
+    n_samples = check_int(n_samples, "n_samples", low=1)
+    rank = check_int(rank, "rank", low=1, high=min(n_samples, d_model) + 1)
+    target_prob = check_float(target_prob, "target_prob", low=0, high=1, inclusive=False)
+    steps = check_int(steps, "steps", low=0)
+    lr = check_float(lr, "lr", low=0, inclusive=False)
+    if lr > 1e4:
+        raise LensworksError(f"lr must be at most 1e4 (Adam on unit-scale embeddings), got {lr!r}")
+    seed = check_int(seed, "seed")
     device = torch.device(model.cfg.device)
     gen = torch.Generator().manual_seed(seed)
     n_t = toks.numel()

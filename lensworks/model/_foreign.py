@@ -159,7 +159,7 @@ def nanogpt_checkpoint(obj: dict[str, Any], *, where: str) -> tuple[dict[str, An
                normalization_type="LN", eps=1e-5, positional_embedding_type="standard",
                default_prepend_bos=False, original_architecture="nanoGPT")
     run = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    return cfg, {k: v.contiguous() for k, v in out.items()}, run
+    return cfg, out, run
 
 
 def lbg_state_dict(sd: dict[str, Any], *, where: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -218,4 +218,4 @@ def lbg_state_dict(sd: dict[str, Any], *, where: str) -> tuple[dict[str, Any], d
                d_mlp=int(d_mlp), act_fn="relu", normalization_type="LN", eps=1e-5,
                positional_embedding_type="standard", default_prepend_bos=False,
                original_architecture="LetsBuildGPT")
-    return cfg, {k: v.contiguous() for k, v in out.items()}
+    return cfg, out

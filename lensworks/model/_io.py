@@ -25,13 +25,32 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     The caller writes the temporary file however it likes (``safetensors.save_file``,
     ``write_text``); on an exception the temporary file is removed and ``path`` is untouched.
+    The file and its directory are flushed to disk (fsync) before and after the rename, so a
+    crash right after never leaves an empty file in place of the old one.
+
+    What is at ``path`` is respected:
+
+    - a symbolic link stays a link: the file it points to is replaced;
+    - a character device, FIFO or socket (``/dev/null``, ``/dev/stdout``, a named pipe) is
+      written through, never replaced by a regular file;
+    - a writable file in a directory where no temporary file can be made is written through
+      (in place, not atomically), rather than refused.
 
     Example:
         >>> with atomic_path("out.json") as tmp:  # doctest: +SKIP
         ...     tmp.write_text("{}")
     """
     target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))  # replace what the link points to, keep the link
+    if target.exists() and not target.is_file() and not target.is_dir():
+        yield target  # a device or pipe: write through
+        return
     parent = target.parent
+    if target.is_file() and os.access(target, os.W_OK) and not os.access(parent, os.W_OK | os.X_OK):
+        yield target  # a writable file in a read-only directory: in place
+        _fsync(target)
+        return
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
@@ -48,13 +67,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
+        _fsync(tmp)
         os.replace(tmp, target)
+        _fsync(parent, directory=True)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise LensworksError(f"cannot write {target}: {exc.strerror or exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path, *, directory: bool = False) -> None:
+    """Flush a file (or a directory's entries) to disk; a file system that cannot is left be."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, encoding: str = "utf-8") -> Path:
@@ -91,8 +125,12 @@ def check_writable(path: str | os.PathLike[str], *, what: str = "output") -> Pat
         raise LensworksError(f"the {what} path is empty")
     if target.is_dir():
         raise LensworksError(f"the {what} path {target} is a directory; give a file name")
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     if target.exists() and not os.access(target, os.W_OK):
         raise LensworksError(f"cannot write the {what} {target}: permission denied")
+    if target.exists() and (not target.is_file() or os.access(target, os.W_OK)) and target.parent.is_dir():
+        return Path(path)  # written through (a device, or a writable file whatever its directory)
     parent = target.parent if str(target.parent) else Path(".")
     while not parent.exists():
         if parent.parent == parent:

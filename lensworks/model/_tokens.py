@@ -320,6 +320,8 @@ def encode_batch(
         >>> lengths.tolist()
         [3, 4]
     """
+    if len(texts) == 0:
+        raise LensworksError(f"{what}: empty data set; expected at least one text")
     for i, t in enumerate(texts):
         if isinstance(t, str) and not t:  # with BOS it would silently be the statistics of BOS alone
             raise LensworksError(f"{what}: item {i} is an empty string; expected text of at least one token")

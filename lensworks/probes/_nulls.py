@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lensworks.model import LensworksError
+from lensworks.model import LensworksError, check_float, check_int
 
 __all__ = ["check_null_options", "null_interval"]
 
@@ -21,10 +21,8 @@ def check_null_options(n_random: int, interval: float) -> None:
     Example:
         >>> check_null_options(20, 0.95)
     """
-    if not isinstance(n_random, int) or n_random < 2:
-        raise LensworksError(f"n_random must be an int >= 2, got {n_random!r}")
-    if not 0 < interval < 1:
-        raise LensworksError(f"interval must lie in (0, 1), got {interval}")
+    check_int(n_random, "n_random", low=2)
+    check_float(interval, "interval", low=0, high=1, inclusive=False)
 
 
 def null_interval(null: Float[Tensor, "..."], q: float, dim: int = 0) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."]]:

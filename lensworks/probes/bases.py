@@ -26,7 +26,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensworks._results import Result, require_finite
-from lensworks.model import HookedTransformer, LensworksError, bos_token_id, embedding, model_vocab, processing_state, unembedding
+from lensworks.model import (
+    HookedTransformer, LensworksError, bos_token_id, check_int, embedding, model_vocab, processing_state,
+    unembedding,
+)
 from lensworks.probes._data import model_tokens
 
 __all__ = ["Basis", "embedding_basis", "nmf"]
@@ -260,6 +263,10 @@ def embedding_basis(
         >>> basis.components.shape == (8, model.cfg.d_model)
         True
     """
+    random_state = check_int(random_state, "random_state")
+    max_iter = check_int(max_iter, "max_iter", low=1)
+    if k is not None:
+        k = check_int(k, "k", low=1)
     basis = _embedding_basis(model, method, k, matrix=matrix, random_state=random_state, data=data, max_iter=max_iter)
     return dataclasses.replace(basis, processing=processing_state(model) if model is not None else {})
 

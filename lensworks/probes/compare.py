@@ -22,7 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensworks._results import Result, require_finite
-from lensworks.model import HookedTransformer, LensworksError, embedding, processing_state, unembedding
+from lensworks.model import HookedTransformer, LensworksError, check_int, embedding, processing_state, unembedding
 from lensworks.probes._nulls import check_null_options, null_interval
 from lensworks.probes.bases import Basis, embedding_basis
 
@@ -239,6 +239,7 @@ def compare_to_embedding(
     if n == 0 or int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.d_vocab:
         raise LensworksError(f"tokens must be ids in [0, {model.cfg.d_vocab}), got {tokens.tolist()[:5]}...")
     check_null_options(n_random, interval)
+    seed = check_int(seed, "seed")
     limit = min(n, d)
     r = max(1, limit // 2) if rank is None else rank
     if not isinstance(r, int) or not 1 <= r <= limit:

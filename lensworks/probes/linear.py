@@ -35,7 +35,6 @@ orchestration: argument checks, :func:`probe_inputs` and :class:`ProbeResults`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Literal, Sequence
 
 import torch
@@ -45,13 +44,8 @@ from torch import Tensor
 from lensworks._constants import PROBE_METHODS
 from lensworks._results import Result, require_finite, to_jsonable
 from lensworks.model import (
-    HookedTransformer,
-    LensworksError,
-    bos_token_id,
-    check_layer,
-    hook_name,
-    processing_state,
-    random_copy,
+    HookedTransformer, LensworksError, bos_token_id, check_float, check_int, check_layer, hook_name,
+    processing_state, random_copy,
 )
 from lensworks.probes._data import Data, make_plan, model_tokens, sequences_with_rows, validation_rows
 from lensworks.probes._fitting import ProbeJob, fit_closed_form, fit_logistic_pass
@@ -330,14 +324,12 @@ def probe_inputs(
         raise LensworksError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     if max_iter is None:
         max_iter = FAST_LOGISTIC_ITER if method == "fast-logistic" else 100
-    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
-        raise LensworksError(f"max_iter must be a non-negative int or None, got {max_iter!r}")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise LensworksError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LensworksError(f"batch_size must be a positive int, got {batch_size!r}")
-    if alpha is not None and (not math.isfinite(alpha) or alpha < 0):
-        raise LensworksError(f"alpha must be a finite non-negative number or None, got {alpha}")
+    max_iter = check_int(max_iter, "max_iter", low=0)
+    test_fraction = check_float(test_fraction, "test_fraction", low=0, high=1, inclusive=False)
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    seed = check_int(seed, "seed")
+    if alpha is not None:
+        alpha = check_float(alpha, "alpha", low=0)
     streams, skipped = resolve_streams(model, streams)
     offsets = _check_offsets(offsets)
     layer_list = _check_layers(model, layers)

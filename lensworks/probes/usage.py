@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from lensworks._dist import is_main
 from lensworks._deprecation import renamed_arguments
 from lensworks._results import Result, require_finite
-from lensworks.model._compat import capture_hooks
-from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state, unembedding
+from lensworks.model._compat import capture_hooks, require_finite_parameters
+from lensworks.model import HookedTransformer, LensworksError, check_int, hook_name, processing_state, unembedding
 from lensworks.probes._data import model_tokens
 from lensworks.probes._nulls import check_null_options, null_interval
 
@@ -160,7 +160,10 @@ def unlikely_token_usage(
     if k >= d:
         raise LensworksError(f"k={k} must be smaller than d_model={d}, or the span of k directions is the whole residual stream")
     check_null_options(n_random, interval)
+    seed = check_int(seed, "seed")
+    batch_size = check_int(batch_size, "batch_size", low=1)
     toks, lengths = model_tokens(model, data, what="data")
+    require_finite_parameters(model)
     n_layers = model.cfg.n_layers
     names = [hook_name("resid_pre", 0)] + [hook_name("resid_post", l) for l in range(n_layers)]
     wu = unembedding(model).double()
