@@ -26,7 +26,7 @@ from torch import Tensor
 from lensworks.model import LensworksError
 
 __all__ = ["world", "is_distributed", "is_main", "Shard", "all_reduce_sum", "gather_each", "gather_each_ragged", "on_rank0", "rank0_only",
-           "main_process_only"]
+           "main_process_only", "check_same_weights", "weight_fingerprint"]
 
 T = TypeVar("T")
 
@@ -54,6 +54,54 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+def _collective(what: str, fn: Callable[[], T]) -> T:
+    """Run a collective; a backend failure (a peer that never came, or left) becomes one clear
+    error instead of gloo's "Connection closed by peer" or a timeout."""
+    try:
+        return fn()
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise LensworksError(
+            f"{what}: a torch.distributed collective failed ({first}); under torchrun every rank must call the same "
+            "analysis with the same arguments: was it called on rank 0 only (e.g. inside `if rank == 0:`), or did "
+            "another rank fail or exit?"
+        ) from exc
+
+
+def weight_fingerprint(model: Any) -> Tensor:
+    """A few float64 numbers that differ when two models' weights differ: per parameter its sum,
+    its norm and the sum of a strided sample (in-kernel reductions, no copy of the weights).
+
+    Example:
+        >>> weight_fingerprint(model).shape  # doctest: +SKIP
+        torch.Size([3])
+    """
+    out = torch.zeros(3, dtype=torch.float64)
+    for i, (_, p) in enumerate(model.named_parameters(), start=1):
+        flat = p.detach().reshape(-1)
+        out[0] += i * float(flat.sum(dtype=torch.float64))
+        out[1] += i * float(torch.linalg.vector_norm(flat, dtype=torch.float64))
+        out[2] += i * float(flat[::7919].sum(dtype=torch.float64))
+    return out
+
+
+def check_same_weights(model: Any, what: str) -> None:
+    """Under torch.distributed, raise on every rank when the ranks hold different weights (their
+    statistics would be a blend of several models); nothing when alone."""
+    if not is_distributed():
+        return
+    dev = _device_for_collectives()
+    mine = weight_fingerprint(model).to(dev)
+    hi, lo = mine.clone(), mine.clone()
+    _collective(what, lambda: torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX))
+    _collective(what, lambda: torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN))
+    if not torch.allclose(hi, lo, rtol=1e-12, atol=0.0):
+        raise LensworksError(
+            f"{what}: the ranks hold different weights (fingerprints {lo.tolist()} .. {hi.tolist()}); under "
+            "torch.distributed every rank must load the same checkpoint, or the result would blend several models"
+        )
+
+
 def _device_for_collectives(like: Tensor | None = None) -> torch.device:
     dist = torch.distributed
     if dist.get_backend() == "nccl":
@@ -72,7 +120,7 @@ def all_reduce_sum(t: Tensor) -> Tensor:
         return t
     dev = _device_for_collectives()
     out = t.detach().to(dev).clone()
-    torch.distributed.all_reduce(out)
+    _collective("all_reduce", lambda: torch.distributed.all_reduce(out))
     return out.to(t.device)
 
 
@@ -83,12 +131,12 @@ def _all_gather(t: Tensor) -> list[Tensor]:
     dev = _device_for_collectives()
     n = torch.tensor([t.shape[0]], dtype=torch.long, device=dev)
     sizes = [torch.zeros_like(n) for _ in range(size)]
-    dist.all_gather(sizes, n)
+    _collective("all_gather", lambda: dist.all_gather(sizes, n))
     longest = int(max(int(s) for s in sizes))
     padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=dev)
     padded[: t.shape[0]] = t.to(dev)
     parts = [torch.zeros_like(padded) for _ in range(size)]
-    dist.all_gather(parts, padded)
+    _collective("all_gather", lambda: dist.all_gather(parts, padded))
     return [p[: int(s)].to(t.device) for p, s in zip(parts, sizes)]
 
 
@@ -127,9 +175,11 @@ class Shard:
         [0, 1, 2, 3, 4, 5]
     """
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, model: Any = None):
         self.what = what
         self.rank, self.size = world()
+        if model is not None:
+            check_same_weights(model, what)
         self.rows: list[Tensor] = []  # global row index of every row this rank kept
         self.n_total = 0
         self._checksum = torch.zeros(2, dtype=torch.float64)
@@ -158,8 +208,8 @@ class Shard:
         dev = _device_for_collectives()
         mine = self._checksum.to(dev)
         hi, lo = mine.clone(), mine.clone()
-        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+        _collective(self.what, lambda: torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX))
+        _collective(self.what, lambda: torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN))
         if not torch.equal(hi, lo):
             raise LensworksError(
                 f"{self.what}: the ranks were given different data (checksums {lo.tolist()} .. {hi.tolist()}); "
@@ -186,7 +236,7 @@ class Shard:
             return local
         idx = (torch.cat(self.rows) if self.rows else torch.zeros(0, dtype=torch.long)).tolist()
         parts: list[Any] = [None] * self.size
-        torch.distributed.all_gather_object(parts, list(zip(idx, local)))
+        _collective(self.what, lambda: torch.distributed.all_gather_object(parts, list(zip(idx, local))))
         ordered = sorted((i, v) for part in parts for i, v in part)
         return [v for _, v in ordered]
 
@@ -208,7 +258,7 @@ def on_rank0(fn: Callable[[], T]) -> T:
             box = [fn(), None]
         except Exception as exc:  # tell the other ranks instead of leaving them waiting
             failure, box = exc, [None, f"{type(exc).__name__}: {exc}"]
-    torch.distributed.broadcast_object_list(box, src=0)
+    _collective("broadcast", lambda: torch.distributed.broadcast_object_list(box, src=0))
     if failure is not None:
         raise failure
     if box[1] is not None:

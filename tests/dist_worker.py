@@ -1,7 +1,8 @@
 """One rank of the 2-process gloo runs in tests/test_distributed.py (run as a script).
 
 Usage: python tests/dist_worker.py RANK WORLD INIT_FILE OUT_FILE [ANALYSES] [MODE]
-MODE "same" (default) gives every rank the same data; "differ" gives rank 1 other data.
+MODE "same" (default) gives every rank the same data; "differ" gives rank 1 other data; "fail1"
+bad input on rank 1; "weights" other weights on rank 1; "rank0only" rank 1 calls nothing.
 """
 
 from __future__ import annotations
@@ -106,12 +107,19 @@ def main() -> None:
     wanted = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else None
     mode = sys.argv[6] if len(sys.argv) > 6 else "same"
     torch.set_num_threads(1)
-    timeout = timedelta(seconds=8 if mode == "fail1" else 60)
+    timeout = timedelta(seconds=8 if mode in ("fail1", "rank0only") else 60)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                                          timeout=timeout)
     model, toks, texts = model_and_data(mode, rank)
     if mode == "fail1" and rank == 1:
         toks = toks.float()  # bad input on one rank only: it fails at once, the other must not hang
+    if mode == "weights" and rank == 1:
+        with torch.no_grad():
+            model.blocks[0].attn.W_Q[0, 0, 0] += 1.0  # another checkpoint on one rank
+    if mode == "rank0only" and rank == 1:  # only rank 0 calls the analyses; rank 1 leaves at once
+        torch.save({"results": {}, "errors": {}, "work": {}}, out)
+        torch.distributed.destroy_process_group()
+        return
     work = count_work(model)
     results, errors, done = {}, {}, {}
     for name, fn in analyses(model, toks, texts).items():

@@ -120,3 +120,17 @@ def test_a_failing_rank_does_not_leave_the_other_hanging(tmp_path):
     assert "integer token ids" in outs[1]["errors"]["residual_stats"]
     assert "residual_stats" in outs[0]["errors"]  # the collective timed out with an error, no hang
     assert time.perf_counter() - start < 120
+
+
+def test_ranks_holding_different_weights_fail_together(tmp_path):
+    for name in ("residual_stats", "probes_ridge", "head_scores"):
+        (tmp_path / name).mkdir()
+        outs = run_ranks(tmp_path / name, names=(name,), mode="weights")
+        for out in outs:
+            assert "different weights" in out["errors"][name], (name, out["errors"])
+
+
+def test_an_analysis_called_on_rank_0_only_says_so(tmp_path):
+    outs = run_ranks(tmp_path, names=("residual_stats",), mode="rank0only")
+    err = outs[0]["errors"]["residual_stats"]
+    assert err.startswith("LensworksError") and "called on rank 0 only" in err, err

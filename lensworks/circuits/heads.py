@@ -215,7 +215,7 @@ def behaviour_scores(
 
     if progress is None:
         progress = B * T * T * L * H > 5e8
-    shard = Shard("tokens")
+    shard = Shard("tokens", model)
     with torch.inference_mode():
         for start in tqdm(range(0, B, batch_size), desc="head scores", disable=not progress or not is_main(), leave=False):
             batch = shard.take(tokens[start : start + batch_size])  # under torch.distributed: this rank's rows

@@ -444,7 +444,7 @@ def term_importance(
     without = torch.zeros(len(paths), dtype=torch.float64)
     model_sum, n_tokens, worst, scale = 0.0, 0, 0.0, 0.0
     bar = progress_bar(desc="term importance", progress=progress)
-    shard = Shard("data")  # under torch.distributed each rank reads its share of every batch
+    shard = Shard("data", model)  # under torch.distributed each rank reads its share of every batch
     with torch.inference_mode():
         for toks, last in iter_batches(model, data, batch_size=batch_size, position=-1, prepend_bos=prepend_bos,
                                        shard=shard):

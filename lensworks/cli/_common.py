@@ -61,9 +61,10 @@ def _number(kind: type, lo: float | None, what: str):
     return parse
 
 
-#: argparse types: a positive integer, an integer of at least 2, a non-negative integer, a finite float.
+#: argparse types: a positive integer, an integer of at least 2 (4), a non-negative integer, a finite float.
 positive_int = _number(int, 1, "a positive integer")
 at_least_two = _number(int, 2, "an integer of at least 2")
+at_least_four = _number(int, 4, "an integer of at least 4")
 non_negative_int = _number(int, 0, "a non-negative integer")
 finite_float = _number(float, None, "a finite number")
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from lensworks.cli._common import at_least_two, positive_int, text_file
+from lensworks.cli._common import at_least_four, positive_int, text_file
 from lensworks.cli._common import add_model_argument, add_option, model_from_args, read_text_file
 
 __all__ = ["register", "run"]
@@ -44,7 +44,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prompts", default=None, metavar="FILE", type=text_file,
                    help="prompts for the attention explorer, one per line (default: the first two text windows)")
     p.add_argument("--n-prompts", type=positive_int, default=32, help="text windows read by geometry (probes read 2x; default 32)")
-    p.add_argument("--prompt-len", type=at_least_two, default=64, help="tokens per window (default 64)")
+    p.add_argument("--prompt-len", type=at_least_four, default=None,
+                   help="tokens per window, at most the model's n_ctx (default 64, or n_ctx when shorter)")
     p.add_argument("--title", default=None, help="page title (default: lensworks report: CHECKPOINT)")
     add_option(p, "--seed")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -45,11 +45,12 @@ def embed_windows(model: HookedTransformer, windows: Int[Tensor, "n_windows wind
 
     require_finite_parameters(model)
 
-    from lensworks._dist import world
+    from lensworks._dist import check_same_weights, world
     from lensworks.geometry._common import gather_at
     from lensworks.model import bos_token_id
 
     rank, size = world()
+    check_same_weights(model, "corpus windows")
     n_windows = windows.shape[0]
     lo, hi = n_windows * rank // size, n_windows * (rank + 1) // size
     device = torch.device(model.cfg.device)

@@ -242,7 +242,7 @@ def block_ablation(
     out = {k: [] for k in ("attn_h", "mlp_h", "attn_kl", "mlp_kl", "attn_top", "mlp_top")}
     worst = 0.0
     ok_all = True
-    shard = Shard("data")
+    shard = Shard("data", model)
     for toks, idx in progress_bar(
         iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
                      what="data", shard=shard),
@@ -399,7 +399,7 @@ def block_decomposition(
     names.append(hook_name("resid_post", n_layers - 1))
     acc = {k: [] for k in ("an", "mn", "aci", "mci", "amc", "mcm", "fpc", "en", "foc", "fnr")}
     labels: list[str] = []
-    shard = Shard("data")
+    shard = Shard("data", model)
     for toks, idx in progress_bar(
         iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
                      what="data", shard=shard),

@@ -156,7 +156,7 @@ def effective_dimensionality(
     s1 = torch.zeros(len(names), d, dtype=torch.float64, device=device)
     s2 = torch.zeros(len(names), d, d, dtype=torch.float64, device=device)
     n = torch.zeros((), dtype=torch.float64)
-    shard = Shard("data")
+    shard = Shard("data", model)
     for toks, idx in progress_bar(
         iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos, what="data",
                      shard=shard),

@@ -149,7 +149,7 @@ def logit_lens(
     parts = {k_: [] for k_ in ("kl", "tt", "tp", "ftp")}
     prompt_labels: list[str] = []
     worst = 0.0
-    shard = Shard("data")
+    shard = Shard("data", model)
     for toks, idx in progress_bar(
         iter_batches(model, data, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
                      what="data", shard=shard),

@@ -204,7 +204,7 @@ class NeighbourApproximation(Estimator):
             bos = torch.full((toks.shape[0], 1), bos_token_id(model), dtype=torch.long,
                              device=toks.device)
             prompts = torch.cat([bos, toks.long()], dim=1)
-        shard = Shard("data")  # under torch.distributed each rank runs its share of the prompts
+        shard = Shard("data", model)  # under torch.distributed each rank runs its share of the prompts
         for toks, idx in iter_batches(model, prompts, batch_size=batch_size, position=-1,
                                       prepend_bos=self.prepend_bos_, what="data", shard=shard):
             acts, logits = gather_at(model, toks, idx, names, logits=True)

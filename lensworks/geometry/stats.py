@@ -262,7 +262,7 @@ def residual_stats(
         acc = _Moments((len(streams), n_layers, d_model), model.cfg.device)
         for toks, idx in progress_bar(
             iter_batches(model, one, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
-                         what=f"data set {name!r}", shard=Shard(f"data set {name!r}")),
+                         what=f"data set {name!r}", shard=Shard(f"data set {name!r}", model)),
             desc=f"residual_stats {name}", progress=progress,
         ):
             acts, _ = gather_at(model, toks, idx, names)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from lensworks.model._core import HookedTransformer, LensworksError
+from lensworks.model._core import HookedTransformer, LensworksError, NonFiniteError
 
 #: Major version of the installed transformer-lens (3 or 4).
 TL_MAJOR = int(importlib.metadata.version("transformer-lens").split(".")[0])
@@ -101,7 +101,7 @@ def require_finite_weight(tensor: Tensor, name: str) -> Tensor:
         n_nan = int(torch.isnan(tensor).sum())
         n_inf = int(torch.isinf(tensor).sum())
         parts = [f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else ""]
-        raise LensworksError(f"{name} holds {' and '.join(p for p in parts if p)}; no analysis can be computed from it")
+        raise NonFiniteError(f"{name} holds {' and '.join(p for p in parts if p)}; no analysis can be computed from it")
     return tensor
 
 
@@ -117,7 +117,7 @@ def require_finite_parameters(model: Any) -> None:
     """
     for name, tensor in list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers()
                                                           if b.is_floating_point() and not n.endswith(("IGNORE", "mask"))]:
-        require_finite_weight(tensor.detach(), f"the weight {name}")
+        require_finite_weight(tensor.detach(), f"the weight {name.replace('._original_component', '')}")
 
 
 def all_finite(tensor: Tensor, *, chunk_elements: int = 1 << 24) -> bool:
@@ -157,7 +157,7 @@ def require_finite_activation(tensor: Tensor, name: str) -> Tensor:
         n_inf = int(bad.sum()) - n_nan
         first = tuple(int(i) for i in bad.nonzero()[0].tolist())
         parts = [f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else ""]
-        raise LensworksError(
+        raise NonFiniteError(
             f"the activation {name} holds {' and '.join(p for p in parts if p)} (first at index {first}) on this "
             f"input; the model overflows here (load it in float32, or check the weights), so nothing is computed from it"
         )

@@ -304,6 +304,9 @@ def _check_device(device: Any) -> None:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise LensworksError(f"device {device!r} is not a torch device; expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'") from exc
+    if dev.type == "meta":
+        raise LensworksError(f"device {device!r} holds no data (a meta tensor has shapes only), so nothing could be "
+                             "computed; use 'cpu' or a GPU")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise LensworksError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "

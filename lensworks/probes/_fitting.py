@@ -18,7 +18,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lensworks.model._compat import require_finite_activation
-from lensworks._dist import all_reduce_sum, world
+from lensworks._dist import all_reduce_sum, check_same_weights, world
 from lensworks.model import HookedTransformer
 from lensworks.probes._data import BatchFn, Plan, run_batches, sequences_with_rows
 from lensworks.probes._moments import Moments, accumulate
@@ -100,6 +100,7 @@ class ProbeJob:
         """
         rank, size = world()
         if size > 1:
+            check_same_weights(model, desc)
             seqs = seqs[len(seqs) * rank // size : len(seqs) * (rank + 1) // size]
         if not len(seqs):
             return

@@ -8,8 +8,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from lensworks.model import (HookedTransformer, LensworksError, check_model, encode_text, model_streams,
-                             text_windows, uses_bos)
+from lensworks.model import (
+    HookedTransformer, LensworksError, check_int, check_model, encode_text, model_streams, text_windows, uses_bos,
+)
 
 __all__ = ["analyse", "Analyses", "DataRead", "FALLBACK_SOURCE", "FALLBACK_NOTE"]
 
@@ -134,7 +135,7 @@ def analyse(
     negative: str | Sequence[str] | None = None,
     corpus: str | None = None,
     n_prompts: int = 32,
-    prompt_len: int = 64,
+    prompt_len: int | None = None,
     seed: int = 0,
     progress: bool = True,
     skip_unknown: bool = False,
@@ -161,7 +162,7 @@ def analyse(
         negative: The second data set.
         corpus: Fallback text when ``text`` is None (e.g. a corpus file's contents).
         n_prompts: Windows read by geometry and probes (probes use 2x as many).
-        prompt_len: Tokens per window (at most ``n_ctx``).
+        prompt_len: Tokens per window, 4 to ``n_ctx`` (default 64, or ``n_ctx`` when shorter).
         seed: Seed for random sequences, shuffles and controls.
         progress: Show a progress bar over the analyses.
         skip_unknown: Drop characters of ``text`` / ``corpus`` the vocabulary lacks (with a
@@ -190,11 +191,13 @@ def analyse(
     check_model(model)
     if (positive is None) != (negative is None):
         raise LensworksError("give both positive and negative prompts, or neither")
-    if n_prompts < 2:
-        raise LensworksError(f"n_prompts must be >= 2, got {n_prompts}")
+    n_prompts = check_int(n_prompts, "n_prompts", low=2)
     cfg = model.cfg
+    prompt_len = min(64, cfg.n_ctx) if prompt_len is None else check_int(prompt_len, "prompt_len", low=4)
+    if prompt_len > cfg.n_ctx:
+        raise LensworksError(f"prompt_len={prompt_len} is longer than the model's n_ctx={cfg.n_ctx}; pass at most "
+                             f"{cfg.n_ctx} (--prompt-len)")
     explorer_prompts = None if prompts is None else _explorer_prompts(model, prompts)
-    prompt_len = max(4, min(int(prompt_len), cfg.n_ctx))
     # Named places on the page, in page order; each analysis fills its own.
     slots: dict[str, dict[str, Any]] = {
         "circuits": dict.fromkeys(["verdict", "induction", "previous_token", "duplicate_token", "Q composition",
