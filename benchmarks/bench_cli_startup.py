@@ -33,7 +33,7 @@ def timed(args: list[str]) -> tuple[float, bool]:
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    imported_torch = any(line.rstrip().endswith("| torch") for line in out.stderr.splitlines())
+    imported_torch = any(line.split("|")[-1].strip() == "torch" for line in out.stderr.splitlines() if "|" in line)
     return seconds, imported_torch
 
 
