@@ -135,7 +135,7 @@ def test_lets_build_gpt_without_vocab_and_wrong_vocab(tmp_path):
     with pytest.raises(LensworksError, match="vocabulary has 3 entries but the model's embedding has d_vocab=.*rows"):
         load_model(tmp_path / "gpt.pt", vocab=["a", "b", "c"])
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    with pytest.raises(LensworksError, match="latin1.txt: the training corpus is not UTF-8: byte 0xe9 on line 1"):
+    with pytest.raises(LensworksError, match="latin1.txt: the training corpus is not UTF-8 text: byte 0xe9 on line 1"):
         load_model(tmp_path / "gpt.pt", vocab=tmp_path / "latin1.txt")
 
 
@@ -295,7 +295,7 @@ def test_unreadable_config_files_say_why(tmp_path, monkeypatch):
     out = _hf_copy(tmp_path)
     raw = (out / "config.json").read_bytes()
     (out / "config.json").write_bytes(raw.replace(b'"gpt2"', b'"gpt\xe92"'))
-    with pytest.raises(LensworksError, match=r"config.json: the config is not UTF-8: byte 0xe9 on line"):
+    with pytest.raises(LensworksError, match=r"config.json: the config is not UTF-8 text: byte 0xe9 on line"):
         load_model(out)
     (out / "config.json").unlink()
     (out / "config.json").mkdir()

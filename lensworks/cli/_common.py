@@ -267,12 +267,9 @@ def read_text_file(path: str, what: str) -> str:
         raw = p.read_bytes()
     except PermissionError:
         raise LensworksError(f"--{what}: {path!r}: permission denied") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise LensworksError(f"--{what} {path!r} is not UTF-8 text: byte {raw[e.start]:#04x} on line {line} cannot be "
-                             "decoded; save the file as UTF-8") from None
+    from lensworks._text import decode_utf8
+
+    return decode_utf8(raw, f"--{what} {path!r}")
 
 
 def read_lines(path: str | None, what: str) -> list[str] | None:

@@ -15,6 +15,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+from lensworks._text import decode_utf8
 from lensworks.model._core import LensworksError
 
 __all__ = ["VocabSource", "read_meta_pkl", "read_text", "read_json", "vocab_from_source", "chars_of_corpus"]
@@ -50,13 +51,7 @@ def read_text(path: str | os.PathLike, what: str = "text") -> str:
         'First'
     """
     path = Path(path)
-    raw = _open_bytes(path, what)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise LensworksError(f"{path}: the {what} is not UTF-8: byte {raw[exc.start]:#04x} on line {line} "
-                             "cannot be decoded; save it as UTF-8") from None
+    return decode_utf8(_open_bytes(path, what), f"{path}: the {what}")
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
