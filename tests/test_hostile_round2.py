@@ -199,3 +199,12 @@ def test_json_and_html_naming_one_file_are_refused(tmp_path, capsys):
     assert main(["heads", "--json", out, "--html", out]) == 2
     err = capsys.readouterr().err
     assert "--json and --html name the same file" in err and not os.path.exists(out)
+
+
+def test_a_missing_stream_is_named_not_its_first_letter():
+    from lensworks.geometry import effective_dimensionality
+
+    with pytest.raises(LensworksError, match=r"streams \['resid_mid'\] do not exist in this attention-only model"):
+        effective_dimensionality(arch_model("attn-only"), TEXTS, streams=("resid_mid",), progress=False)
+    with pytest.raises(LensworksError, match=r"streams \['resid_mid'\] do not exist"):
+        effective_dimensionality(arch_model("attn-only"), TEXTS, streams="resid_mid", progress=False)

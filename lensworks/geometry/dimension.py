@@ -25,7 +25,7 @@ from torch import Tensor
 from lensworks._dist import Shard, all_reduce_sum
 from lensworks._results import Result
 from lensworks.geometry._common import Data, gather_at, iter_batches, progress_bar
-from lensworks.model import HookedTransformer, LensworksError, check_layer, hook_name, missing_stream_error, has_stream, processing_state
+from lensworks.model import HookedTransformer, LensworksError, check_layer, hook_name, missing_stream_error, processing_state
 
 __all__ = ["effective_dimensionality", "EffectiveDimensionality"]
 
@@ -143,10 +143,8 @@ def effective_dimensionality(
         >>> ed = effective_dimensionality(model, prompts)  # doctest: +SKIP
         >>> ed.to_frame().head()  # doctest: +SKIP
     """
-    streams = tuple(streams)
-    for s in streams:
-        if not has_stream(model, s):
-            raise missing_stream_error(model, s)
+    streams = (streams,) if isinstance(streams, str) else tuple(streams)
+    missing_stream_error(model, streams)
     layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(check_layer(model, l) for l in layers)
     if not layers or not streams:
         raise LensworksError("effective_dimensionality needs at least one stream and one layer")

@@ -60,7 +60,10 @@ def model_streams(model: HookedTransformer, wanted: Sequence[str] = RESIDUAL_STR
 
 
 def missing_stream_error(model: HookedTransformer, streams: Sequence[str]) -> None:
-    """Raise naming the streams of ``streams`` the model lacks, and why, if any."""
+    """Raise naming the streams of ``streams`` the model lacks, and why, if any (one stream name
+    may be given as a string)."""
+    if isinstance(streams, str):
+        streams = (streams,)
     bad = [s for s in streams if not has_stream(model, s)]
     if bad:
         why = "attention-only" if model.cfg.attn_only else "parallel attention/MLP"
