@@ -26,16 +26,8 @@ from lensworks._dist import Shard, all_reduce_sum, is_main
 from lensworks.circuits.scores import HeadScores
 from lensworks.model._compat import capture_hooks, require_finite_parameters
 from lensworks.model import (
-    HookedTransformer,
-    LensworksError,
-    as_tokens,
-    bos_token_id,
-    check_int,
-    default_seq_len,
-    head_labels,
-    hook_name,
-    processing_state,
-    uses_bos,
+    HookedTransformer, LensworksError, as_tokens, bos_token_id, check_int, default_seq_len, head_labels, hook_name,
+    model_facts, processing_state, uses_bos,
 )
 
 __all__ = ["head_scores", "BehaviourScores", "repeated_tokens", "behaviour_scores", "KINDS"]
@@ -138,10 +130,7 @@ def repeated_tokens(
     else:
         idx = torch.randint(len(allowed), (n_seqs, seq_len), generator=gen)
     s = allowed[idx]
-    parts = [s, s]
-    if bos:
-        parts.insert(0, torch.full((n_seqs, 1), bos_token_id(model), dtype=torch.long))
-    return torch.cat(parts, dim=1).to(model.cfg.device)
+    return model_facts(model).add_bos(torch.cat([s, s], dim=1), bos).to(model.cfg.device)
 
 
 def _diag_slices(o: int, n: int) -> dict[str, tuple[int, int, int]]:

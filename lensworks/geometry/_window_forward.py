@@ -47,7 +47,7 @@ def embed_windows(model: HookedTransformer, windows: Int[Tensor, "n_windows wind
 
     from lensworks._dist import check_same_weights, world
     from lensworks.geometry._common import gather_at
-    from lensworks.model import bos_token_id
+    from lensworks.model import model_facts
 
     rank, size = world()
     check_same_weights(model, "corpus windows")
@@ -64,14 +64,11 @@ def embed_windows(model: HookedTransformer, windows: Int[Tensor, "n_windows wind
                              f"cache and standard or rotary positions; this model ({type(model).__name__}, "
                              f"{model.cfg.positional_embedding_type} positions) runs full windows")
     stop = None if stop >= model.cfg.n_layers and not shared_prefixes else stop
-    bos_col = torch.full((1, 1), bos_token_id(model), dtype=torch.long) if bos else None
+    facts = model_facts(model)
     last = torch.full((1,), windows.shape[1] - 1 + int(bos), dtype=torch.long, device=device)
     for start in progress_bar(range(lo, hi, batch_size), total=math.ceil((hi - lo) / batch_size),
                               desc="NeighbourApproximation.fit", progress=progress):
-        chunk = windows[start : min(hi, start + batch_size)].long()
-        if bos_col is not None:
-            chunk = torch.cat([bos_col.expand(chunk.shape[0], 1), chunk], dim=1)
-        chunk = chunk.to(device)
+        chunk = facts.add_bos(windows[start : min(hi, start + batch_size)].long(), bool(bos)).to(device)
         if shared_prefixes:
             acts = prefix_tree_forward(model, chunk, names, stop_at_layer=stop)
         else:

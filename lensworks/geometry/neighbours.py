@@ -24,10 +24,9 @@ from lensworks.geometry._neighbour_index import WindowIndex, corpus_tokens, low_
 from lensworks.geometry._neighbour_results import NeighbourEvaluation, NeighbourPrediction, SimilarWindows, TuneResult
 from lensworks.geometry._window_forward import embed_windows
 from lensworks.model import (
-    HookedTransformer, LensworksError, bos_token_id, check_int, check_layer, hook_name, processing_state,
-    token_label, uses_bos,
+    HookedTransformer, LensworksError, check_int, check_layer, hook_name, model_facts, processing_state, token_label,
+    uses_bos,
 )
-from lensworks.model._core import check_int
 
 __all__ = ["NeighbourApproximation", "NeighbourPrediction", "NeighbourEvaluation", "SimilarWindows", "TuneResult",
            "corpus_tokens"]
@@ -200,10 +199,7 @@ class NeighbourApproximation(Estimator):
         names = [hook_name(self.hook, b) for b in self.blocks_]
         outs, probs, labels = [], [], []
         if isinstance(prompts, Tensor) and self.prepend_bos_:
-            toks = prompts[None] if prompts.ndim == 1 else prompts
-            bos = torch.full((toks.shape[0], 1), bos_token_id(model), dtype=torch.long,
-                             device=toks.device)
-            prompts = torch.cat([bos, toks.long()], dim=1)
+            prompts = model_facts(model).add_bos((prompts[None] if prompts.ndim == 1 else prompts).long(), True)
         shard = Shard("data", model)  # under torch.distributed each rank runs its share of the prompts
         for toks, idx in iter_batches(model, prompts, batch_size=batch_size, position=-1,
                                       prepend_bos=self.prepend_bos_, what="data", shard=shard):

@@ -7,7 +7,10 @@ lengths, the processing record), so that a TransformerLens difference is handled
 
 - :mod:`._core`: hook names, index checks, weight access.
 - :mod:`._tokens`: vocabulary tokenizers, token checks, encoding text, token labels.
-- :mod:`._facts`: streams, BOS, default lengths, random controls, the processing record.
+- :mod:`._modelfacts`: :class:`ModelFacts`, every model fact decided once (streams, hooks, BOS,
+  device, working dtype, positional embedding, backend), cached per model.
+- :mod:`._facts`: the helpers analyses call (streams, BOS, default lengths, random controls, the
+  processing record), answered from the model's facts.
 - :mod:`._load`: loading and saving checkpoints; :mod:`._hf`: local Hugging Face directories.
 """
 
@@ -40,6 +43,8 @@ from lensworks.model._facts import (
     uses_bos,
 )
 from lensworks.model._hf import SUPPORTED_ARCHITECTURES
+from lensworks.model._modelfacts import ModelFacts, model_facts
+from lensworks.model._compat import capture_hooks, logits_from_block
 from lensworks.model._load import load_model
 from lensworks.model._save import save_model
 from lensworks.model._tokens import (
@@ -63,6 +68,10 @@ __all__ = [
     "LensworksError",
     "NonFiniteError",
     "load_model",
+    "ModelFacts",
+    "model_facts",
+    "capture_hooks",
+    "logits_from_block",
     "save_model",
     "check_model",
     "is_model",

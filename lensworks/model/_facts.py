@@ -10,11 +10,11 @@ from typing import Any, Sequence
 
 import torch
 
-from lensworks.model._core import HookedTransformer, LensworksError, hook_name
-from lensworks.model._tokens import bos_token_id
+from lensworks.model._core import HookedTransformer, LensworksError
+from lensworks.model._modelfacts import ALL_STREAMS, model_facts
 
-#: Every stream lensworks reads by short name, in depth order within a block.
-ALL_STREAMS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+__all__ = ["ALL_STREAMS", "RESIDUAL_STREAMS", "has_resid_mid", "has_stream", "model_streams", "missing_stream_error",
+           "uses_bos", "default_seq_len", "random_copy", "processing_state", "stream_hooks"]
 #: The residual streams analyses read by default (``resid_mid`` where the model has one).
 RESIDUAL_STREAMS = ("resid_pre", "resid_mid", "resid_post")
 
@@ -29,8 +29,7 @@ def has_resid_mid(model: HookedTransformer) -> bool:
         >>> has_resid_mid(zoo.load("char-mlp"))  # doctest: +SKIP
         True
     """
-    cfg = model.cfg
-    return not (cfg.attn_only or bool(getattr(cfg, "parallel_attn_mlp", False)))
+    return model_facts(model).has_resid_mid
 
 
 def has_stream(model: HookedTransformer, stream: str) -> bool:
@@ -40,13 +39,7 @@ def has_stream(model: HookedTransformer, stream: str) -> bool:
         >>> has_stream(attn_only_model, "mlp_out")  # doctest: +SKIP
         False
     """
-    if stream not in ALL_STREAMS:
-        raise LensworksError(f"unknown stream {stream!r}; expected one of {list(ALL_STREAMS)}")
-    if stream == "resid_mid":
-        return has_resid_mid(model)
-    if stream == "mlp_out":
-        return not model.cfg.attn_only
-    return True
+    return model_facts(model).has_stream(stream)
 
 
 def model_streams(model: HookedTransformer, wanted: Sequence[str] = RESIDUAL_STREAMS) -> tuple[str, ...]:
@@ -64,12 +57,7 @@ def missing_stream_error(model: HookedTransformer, streams: Sequence[str]) -> No
     may be given as a string)."""
     if isinstance(streams, str):
         streams = (streams,)
-    bad = [s for s in streams if not has_stream(model, s)]
-    if bad:
-        why = "attention-only" if model.cfg.attn_only else "parallel attention/MLP"
-        raise LensworksError(
-            f"streams {bad} do not exist in this {why} model; it has {list(model_streams(model, ALL_STREAMS))}"
-        )
+    model_facts(model).stream_hooks(streams)
 
 
 def uses_bos(model: HookedTransformer, prepend_bos: bool | None = None) -> bool:
@@ -83,12 +71,7 @@ def uses_bos(model: HookedTransformer, prepend_bos: bool | None = None) -> bool:
         >>> uses_bos(zoo.load("char-mlp"))  # doctest: +SKIP
         True
     """
-    bos = bos_token_id(model)
-    if prepend_bos is None:
-        return bool(model.cfg.default_prepend_bos) and bos is not None
-    if prepend_bos and bos is None:
-        raise LensworksError("prepend_bos=True but the model has no tokenizer with a BOS token")
-    return bool(prepend_bos)
+    return model_facts(model).uses_bos(prepend_bos)
 
 
 def default_seq_len(model: HookedTransformer, *, preferred: int = 50, copies: int = 2, bos: bool = True) -> int:
@@ -197,5 +180,4 @@ def processing_state(model: HookedTransformer) -> dict[str, Any]:
 
 def stream_hooks(model: HookedTransformer, streams: Sequence[str]) -> list[str]:
     """Hook names of ``streams`` in every layer (raises for streams the model lacks)."""
-    missing_stream_error(model, streams)
-    return [hook_name(s, layer) for layer in range(model.cfg.n_layers) for s in streams]
+    return model_facts(model).stream_hooks(streams)

@@ -95,13 +95,11 @@ def bos_token_id(model: HookedTransformer) -> int | None:
         >>> bos_token_id(zoo.load("char-mlp"))  # doctest: +SKIP
         0
     """
-    tok = model.tokenizer
-    if tok is None or getattr(tok, "bos_token_id", None) is None:
-        return None
-    bos = int(tok.bos_token_id)
     # TransformerLens names "<|endoftext|>" BOS when a tokenizer has none, and TL 4 registers it
-    # as a new id past the embedding: that is no BOS the model can read.
-    return bos if 0 <= bos < model.cfg.d_vocab else None
+    # as a new id past the embedding: that is no BOS the model can read (ModelFacts decides).
+    from lensworks.model._modelfacts import model_facts
+
+    return model_facts(model).bos_id
 
 
 def check_token_tensor(model: HookedTransformer, toks: Tensor, *, what: str = "tokens") -> Int[Tensor, "batch pos"]:
@@ -270,13 +268,11 @@ def encode_text(model: HookedTransformer, text: str, *, prepend_bos: bool | None
         >>> encode_text(zoo.load("char-mlp"), "ab").tolist()  # doctest: +SKIP
         [0, 67, 68]
     """
-    from lensworks.model._facts import uses_bos
+    from lensworks.model._modelfacts import model_facts
 
     check_encodable(model, text, what=what)
     ids = model.to_tokens(text, prepend_bos=False, truncate=False)[0]
-    if uses_bos(model, prepend_bos):
-        ids = torch.cat([torch.tensor([bos_token_id(model)], device=ids.device), ids])
-    return ids.cpu()
+    return model_facts(model).add_bos(ids, prepend_bos).cpu()
 
 
 def token_label(model: HookedTransformer, ids: Sequence[int] | Tensor) -> str:
@@ -385,14 +381,11 @@ def text_windows(
     ids = model.to_tokens(text, prepend_bos=False, truncate=False)[0].cpu()
     if max_tokens is not None:
         ids = ids[: int(max_tokens)]
-    from lensworks.model._facts import uses_bos
+    from lensworks.model._modelfacts import model_facts
 
-    bos = bos_token_id(model) if uses_bos(model) else None
-    body = width - (bos is not None)
+    facts = model_facts(model)
+    body = width - facts.bos_offset()
     n = len(ids) // body
     if n < 2:
         raise LensworksError(f"the text gives {len(ids)} tokens, fewer than two windows of {body}; pass more text")
-    windows = ids[: n * body].reshape(n, body)
-    if bos is not None:
-        windows = torch.cat([torch.full((n, 1), bos, dtype=windows.dtype), windows], dim=1)
-    return windows
+    return facts.add_bos(ids[: n * body].reshape(n, body))

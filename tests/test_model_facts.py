@@ -1,0 +1,84 @@
+"""ModelFacts: one home for streams, BOS, device, dtype and layout, on every architecture and both
+TransformerLens lines; cached per model by weak reference and recomputed when the model changes."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from archs import ARCHS, arch_checkpoint, arch_model
+from lensworks import load_model
+from lensworks.model import (TL_MAJOR, ALL_STREAMS, ModelFacts, bos_token_id, has_resid_mid, model_facts, model_streams,
+                             uses_bos, vocab_tokenizer)
+from lensworks.model._modelfacts import _CACHE
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_facts_agree_with_the_config_and_the_helpers(arch):
+    model = arch_model(arch)
+    facts = model_facts(model)
+    cfg = model.cfg
+    assert isinstance(facts, ModelFacts) and model_facts(model) is facts  # cached
+    assert (facts.n_layers, facts.n_heads, facts.d_model, facts.d_head, facts.n_ctx) == (
+        cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.n_ctx)
+    expected = [s for s in ALL_STREAMS if s in ("resid_pre", "attn_out", "resid_post")
+                or (s == "mlp_out" and not cfg.attn_only)
+                or (s == "resid_mid" and not cfg.attn_only and not getattr(cfg, "parallel_attn_mlp", False))]
+    assert list(facts.streams) == expected and facts.has_resid_mid == has_resid_mid(model)
+    assert model_streams(model, ALL_STREAMS) == facts.streams
+    # hooks that exist in the model for every stream the facts list
+    for s in facts.streams:
+        assert facts.hook(s, 0) in model.hook_dict
+    assert facts.bos_id == bos_token_id(model) and facts.prepend_bos == uses_bos(model)
+    assert facts.dtype == next(model.parameters()).dtype and facts.device == next(model.parameters()).device
+    assert facts.working_dtype == torch.float32
+    assert facts.pos_embed_in_residual == (cfg.positional_embedding_type == "standard")
+    assert (facts.output_logits_soft_cap is not None) == (arch == "gemma2")
+    assert facts.backend.startswith("TransformerLens ")
+
+
+def test_the_nanogpt_char_entry_has_no_bos_and_reads_newlines():
+    facts = model_facts(arch_model("char-nl"))
+    assert facts.bos_id is None and facts.prepend_bos is False and facts.bos_offset() == 0
+    toks = torch.tensor([[0, 1, 2]])
+    assert torch.equal(facts.add_bos(toks), toks)
+    with pytest.raises(Exception, match="no tokenizer with a BOS token"):
+        facts.add_bos(toks, True)
+
+
+def test_add_bos_on_one_sequence_and_a_batch():
+    facts = model_facts(arch_model("attn-only"))  # character vocabulary with <bos> at 0
+    assert facts.bos_id == 0 and facts.prepend_bos
+    assert facts.add_bos(torch.tensor([5, 6])).tolist() == [0, 5, 6]
+    assert facts.add_bos(torch.tensor([[5, 6], [7, 8]])).tolist() == [[0, 5, 6], [0, 7, 8]]
+    assert facts.add_bos(torch.tensor([[5, 6]]), False).tolist() == [[5, 6]]
+
+
+@pytest.mark.skipif(TL_MAJOR >= 4, reason="set_tokenizer and .to(dtype) of a HookedTransformer")
+def test_facts_follow_changes_to_the_model():
+    model = load_model(arch_checkpoint("char-nl", None)[0])
+    before = model_facts(model)
+    assert before.bos_id is None
+    model.set_tokenizer(vocab_tokenizer(["<bos>"] + list(before_vocab(model))[1:]))
+    model.cfg.default_prepend_bos = True
+    after = model_facts(model)
+    assert after is not before and after.bos_id == 0 and after.prepend_bos
+    model.to(torch.float64)
+    assert model_facts(model).dtype == torch.float64 and model_facts(model).working_dtype == torch.float64
+
+
+def before_vocab(model):
+    from lensworks.model import model_vocab
+
+    return model_vocab(model)
+
+
+def test_facts_do_not_keep_a_model_alive():
+    model = load_model(arch_checkpoint("char-nl", None)[0])
+    model_facts(model)
+    n = len(_CACHE)
+    del model
+    gc.collect()
+    assert len(_CACHE) == n - 1
