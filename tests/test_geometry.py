@@ -91,7 +91,9 @@ def test_residual_stats_bad_input(mlp_model, attn_model):
     with pytest.raises(LensworksError, match="unknown stream"):
         residual_stats(mlp_model, {"a": CODE}, streams=("resid_middle",))
     with pytest.raises(LensworksError, match="resid_mid"):
-        residual_stats(attn_model, {"a": torch.zeros(3, 4, dtype=torch.long)})
+        residual_stats(attn_model, {"a": torch.zeros(3, 4, dtype=torch.long)}, streams=("resid_mid",))
+    # the default reads the residual streams the model has (no resid_mid without MLPs)
+    assert residual_stats(attn_model, {"a": torch.zeros(3, 4, dtype=torch.long)}).streams == ("resid_pre", "resid_post")
     with pytest.raises(LensworksError, match="n_ctx"):
         residual_stats(mlp_model, {"a": ["a" * 100, "b"]})
     with pytest.raises(LensworksError, match="position"):

@@ -199,7 +199,7 @@ def test_bad_input(model, corpus):
         NeighbourApproximation(weights=[1.0, -1.0, 0.0]).fit(model, corpus)
     attn_only = tiny_model(seed=1, vocab=CHAR_VOCAB)
     with pytest.raises(LensworksError, match="mlp_out"):
-        NeighbourApproximation().fit(attn_only, corpus)
+        NeighbourApproximation(hook="mlp_out").fit(attn_only, corpus)  # the default picks attn_out there
     with pytest.raises(LensworksError, match="window"):  # the deprecated call checks the same way
         NeighbourApproximation.fit(model, "abc", window=5)
 
@@ -230,7 +230,7 @@ def test_hyper_parameters_only_in_the_constructor():
                                 "search_dtype"]
     assert all(p.default is not p.empty for name, p in params.items() if name != "self")
     est = NeighbourApproximation(window=4, blocks=[2], thresholds=0.8)
-    assert est.get_params() == {"window": 4, "hook": "mlp_out", "blocks": [2], "prepend_bos": None, "dtype": None,
+    assert est.get_params() == {"window": 4, "hook": None, "blocks": [2], "prepend_bos": None, "dtype": None,
                                 "thresholds": 0.8, "weights": None, "search_dtype": "auto"}
     assert est.set_params(window=6) is est and est.window == 6
     with pytest.raises(LensworksError, match="no hyper-parameter 'corpus'"):

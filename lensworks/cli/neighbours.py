@@ -35,7 +35,8 @@ def register(subparsers: Any) -> None:
     n.add_argument("--corpus", metavar="FILE", type=text_file, help="text file (default: the bundled stdlib corpus)")
     n.add_argument("--bytes", type=positive_int, default=50_000, help="characters of the corpus to index (default 50,000)")
     n.add_argument("--window", type=positive_int, default=10)
-    n.add_argument("--hook", default="mlp_out", help="block output compared (default mlp_out, the FFN output)")
+    n.add_argument("--hook", default=None,
+                   help="block output compared (default mlp_out, the FFN output; attn_out for attention-only models)")
     n.add_argument("--prompts", type=positive_int, default=200, help="random corpus windows used as prompts")
     n.add_argument("--prompt-file", metavar="FILE", type=text_file, help="prompts, one per line, instead of random windows")
     n.add_argument("--thresholds", type=finite_float, nargs="+", help="cosine threshold, one or one per block (default 0.9)")
@@ -76,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
         text = zoo.corpus(args.bytes)
         source = f"lensworks.zoo.corpus({args.bytes}) (Python standard-library source)"
         print(f"no --corpus: using {source}")
-    print(f"model: {name}; corpus: {len(text):,} characters; window {args.window}; hook {args.hook}")
     approx = NeighbourApproximation.fit(model, text, window=args.window, hook=args.hook, batch_size=args.batch_size,
                                         progress=args.progress)
+    print(f"model: {name}; corpus: {len(text):,} characters; window {args.window}; hook {approx.hook_}")
     print(f"indexed {approx.n_windows:,} unique windows x {len(approx.blocks)} blocks")
     if given_prompts is not None:
         prompts = given_prompts
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table([(repr(r.prompt), float(r.hellinger), bool(r.matched)) for r in show.itertuples()],
                        ["prompt", "hellinger", "matched"]))
     payload = {
-        "model": name, "corpus": source, "window": args.window, "hook": args.hook, "n_windows": approx.n_windows,
+        "model": name, "corpus": source, "window": args.window, "hook": approx.hook_, "n_windows": approx.n_windows,
         "thresholds": list(ev.thresholds), "weights": list(ev.weights), "mean": ev.mean, "std": ev.std,
         "min": ev.min, "max": ev.max, "n_unmatched": ev.n_unmatched, "baseline_mean": ev.baseline_mean, "per_prompt": records(df),
         "tuned": tuned.to_dict() if tuned is not None else None,

@@ -38,7 +38,7 @@ Thresholds = Union[float, Sequence[float], Tensor]
 Corpus = Union[str, Tensor, Sequence[int]]
 
 #: Learned attributes (and properties that read them): reading one before ``fit`` raises.
-_FITTED = frozenset({"model_", "blocks_", "prepend_bos_", "index_", "n_corpus_tokens_", "processing_", "windows_",
+_FITTED = frozenset({"model_", "blocks_", "prepend_bos_", "hook_", "index_", "n_corpus_tokens_", "processing_", "windows_",
                      "next_ptr_", "next_token_", "next_count_", "outputs_", "unigram_", "model", "n_windows", "d_vocab"})
 
 
@@ -60,15 +60,17 @@ class NeighbourApproximation(Estimator):
       at least one token in the corpus);
     - ``next_ptr_``, ``next_token_``, ``next_count_``: next-token counts in compressed-row form
       (window ``i``'s counts are at ``next_ptr_[i]:next_ptr_[i+1]``);
-    - ``outputs_``: ``[n_blocks, n_windows, d_model]`` unit-normalised block outputs (``hook``
-      at the window's last token), on the model's device;
+    - ``outputs_``: ``[n_blocks, n_windows, d_model]`` unit-normalised block outputs (``hook_``
+      at the window's last token), on the model's device; ``hook_``: the block output indexed
+      (the ``hook`` asked for, or the default chosen for this model);
     - ``unigram_``: ``[d_vocab]`` overall next-token frequency in the corpus;
       ``n_corpus_tokens_``: the corpus length in tokens.
 
     Args:
         window: Window length in tokens (the seed used 10 characters).
         hook: Block output to compare: ``mlp_out`` (the seed's FFN output), ``attn_out``,
-            ``resid_pre``, ``resid_mid`` or ``resid_post``.
+            ``resid_pre``, ``resid_mid`` or ``resid_post``. Default: ``mlp_out``, or ``attn_out`` for an
+            attention-only model (which has no FFN); ``fit`` records the choice in ``hook_``.
         blocks: Which blocks (default all).
         prepend_bos: Prepend BOS to every window and prompt (default: the model's setting);
             windows and prompts are always run the same way.
@@ -88,7 +90,7 @@ class NeighbourApproximation(Estimator):
     _fitted_marker = "index_"
     _fit_call = ".fit(model, corpus)"
 
-    def __init__(self, window: int = 10, hook: str = "mlp_out", blocks: Sequence[int] | None = None,
+    def __init__(self, window: int = 10, hook: str | None = None, blocks: Sequence[int] | None = None,
                  prepend_bos: bool | None = None, dtype: torch.dtype | None = None, thresholds: Thresholds = 0.9,
                  weights: Thresholds | None = None, search_dtype: torch.dtype | str | None = "auto"):
         self.window = window
@@ -132,7 +134,8 @@ class NeighbourApproximation(Estimator):
             >>> approx = NeighbourApproximation(window=10).fit(model, text)  # doctest: +SKIP
             >>> approx.evaluate(prompts).mean  # doctest: +SKIP
         """
-        hook, window = self.hook, self.window
+        window = self.window
+        hook = self.hook if self.hook is not None else ("mlp_out" if model_facts(model).has_stream("mlp_out") else "attn_out")
         if hook not in INDEX_HOOKS:
             raise LensworksError(f"unknown stream or hook {hook!r}; expected one of {INDEX_HOOKS}")
         if not has_hook(model, hook, 0):
@@ -161,12 +164,14 @@ class NeighbourApproximation(Estimator):
                                         shared_prefixes=shared_prefixes)
         index = WindowIndex(windows=windows, next_ptr=ptr, next_token=next_token, next_count=next_count,
                             outputs=outputs, unigram=unigram, offset=offset)
-        return self._set_index(model, index, blocks=blocks, prepend_bos=bos, n_corpus_tokens=int(toks.numel()))
+        return self._set_index(model, index, blocks=blocks, prepend_bos=bos, n_corpus_tokens=int(toks.numel()),
+                               hook=hook)
 
     def _set_index(self, model: HookedTransformer, index: WindowIndex, *, blocks: tuple[int, ...], prepend_bos: bool,
-                   n_corpus_tokens: int) -> "NeighbourApproximation":
+                   n_corpus_tokens: int, hook: str | None = None) -> "NeighbourApproximation":
         """Set the learned attributes from a built index (``fit``, and benchmarks with synthetic outputs)."""
         self.model_ = model
+        self.hook_ = hook or self.hook or "mlp_out"
         self.blocks_ = blocks
         self.prepend_bos_ = prepend_bos
         self.n_corpus_tokens_ = n_corpus_tokens
@@ -196,7 +201,7 @@ class NeighbourApproximation(Estimator):
     def _prompt_outputs(self, prompts: Data, batch_size: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
         """Unit block outputs ``[block, prompt, d]`` and model probabilities at each prompt's last token."""
         model = self.model_
-        names = [hook_name(self.hook, b) for b in self.blocks_]
+        names = [hook_name(self.hook_, b) for b in self.blocks_]
         outs, probs, labels = [], [], []
         if isinstance(prompts, Tensor) and self.prepend_bos_:
             prompts = model_facts(model).add_bos((prompts[None] if prompts.ndim == 1 else prompts).long(), True)
@@ -333,7 +338,7 @@ class NeighbourApproximation(Estimator):
             probs=probs, block_counts=counts.cpu(), n_similar=n_sim.cpu(), matched=matched.cpu(),
             model_probs=model_probs, prompt_labels=labels, thresholds=tuple(thr.tolist()),
             weights=tuple(w.tolist()), blocks=self.blocks_, top_token_labels=self._token_labels(probs.argmax(-1)),
-            model_top_token_labels=self._token_labels(model_probs.argmax(-1)), hook=self.hook,
+            model_top_token_labels=self._token_labels(model_probs.argmax(-1)), hook=self.hook_,
             processing=dict(self.processing_),
         )
 

@@ -14,7 +14,9 @@ from lensworks._deprecation import renamed_arguments
 from lensworks._dist import Shard, gather_each, is_distributed
 from lensworks._results import Result
 from lensworks.geometry._common import Data, cosine, gather_at, has_hook, iter_batches, progress_bar
-from lensworks.model import HookedTransformer, LensworksError, hook_name, processing_state
+from lensworks.model import (
+    HookedTransformer, LensworksError, RESIDUAL_STREAMS, hook_name, model_facts, processing_state,
+)
 
 __all__ = ["ResidualStats", "UpdateAlignment", "residual_stats", "update_alignment", "STREAMS"]
 
@@ -203,10 +205,11 @@ def _check_streams(model: HookedTransformer, streams: Sequence[str]) -> tuple[st
     streams = tuple(streams)
     if not streams:
         raise LensworksError(f"streams: expected at least one of {STREAMS}, got none")
+    facts = model_facts(model)
     for s in streams:
         if s not in STREAMS:
             raise LensworksError(f"unknown stream {s!r}; expected one of {STREAMS}")
-        if not has_hook(model, s, 0):
+        if not facts.has_stream(s) or not has_hook(model, s, 0):  # the same answer on both TransformerLens lines
             raise LensworksError(
                 f"stream {s!r} does not exist in this model (hook {hook_name(s, 0)!r} is missing; "
                 "attention-only and parallel-block models have no resid_mid, attention-only ones no mlp_out)"
@@ -221,7 +224,7 @@ def residual_stats(
     model: HookedTransformer,
     data: Mapping[str, Data],
     *,
-    streams: Sequence[str] = ("resid_pre", "resid_mid", "resid_post"),
+    streams: Sequence[str] | None = None,
     position: int = -1,
     batch_size: int = 64,
     prepend_bos: bool | None = None,
@@ -239,7 +242,9 @@ def residual_stats(
             ``ActivationCache`` (or ``{hook: tensor}`` dict) the user already has, or an
             iterable yielding such batches (e.g. a generator, for data sets too large to store).
             Each needs at least 2 samples.
-        streams: Which of ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``.
+        streams: Which of ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``
+            (default: the residual streams the model has: ``resid_pre``, ``resid_mid`` where blocks
+            are sequential, ``resid_post``; the result's ``streams`` says which were read).
         position: Token position read in each prompt; negative counts from each prompt's own end.
         batch_size: Prompts per forward pass.
         prepend_bos: Prepend BOS to string prompts (default: the model's setting).
@@ -254,6 +259,8 @@ def residual_stats(
     """
     if not isinstance(data, Mapping) or not data:
         raise LensworksError(f"data: expected a non-empty mapping of name -> data, got {type(data).__name__}")
+    if streams is None:
+        streams = tuple(st for st in RESIDUAL_STREAMS if model_facts(model).has_stream(st))
     streams = _check_streams(model, streams)
     n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
     names = [hook_name(s, layer) for s in streams for layer in range(n_layers)]
