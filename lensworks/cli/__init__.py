@@ -158,7 +158,7 @@ def _init_distributed_from_env() -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    from lensworks.model._hf import plain_reason
+    from lensworks.model._files import plain_reason
 
     if isinstance(exc, OSError) and exc.strerror:
         where = f" {exc.filename}" if exc.filename else ""

@@ -14,7 +14,7 @@ from lensworks.model import _hf
 from lensworks.model._compat import TL_MAJOR, check_model, is_model, move, quiet
 from lensworks.model._core import HookedTransformer, LensworksError
 from lensworks.model._tlconfig import cfg_from_dict, check_declared_shapes, make_cfg
-from lensworks.model import _foreign, _vocabfile
+from lensworks.model import _files, _foreign, _vocabfile
 from lensworks.model._foreign import check_size
 from lensworks.model._tokens import BOS_NAMES, vocab_tokenizer
 from lensworks.model._vocabfile import VocabSource, read_json, vocab_from_source, vocab_json
@@ -179,7 +179,7 @@ def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_c
     cfg = make_cfg({**fields, "dtype": target, "device": "cpu", "init_weights": False}, where=where)
     if tokenizer is not None:
         cfg.tokenizer_name = str(path)
-    sd = _hf.read_state_dict(path)
+    sd = _files.read_state_dict(path)
     _hf.check_layer_count(sd, fields["n_layers"], f"{path / _CFG_FILE}")
     _check_floating(sd, where)
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
@@ -263,7 +263,7 @@ def _build(
             model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     except (ValueError, TypeError, KeyError, AssertionError, NotImplementedError) as exc:  # TL's own config checks
         raise LensworksError(f"{where}: TransformerLens cannot build a model from this config: "
-                             f"{type(exc).__name__}: {_hf.plain_reason(exc)}") from exc
+                             f"{type(exc).__name__}: {_files.plain_reason(exc)}") from exc
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd and not k.endswith(("IGNORE", ".mask"))]
     unexpected = [k for k in sd if k not in expected]
@@ -383,7 +383,7 @@ def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, voc
             f"found {sorted(p.name for p in path.iterdir())[:10]}"
         )
     cfg = cfg_from_dict(read_json(cfg_path, "config"), where=str(cfg_path))
-    state_dict = _hf.read_safetensors(w_path)
+    state_dict = _files.read_safetensors(w_path)
     tok_dir = path if vocab is None and any((path / f).is_file() for f in _TOKENIZER_FILES) else None
     if vocab is None and tok_dir is None and (path / _VOCAB_FILE).is_file():
         vocab = vocab_json(path / _VOCAB_FILE)
@@ -395,7 +395,7 @@ def _load_file(path: Path, *, device: Any, dtype: Any, flags: _Processing, vocab
         raise LensworksError(
             f"{path}: expected a .pt/.pth checkpoint file or a checkpoint directory, got a {path.suffix or 'suffix-less'} file"
         )
-    obj = _hf.torch_load(path, mmap=True)
+    obj = _files.torch_load(path, mmap=True)
     layout = _foreign.layout_of(obj)
     where = str(path)
     if layout == "nanogpt":
