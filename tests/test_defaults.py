@@ -38,3 +38,52 @@ def test_neighbour_default_hook_follows_the_model(arch):
     assert approx.hook is None and approx.hook_ == want
     ev = approx.evaluate(TEXTS, progress=False)
     assert ev.hook == want and ev.caption()
+
+
+def _default_calls():
+    from lensworks import circuits as C
+    from lensworks import geometry as G
+    from lensworks import probes as P
+    from lensworks.plotting import attention_explorer
+
+    return {
+        "composition_scores": lambda m: C.composition_scores(m, "K"),
+        "copying_scores": lambda m: C.copying_scores(m),
+        "head_scores": lambda m: C.head_scores(m, "induction"),
+        "find_induction_heads": lambda m: C.find_induction_heads(m),
+        "repeated_tokens": lambda m: C.repeated_tokens(m),
+        "skip_trigrams": lambda m: C.skip_trigrams(m, 0, 0),
+        "circuit_graph": lambda m: C.circuit_graph(m),
+        "term_importance": lambda m: C.term_importance(m, TEXTS),
+        "residual_stats": lambda m: G.residual_stats(m, {"a": TEXTS[:2], "b": TEXTS[2:]}),
+        "effective_dimensionality": lambda m: G.effective_dimensionality(m, TEXTS),
+        "update_alignment": lambda m: G.update_alignment(m, TEXTS),
+        "block_ablation": lambda m: G.block_ablation(m, TEXTS),
+        "block_decomposition": lambda m: G.block_decomposition(m, TEXTS),
+        "logit_lens": lambda m: G.logit_lens(m, TEXTS),
+        "NeighbourApproximation": lambda m: G.NeighbourApproximation().fit(m, CORPUS).evaluate(TEXTS),
+        # tokens=None means every vocabulary token x 100 samples x 500 steps: minutes per model, so two
+        # tokens here; every other argument at its default
+        "token_subspaces": lambda m: G.token_subspaces(m, tokens=[1, 2]),
+        "probe_inputs": lambda m: P.probe_inputs(m, TEXTS),
+        "embedding_basis": lambda m: P.embedding_basis(m, "pca"),
+        "unlikely_token_usage": lambda m: P.unlikely_token_usage(m, TEXTS),
+        "attention_explorer": lambda m: attention_explorer(m, TEXTS),
+    }
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_public_analysis_runs_with_only_its_required_arguments(arch):
+    """Only what each function requires (the model, data, a mode or a head); every result method
+    answers. Catches defaults that exist on one family or one TransformerLens line only."""
+    import warnings
+
+    model = arch_model(arch)
+    for name, call in _default_calls().items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = call(model)
+        for method in ("figure", "to_frame", "caption", "headline"):
+            if hasattr(result, method):
+                getattr(result, method)()
+        assert result is not None, name
