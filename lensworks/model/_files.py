@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lensworks.model._core import LensworksError
 
-__all__ = ["torch_load", "read_safetensors", "read_state_dict", "plain_reason"]
+__all__ = ["torch_load", "read_safetensors", "read_state_dict", "plain_reason", "check_floating"]
 
 
 def _weight_files(path: Path) -> tuple[list[Path], str]:
@@ -150,3 +150,19 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if missing:
             raise LensworksError(f"{index} lists {len(missing)} tensors that no weight file holds, e.g. {missing[:3]}")
     return sd
+
+
+def check_floating(sd: dict[str, Tensor], where: str) -> None:
+    """Refuse integer or boolean weights (a quantised checkpoint, or a file of token ids), naming
+    the tensor as the file names it. Masks and position-id buffers may be integers.
+
+    Example:
+        >>> check_floating({"wte.weight": torch.zeros(2, dtype=torch.long)}, "ckpt.pt")  # doctest: +SKIP
+        LensworksError: ckpt.pt: wte.weight holds torch.int64 values; expected floating-point weights ...
+    """
+    for k, v in sd.items():
+        last = k.rsplit(".", 1)[-1]
+        is_weight = last in ("weight", "w", "b") or last.startswith(("W_", "b_"))  # not masks or position ids
+        if is_weight and not v.is_floating_point():
+            raise LensworksError(f"{where}: {k} holds {v.dtype} values; expected floating-point weights "
+                                 "(a quantised or integer checkpoint cannot be analysed)")

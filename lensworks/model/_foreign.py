@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from lensworks.model._core import LensworksError
+from lensworks.model._files import check_floating
 
 __all__ = ["layout_of", "nanogpt_checkpoint", "lbg_state_dict", "check_size"]
 
@@ -76,10 +77,7 @@ def _tensors(sd: Any, where: str) -> dict[str, Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
         raise LensworksError(f"{where}: expected a state dict mapping parameter names to tensors")
     sd = _strip_compiled(sd)
-    for k, v in sd.items():
-        if not v.is_floating_point():
-            raise LensworksError(f"{where}: {k} holds {v.dtype} values; expected floating-point weights "
-                                 "(a quantised or integer checkpoint cannot be analysed)")
+    check_floating(sd, where)  # before conversion, so the message names the file's own keys
     return sd
 
 

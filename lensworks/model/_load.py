@@ -181,7 +181,7 @@ def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_c
         cfg.tokenizer_name = str(path)
     sd = _files.read_state_dict(path)
     _hf.check_layer_count(sd, fields["n_layers"], f"{path / _CFG_FILE}")
-    _check_floating(sd, where)
+    _files.check_floating(sd, where)
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
     converted = _hf.convert_weights(family, raw, sd, cfg, where=where)
     with quiet():
@@ -228,7 +228,7 @@ def _build(
     (fold_ln, centring) when no flag is passed: False for TransformerLens-format checkpoints,
     which load as stored, True for other tools' raw checkpoints, as for Hugging Face ones."""
     check_declared_shapes(raw_cfg, state_dict, where=where)
-    _check_floating(state_dict, where)
+    _files.check_floating(state_dict, where)
     stored = raw_cfg.get("dtype", torch.float32)
     target = dtype or (stored if stored != torch.float16 else torch.float32)
     raw_cfg = {**raw_cfg, "dtype": target}
@@ -284,16 +284,6 @@ def _build(
             model.set_tokenizer(tokenizer)
         model.cfg.default_prepend_bos = raw_cfg.get("default_prepend_bos", model.cfg.default_prepend_bos)
     return _finish(model, device)
-
-
-def _check_floating(sd: dict[str, Tensor], where: str) -> None:
-    """Refuse integer or boolean weights (a quantised checkpoint, or a file of token ids)."""
-    for k, v in sd.items():
-        last = k.rsplit(".", 1)[-1]
-        is_weight = last in ("weight", "w", "b") or last.startswith(("W_", "b_"))  # not masks or position ids
-        if is_weight and not v.is_floating_point():
-            raise LensworksError(f"{where}: {k} holds {v.dtype} values; expected floating-point weights "
-                                 "(a quantised or integer checkpoint cannot be analysed)")
 
 
 def _check_device(device: Any) -> None:
