@@ -56,6 +56,31 @@ def test_add_bos_on_one_sequence_and_a_batch():
     assert facts.add_bos(torch.tensor([[5, 6]]), False).tolist() == [[5, 6]]
 
 
+def test_leading_bos_reads_the_first_column_not_the_length():
+    facts = model_facts(arch_model("attn-only"))  # <bos> at 0
+    assert facts.leading_bos(torch.tensor([[0, 5, 6, 5, 6]])) == 1
+    # an even length no longer means "no BOS": the first column decides
+    assert facts.leading_bos(torch.tensor([[0, 5, 0, 5]])) == 1
+    assert facts.leading_bos(torch.tensor([[0, 5], [7, 5]])) == 0
+    assert facts.leading_bos(torch.tensor([[0, 5, 0, 5]]), False) == 0
+    assert model_facts(arch_model("char-nl")).leading_bos(torch.tensor([[0, 1, 0, 1]])) == 0  # '\n' is id 0, no BOS
+
+
+def test_head_scores_take_the_bos_offset_from_the_facts():
+    from lensworks.circuits import head_scores
+    from lensworks.errors import LensworksError
+
+    model = arch_model("attn-only")
+    rep = torch.tensor([[0, 5, 0, 5, 0, 5, 0, 5]])  # no BOS: "0 5 0 5" twice, but it starts with the BOS id
+    with pytest.raises(LensworksError, match="prepend_bos=False"):
+        head_scores(model, "induction", tokens=rep)
+    explicit = head_scores(model, "induction", tokens=rep, prepend_bos=False)
+    assert explicit.scores.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    with_bos = torch.tensor([[0, 5, 6, 7, 5, 6, 7]])
+    assert torch.equal(head_scores(model, "induction", tokens=with_bos).scores,
+                       head_scores(model, "induction", tokens=with_bos, prepend_bos=True).scores)
+
+
 @pytest.mark.skipif(TL_MAJOR >= 4, reason="set_tokenizer and .to(dtype) of a HookedTransformer")
 def test_facts_follow_changes_to_the_model():
     model = load_model(arch_checkpoint("char-nl", None)[0])

@@ -26,7 +26,7 @@ from lensworks._dist import rank0_only
 from lensworks.circuits.scores import HeadScores
 from lensworks.model import (
     HookedTransformer, LensworksError, attention_weights, check_int, embedding, head_labels, processing_state,
-    unembedding,
+    unembedding, model_facts,
 )
 
 __all__ = ["copying_scores", "CopyingScores", "eigen_copying_score"]
@@ -98,7 +98,7 @@ def _gram_ue(model: HookedTransformer, chunk: int) -> Tensor:
             f"the full OV circuit W_E W_OV W_U is only square when d_vocab == d_vocab_out; "
             f"got d_vocab={W_E.shape[0]}, d_vocab_out={W_U.shape[1]}"
         )
-    compute = torch.float64 if W_E.device.type == "cpu" else torch.float32
+    compute = model_facts(model).precise_dtype
     G = torch.zeros(W_E.shape[1], W_E.shape[1], dtype=compute, device=W_E.device)
     for s in range(0, W_E.shape[0], chunk):
         G += W_U[:, s : s + chunk].to(compute) @ W_E[s : s + chunk].to(compute)

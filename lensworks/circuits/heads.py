@@ -26,7 +26,7 @@ from lensworks._dist import Shard, all_reduce_sum, is_main
 from lensworks.circuits.scores import HeadScores
 from lensworks.model._compat import capture_hooks, require_finite_parameters
 from lensworks.model import (
-    HookedTransformer, LensworksError, as_tokens, bos_token_id, check_int, default_seq_len, head_labels, hook_name,
+    HookedTransformer, LensworksError, as_tokens, check_int, default_seq_len, head_labels, hook_name,
     model_facts, processing_state, uses_bos,
 )
 
@@ -130,7 +130,7 @@ def repeated_tokens(
     else:
         idx = torch.randint(len(allowed), (n_seqs, seq_len), generator=gen)
     s = allowed[idx]
-    return model_facts(model).add_bos(torch.cat([s, s], dim=1), bos).to(model.cfg.device)
+    return model_facts(model).add_bos(torch.cat([s, s], dim=1), bos).to(model_facts(model).device)
 
 
 def _diag_slices(o: int, n: int) -> dict[str, tuple[int, int, int]]:
@@ -237,16 +237,13 @@ def behaviour_scores(
 
 
 def _check_repeated(model: HookedTransformer, tokens: Tensor, prepend_bos: bool | None) -> int:
-    bos = bos_token_id(model)
-    if prepend_bos is None:
-        o = int(bos is not None and bool((tokens[:, 0] == bos).all()) and tokens.shape[1] % 2 == 1)
-    else:
-        o = int(prepend_bos)
+    o = model_facts(model).leading_bos(tokens, prepend_bos)
     rest = tokens.shape[1] - o
     if rest < 4 or rest % 2:
         raise LensworksError(
             f"tokens must be [batch, o + 2*seq_len] with o={o} ({'with' if o else 'without'} BOS) and seq_len >= 2; "
             f"got {tokens.shape[1]} positions"
+            + ("; pass prepend_bos=False if the first token is not a BOS" if o and prepend_bos is None else "")
         )
     n = rest // 2
     if not torch.equal(tokens[:, o : o + n], tokens[:, o + n :]):

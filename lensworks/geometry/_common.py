@@ -20,7 +20,7 @@ from lensworks.model import (
     encode_batch,
     has_stream,
     hook_name,
-    uses_bos,
+    uses_bos, model_facts,
 )
 
 Data = Union[str, Sequence[str], Tensor, Iterable[Any]]
@@ -170,7 +170,7 @@ def iter_batches(
         raise LensworksError(f"batch_size must be a positive int, got {batch_size!r}")
     require_finite_parameters(model)
     bos = uses_bos(model, prepend_bos) if model.tokenizer is not None else False
-    device = model.cfg.device
+    device = model_facts(model).device
     n_seen = 0
 
     def from_strings(texts: Sequence[str]):
@@ -280,7 +280,7 @@ def _gather_cached(model: HookedTransformer, batch: CachedBatch, index: Tensor, 
     final = hook_name("resid_post", model.cfg.n_layers - 1)
     resid = store[final] if final in store else batch.get(final)[rows, index]
     with torch.inference_mode():
-        last = logits_from_block(model, resid.to(model.cfg.device)[:, None, :], model.cfg.n_layers)[:, 0]
+        last = logits_from_block(model, resid.to(model_facts(model).device)[:, None, :], model.cfg.n_layers)[:, 0]
     return store, last.float()
 
 

@@ -53,7 +53,7 @@ def embed_windows(model: HookedTransformer, windows: Int[Tensor, "n_windows wind
     check_same_weights(model, "corpus windows")
     n_windows = windows.shape[0]
     lo, hi = n_windows * rank // size, n_windows * (rank + 1) // size
-    device = torch.device(model.cfg.device)
+    device = torch.device(model_facts(model).device)
     outputs = torch.empty(len(names), hi - lo, model.cfg.d_model, dtype=dtype, device=device)
     blocks = [int(n.split(".")[1]) for n in names]
     stop = max(blocks) + 1

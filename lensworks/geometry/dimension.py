@@ -25,7 +25,7 @@ from torch import Tensor
 from lensworks._dist import Shard, all_reduce_sum
 from lensworks._results import Result
 from lensworks.geometry._common import Data, gather_at, iter_batches, progress_bar
-from lensworks.model import HookedTransformer, LensworksError, check_layer, hook_name, missing_stream_error, processing_state
+from lensworks.model import HookedTransformer, LensworksError, check_layer, hook_name, missing_stream_error, processing_state, model_facts
 
 __all__ = ["effective_dimensionality", "EffectiveDimensionality"]
 
@@ -65,23 +65,9 @@ class EffectiveDimensionality(Result):
 
     def figure(self):
         """Participation ratio and components for 90% of the variance against depth, one line per stream."""
-        import plotly.colors
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        from lensworks.geometry._plots import dimensionality_figure
 
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("participation ratio", "components for 90% of variance"))
-        palette = plotly.colors.qualitative.Plotly
-        for si, s in enumerate(self.streams):
-            colour = palette[si % len(palette)]  # one colour per stream in both panels, as the legend says
-            for col, values in ((1, self.participation_ratio[si]), (2, self.n_components_90[si])):
-                fig.add_trace(go.Scatter(x=list(self.layers), y=values.tolist(), mode="lines+markers", name=s,
-                                         legendgroup=s, showlegend=col == 1, line={"color": colour},
-                                         hovertemplate=f"{s}<br>layer %{{x}}<br>%{{y:.2f}}<extra></extra>"),
-                              row=1, col=col)
-        fig.update_xaxes(title_text="layer")
-        fig.update_layout(title=f"Effective dimensionality of the residual stream ({self.n_samples} samples)",
-                          template="plotly_white")
-        return fig
+        return dimensionality_figure(self)
 
     def caption(self) -> str:
         """How to read the two panels."""
@@ -150,7 +136,7 @@ def effective_dimensionality(
         raise LensworksError("effective_dimensionality needs at least one stream and one layer")
     d = model.cfg.d_model
     names = [hook_name(s, layer) for s in streams for layer in layers]
-    device = model.cfg.device
+    device = model_facts(model).device
     s1 = torch.zeros(len(names), d, dtype=torch.float64, device=device)
     s2 = torch.zeros(len(names), d, d, dtype=torch.float64, device=device)
     n = torch.zeros((), dtype=torch.float64)

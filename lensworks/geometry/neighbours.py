@@ -215,8 +215,8 @@ class NeighbourApproximation(Estimator):
                 ids = toks[row, int(self.prepend_bos_) : int(idx[row]) + 1].tolist()
                 labels.append(token_label(model, ids))
         d, v = model.cfg.d_model, model.cfg.d_vocab_out
-        out = torch.cat(outs, dim=1) if outs else torch.zeros(len(names), 0, d, device=model.cfg.device)
-        prob = torch.cat(probs, dim=0) if probs else torch.zeros(0, v, device=model.cfg.device)
+        out = torch.cat(outs, dim=1) if outs else torch.zeros(len(names), 0, d, device=model_facts(model).device)
+        prob = torch.cat(probs, dim=0) if probs else torch.zeros(0, v, device=model_facts(model).device)
         return shard.gather(out, dim=1), shard.gather(prob), tuple(shard.gather_objects(labels))
 
     def _thresholds(self, thresholds: Thresholds | None, name: str = "thresholds") -> Tensor:

@@ -266,7 +266,7 @@ def residual_stats(
     names = [hook_name(s, layer) for s in streams for layer in range(n_layers)]
     count, mean, var, norm = {}, {}, {}, {}
     for name, one in data.items():
-        acc = _Moments((len(streams), n_layers, d_model), model.cfg.device)
+        acc = _Moments((len(streams), n_layers, d_model), model_facts(model).device)
         for toks, idx in progress_bar(
             iter_batches(model, one, batch_size=batch_size, position=position, prepend_bos=prepend_bos,
                          what=f"data set {name!r}", shard=Shard(f"data set {name!r}", model)),

@@ -17,7 +17,7 @@ from lensworks.geometry._common import progress_bar, softcap
 from lensworks.model._core import check_int
 from lensworks.model._compat import logits_from_block
 from lensworks.model import (
-    HookedTransformer, LensworksError, check_float, check_int, check_layer, processing_state, token_strings,
+    HookedTransformer, LensworksError, check_float, check_int, check_layer, processing_state, token_strings, model_facts,
 )
 
 __all__ = ["TokenSubspaces", "Alignment", "token_subspaces", "alignment"]
@@ -158,7 +158,7 @@ def token_subspaces(
     if lr > 1e4:
         raise LensworksError(f"lr must be at most 1e4 (Adam on unit-scale embeddings), got {lr!r}")
     seed = check_int(seed, "seed")
-    device = torch.device(model.cfg.device)
+    device = torch.device(model_facts(model).device)
     gen = torch.Generator().manual_seed(seed)
     n_t = toks.numel()
     emb = torch.randn(n_t * n_samples, d_model, generator=gen).to(device)

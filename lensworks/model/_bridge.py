@@ -180,10 +180,11 @@ def random_copy(model: Any, seed: int = 0) -> Any:
 
     rec = getattr(model, "_lensworks_processing", None) or dict(
         fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
-    device = next(model.parameters()).device
-    dtype = model.cfg.dtype
-    with torch.random.fork_rng(devices=[]), quiet():
-        torch.manual_seed(seed)
+    from lensworks.model._modelfacts import model_facts
+
+    facts = model_facts(model)
+    device, dtype = facts.device, facts.dtype
+    with facts.seeded(seed), quiet():
         if model.cfg.architecture == "TransformerLensNative":
             cfg = copy.deepcopy(model.cfg)
             object.__setattr__(cfg, "_bridge_ref", None)

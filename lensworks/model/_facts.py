@@ -106,13 +106,12 @@ def random_copy(model: HookedTransformer, seed: int = 0) -> HookedTransformer:
     cfg.seed = None
     cfg.tokenizer_name = None
     cfg.init_weights = True
-    device = next(model.parameters()).device
-    cfg.device = str(device)
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    from lensworks.model._modelfacts import model_facts
     from lensworks.model._compat import quiet as _quiet
 
-    with torch.random.fork_rng(devices=devices), _quiet():
-        torch.manual_seed(seed)
+    device = model_facts(model).device
+    cfg.device = str(device)
+    with model_facts(model).seeded(seed), _quiet():
         fresh = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     if next(fresh.parameters()).device != device:
         with _quiet():

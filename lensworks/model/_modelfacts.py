@@ -123,6 +123,37 @@ class ModelFacts:
         of text reads."""
         return int(self.uses_bos(prepend_bos))
 
+    def leading_bos(self, tokens: Int[Tensor, "batch pos"], prepend_bos: bool | None = None) -> int:
+        """How many positions of ``tokens`` (given, not encoded here) hold BOS: the caller's
+        ``prepend_bos`` when given, else 1 exactly when every row starts with the model's BOS id.
+
+        Example:
+            >>> model_facts(zoo.load("char-mlp")).leading_bos(torch.tensor([[0, 5, 6]]))  # doctest: +SKIP
+            1
+        """
+        if prepend_bos is not None:
+            return int(self.uses_bos(prepend_bos))
+        rows = tokens[None] if tokens.ndim == 1 else tokens
+        return int(self.bos_id is not None and rows.shape[-1] > 0 and bool((rows[:, 0] == self.bos_id).all()))
+
+    def seeded(self, seed: int) -> Any:
+        """A context manager seeding torch's RNG on the CPU and on the model's device, restoring
+        both afterwards (:func:`lensworks._rng.seeded_rng`).
+
+        Example:
+            >>> with model_facts(model).seeded(0):  # doctest: +SKIP
+            ...     fresh = torch.randn(3)
+        """
+        from lensworks._rng import seeded_rng
+
+        return seeded_rng(seed, self.device)
+
+    @property
+    def precise_dtype(self) -> torch.dtype:
+        """The dtype for small exact factorisations (eigenvalues, SVDs of d_head-sized factors):
+        float64 on the CPU or for a float64 model, else the working dtype (float64 is slow on GPUs)."""
+        return torch.float64 if self.device.type == "cpu" or self.dtype == torch.float64 else self.working_dtype
+
     def add_bos(self, tokens: Int[Tensor, "batch pos"], prepend_bos: bool | None = None) -> Int[Tensor, "batch pos"]:
         """``tokens`` (``[pos]`` or ``[batch, pos]``) with BOS in front when :meth:`uses_bos` says
         so; unchanged otherwise. Same device and dtype as ``tokens``.

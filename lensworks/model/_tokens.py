@@ -12,6 +12,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from lensworks.model._core import HookedTransformer, LensworksError
+from lensworks.model._modelfacts import model_facts
 
 #: Names of the BOS token that a bundled vocabulary may carry, in order of preference.
 BOS_NAMES = ("<bos>", "<|bos|>", "<s>", "<|endoftext|>")
@@ -97,8 +98,6 @@ def bos_token_id(model: HookedTransformer) -> int | None:
     """
     # TransformerLens names "<|endoftext|>" BOS when a tokenizer has none, and TL 4 registers it
     # as a new id past the embedding: that is no BOS the model can read (ModelFacts decides).
-    from lensworks.model._modelfacts import model_facts
-
     return model_facts(model).bos_id
 
 
@@ -188,7 +187,7 @@ def as_tokens(
             toks = torch.stack(rows)
     if toks.ndim >= 1 and toks.shape[0] == 0:
         raise LensworksError(f"{what}: empty data set (got token shape {tuple(toks.shape)}); expected at least one sequence")
-    return check_token_tensor(model, toks, what=what).to(model.cfg.device)
+    return check_token_tensor(model, toks, what=what).to(model_facts(model).device)
 
 
 # --------------------------------------------------------------------------- load / save
@@ -268,8 +267,6 @@ def encode_text(model: HookedTransformer, text: str, *, prepend_bos: bool | None
         >>> encode_text(zoo.load("char-mlp"), "ab").tolist()  # doctest: +SKIP
         [0, 67, 68]
     """
-    from lensworks.model._modelfacts import model_facts
-
     check_encodable(model, text, what=what)
     ids = model.to_tokens(text, prepend_bos=False, truncate=False)[0]
     return model_facts(model).add_bos(ids, prepend_bos).cpu()
@@ -381,8 +378,6 @@ def text_windows(
     ids = model.to_tokens(text, prepend_bos=False, truncate=False)[0].cpu()
     if max_tokens is not None:
         ids = ids[: int(max_tokens)]
-    from lensworks.model._modelfacts import model_facts
-
     facts = model_facts(model)
     body = width - facts.bos_offset()
     n = len(ids) // body

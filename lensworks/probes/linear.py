@@ -45,7 +45,7 @@ from lensworks._constants import PROBE_METHODS
 from lensworks._results import Result, require_finite, to_jsonable
 from lensworks.model import (
     HookedTransformer, LensworksError, bos_token_id, check_float, check_int, check_layer, hook_name,
-    processing_state, random_copy,
+    processing_state, random_copy, model_facts,
 )
 from lensworks.probes._data import Data, make_plan, model_tokens, sequences_with_rows, validation_rows
 from lensworks.probes._fitting import ProbeJob, fit_closed_form, fit_logistic_pass
@@ -362,7 +362,7 @@ def probe_inputs(
         max_iter=max_iter,
         progress=progress,
         d_model=model.cfg.d_model,
-        act_dtype=torch.float64 if model.cfg.dtype == torch.float64 else torch.float32,
+        act_dtype=model_facts(model).working_dtype,
         val_rows=validation_rows(plan, seed) if method == "auto" else [],
         test_seqs=sequences_with_rows(plan.test),
         cache=cache,

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from jaxtyping import Int
 from torch import Tensor
 
+from lensworks._heads import HeadId
+from lensworks._rng import seeded_rng
 from lensworks.model import LensworksError
 from lensworks.model._io import write_atomic
 from lensworks.zoo._training import optimise, run_with_threads, training_info
@@ -189,8 +191,7 @@ def _build(recipe: SubwordRecipe):
 
     config = LlamaConfig(vocab_size=recipe.vocab_size, bos_token_id=0, eos_token_id=1, **recipe.hf_config)
     config._attn_implementation = "eager"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
+    with seeded_rng(recipe.seed):
         return LlamaForCausalLM(config)
 
 
@@ -332,7 +333,7 @@ def metrics(directory: str | Path, *, train_chars: int) -> dict[str, Any]:
         text_loss = model(rows, return_type="loss").item()
     chars_per_token = len(held_out) / (len(ids) - 1)
     return {
-        "induction_heads": [f"L{layer}H{head}" for layer, head in found.heads],
+        "induction_heads": [HeadId(layer, head).label for layer, head in found.heads],
         "induction_score": [[round(float(x), 4) for x in row] for row in induction],
         "previous_token_score": [[round(float(x), 4) for x in row] for row in previous],
         "loss_first_copy": nll[:, 1:n].mean().item(),

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lensworks.model import HookedTransformer, LensworksError, hook_name
+from lensworks.model import HookedTransformer, LensworksError, hook_name, model_facts
 
 __all__ = ["induction_metrics", "char_loss", "char_metrics"]
 
@@ -34,7 +34,7 @@ def induction_metrics(model: HookedTransformer, *, n: int = 25, batch_size: int 
     from lensworks.zoo.recipes import CHAR_VOCAB, char_heldout, char_tokens, repeated_tokens  # noqa: F401 (no import cycle)
 
     g = torch.Generator().manual_seed(seed)
-    toks = repeated_tokens(g, batch_size, n, model.cfg.d_vocab - 1).to(model.cfg.device)
+    toks = repeated_tokens(g, batch_size, n, model.cfg.d_vocab - 1).to(model_facts(model).device)
     logits, cache = model.run_with_cache(toks, names_filter=lambda h: h.endswith("hook_pattern"))
     logp = logits.float().log_softmax(-1)
     nll = -logp[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]  # nll[:, t] predicts token t+1
@@ -78,7 +78,7 @@ def char_loss(model: HookedTransformer, text: str, *, n_windows: int = 64, seed:
         raise LensworksError(f"need at least {width + 1} characters of text, got {len(data)}")
     starts = torch.linspace(0, len(data) - width, n_windows).long()
     windows = torch.stack([data[s : s + width] for s in starts.tolist()])
-    toks = torch.cat([torch.zeros(n_windows, 1, dtype=torch.long), windows], dim=1).to(model.cfg.device)
+    toks = torch.cat([torch.zeros(n_windows, 1, dtype=torch.long), windows], dim=1).to(model_facts(model).device)  # <bos> is id 0
     logits = model(toks)
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1)).item()
 
@@ -131,14 +131,15 @@ def char_metrics(model: HookedTransformer, *, n_windows: int = 256, prompt: str 
     data = char_tokens(held)
     width = model.cfg.n_ctx - 1
     starts = torch.linspace(0, len(data) - width, n_windows).long()
-    toks = torch.cat(
+    facts = model_facts(model)
+    toks = torch.cat(  # the zoo's character vocabulary has <bos> at id 0, with or without a tokenizer attached
         [torch.zeros(n_windows, 1, dtype=torch.long), torch.stack([data[s : s + width] for s in starts.tolist()])], dim=1
-    ).to(model.cfg.device)
+    ).to(facts.device)
     logits = model(toks)[:, :-1].float()
     target = toks[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none").view(target.shape)
     # greedy completion of a prompt, as a qualitative check
-    ids = torch.cat([torch.zeros(1, dtype=torch.long), char_tokens(prompt)])[None].to(model.cfg.device)
+    ids = torch.cat([torch.zeros(1, dtype=torch.long), char_tokens(prompt)])[None].to(facts.device)
     for _ in range(60):
         nxt = model(ids[:, -model.cfg.n_ctx :])[0, -1].argmax()
         ids = torch.cat([ids, nxt.view(1, 1)], dim=1)

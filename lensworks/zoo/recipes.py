@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from lensworks._rng import seeded_rng
 from lensworks.model import HookedTransformer, LensworksError, save_model
 from lensworks.model._io import write_atomic
 from lensworks.zoo._training import optimise, run_with_threads, training_info
@@ -275,8 +276,7 @@ def _build_model(recipe: Recipe) -> HookedTransformer:
         from transformer_lens import HookedTransformerConfig
 
     cfg = HookedTransformerConfig(**recipe.cfg, device="cpu", seed=None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
+    with seeded_rng(recipe.seed):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = HookedTransformer(cfg, move_to_device=False)
