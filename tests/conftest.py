@@ -21,7 +21,7 @@ from lensworks.model import TL_MAJOR  # noqa: E402
 #: HookedTransformer fixtures directly.
 LINE_AGNOSTIC = {"test_architectures.py", "test_architectures_report.py", "test_hf_loading.py", "test_tl_lines.py",
                  "test_bridge.py", "test_foreign_checkpoints.py", "test_property_args.py",
-                 "test_hostile_round2.py", "test_model_facts.py", "test_defaults.py"}
+                 "test_hostile_round2.py", "test_model_facts.py", "test_defaults.py", "test_loader_frozen.py"}
 if TL_MAJOR >= 4:
     collect_ignore = [p.name for p in Path(__file__).parent.glob("test_*.py") if p.name not in LINE_AGNOSTIC]
 else:
