@@ -105,65 +105,13 @@ def attention_explorer(
         prepend_bos: Prepend BOS to strings (default: the model's setting).
 
     Returns:
-        A plotly Figure.
+        A plotly Figure: :func:`lensworks.circuits.attention_patterns` computes the patterns (an
+        ``AttentionPatterns`` result) and its ``figure()`` draws them.
 
     Example:
         >>> fig = attention_explorer(model, ["def f(x):", "import os"])  # doctest: +SKIP
     """
-    import plotly.graph_objects as go
-    import torch
+    from lensworks.circuits.attention import attention_patterns
 
-    from lensworks.model import (LensworksError, check_head, check_token_tensor, encode_batch, hook_name, token_strings,
-                                 uses_bos)
-    from lensworks.model._compat import capture_hooks, require_finite_parameters
-
-    from lensworks.model import check_int
-
-    max_tokens = min(check_int(max_tokens, "max_tokens", low=1), model.cfg.n_ctx)
-    max_prompts = min(check_int(max_prompts, "max_prompts", low=1), 2048)
-    if isinstance(data, torch.Tensor):
-        toks = check_token_tensor(model, data, what="data")
-        lengths = torch.full((toks.shape[0],), toks.shape[1])
-    else:
-        texts = [data] if isinstance(data, str) else list(data)
-        toks, lengths = encode_batch(model, texts[:max_prompts], prepend_bos=uses_bos(model, prepend_bos), what="data")
-    toks, lengths = toks[:max_prompts, :max_tokens], lengths[:max_prompts].clamp(max=max_tokens)
-    if toks.shape[0] == 0:
-        raise LensworksError("data: no prompts given; expected at least one string or a non-empty token tensor")
-    if heads is not None and len(list(heads)) == 0:
-        raise LensworksError("heads is empty; pass None for every head or at least one (layer, head) pair")
-    require_finite_parameters(model)
-    pairs = [check_head(model, l, h) for l, h in heads] if heads is not None else [
-        (l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-    if len(pairs) * toks.shape[0] > 2048:
-        raise LensworksError(f"{len(pairs) * toks.shape[0]} (prompt, head) views are too many for one page; "
-                             "pass fewer prompts (max_prompts=) or heads=[(layer, head), ...]")
-    layers = sorted({l for l, _ in pairs})
-    patterns: dict[int, torch.Tensor] = {}
-
-    def keep(name: str, act: torch.Tensor) -> None:
-        patterns[int(name.split(".")[1])] = act.detach().float().cpu()
-
-    with torch.inference_mode():
-        model.run_with_hooks(toks.to(model.cfg.device), return_type=None,
-                             fwd_hooks=capture_hooks([hook_name("pattern", l) for l in layers], keep))
-    views = []
-    for p in range(toks.shape[0]):
-        ids, n = toks[p], int(lengths[p])
-        labels = [escape_label(f"{i}:{t}") for i, t in enumerate(token_strings(model, ids[:n]))]
-        for layer, head in pairs:
-            z = patterns[layer][p, head, :n, :n]
-            views.append((f"prompt {p} · L{layer}H{head}", labels, z.masked_fill(torch.ones(n, n).triu(1).bool(), float("nan"))))
-    first = views[0]
-    fig = go.Figure(go.Heatmap(z=first[2].tolist(), x=first[1], y=first[1], zmin=0, zmax=1, colorscale="Blues",
-                               colorbar=dict(title="attention"),
-                               hovertemplate="destination %{y}<br>source %{x}<br>weight %{z:.3f}<extra></extra>"))
-    buttons = [dict(label=label, method="update", args=[{"z": [z.tolist()], "x": [xs], "y": [xs]},
-                                                        {"title.text": f"Attention pattern: {label}"}])
-               for label, xs, z in views]
-    fig.update_layout(title=f"Attention pattern: {first[0]}", template="plotly_white",
-                      xaxis=dict(title="source (key) token", tickangle=-60), yaxis=dict(title="destination (query) token",
-                                                                                     autorange="reversed"),
-                      updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")],
-                      height=620)
-    return fig
+    return attention_patterns(model, data, max_tokens=max_tokens, max_prompts=max_prompts, heads=heads,
+                              prepend_bos=prepend_bos).figure()

@@ -76,6 +76,7 @@ def _instances(model, text):
     yield circuits.skip_trigrams(model, 1, 0, k=5)
     yield circuits.circuit_graph(model, modes=("K",), baseline_samples=20)
     yield circuits.term_importance(model, w[:2], max_order=1)
+    yield circuits.attention_patterns(model, w[:2], max_tokens=8, heads=[(0, 0), (1, 1)])
     yield geometry.residual_stats(model, {"a": w[:3], "b": w[3:]}, progress=False)
     yield geometry.update_alignment(model, w, progress=False)
     yield geometry.block_ablation(model, w, progress=False)

@@ -9,6 +9,7 @@ from lensworks.circuits.induction import InductionReport, find_induction_heads
 from lensworks.circuits.trigrams import SkipTrigrams, skip_trigrams
 from lensworks.circuits.graph import CircuitGraph, circuit_graph
 from lensworks.circuits.terms import TermImportance, term_importance
+from lensworks.circuits.attention import AttentionPatterns, attention_patterns
 
 __all__ = [
     "composition_scores",
@@ -19,6 +20,7 @@ __all__ = [
     "skip_trigrams",
     "circuit_graph",
     "term_importance",
+    "attention_patterns",
     "CircuitGraph",
     "TermImportance",
     "SkipTrigrams",
@@ -27,4 +29,5 @@ __all__ = [
     "CopyingScores",
     "BehaviourScores",
     "InductionReport",
+    "AttentionPatterns",
 ]

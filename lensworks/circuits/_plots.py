@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 
 from lensworks.plotting import escape_label
 
-__all__ = ["induction_scatter"]
+__all__ = ["induction_scatter", "attention_figure"]
 
 
 def induction_scatter(report) -> go.Figure:
@@ -47,4 +47,31 @@ def induction_scatter(report) -> go.Figure:
         xaxis_range=[-0.02, 1.02],
         yaxis_range=[-1.05, 1.05],
     )
+    return fig
+
+
+def attention_figure(patterns) -> go.Figure:
+    """The attention explorer of an :class:`~lensworks.circuits.attention.AttentionPatterns`: one
+    heatmap (destination tokens down, source tokens across) and a dropdown over every (prompt, head).
+
+    The future (above the diagonal) is NaN, never drawn as 0; token labels are escaped here.
+    """
+    views = []
+    for p, tokens in enumerate(patterns.tokens):
+        n = len(tokens)
+        labels = [escape_label(f"{i}:{t}") for i, t in enumerate(tokens)]
+        for v, (layer, head) in enumerate(patterns.heads):
+            views.append((f"prompt {p} · L{layer}H{head}", labels, patterns.patterns[p, v, :n, :n]))
+    first = views[0]
+    fig = go.Figure(go.Heatmap(z=first[2].tolist(), x=first[1], y=first[1], zmin=0, zmax=1, colorscale="Blues",
+                               colorbar=dict(title="attention"),
+                               hovertemplate="destination %{y}<br>source %{x}<br>weight %{z:.3f}<extra></extra>"))
+    buttons = [dict(label=label, method="update", args=[{"z": [z.tolist()], "x": [xs], "y": [xs]},
+                                                        {"title.text": f"Attention pattern: {label}"}])
+               for label, xs, z in views]
+    fig.update_layout(title=f"Attention pattern: {first[0]}", template="plotly_white",
+                      xaxis=dict(title="source (key) token", tickangle=-60),
+                      yaxis=dict(title="destination (query) token", autorange="reversed"),
+                      updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")],
+                      height=620)
     return fig

@@ -82,6 +82,9 @@ class TermImportance(Result):
     reconstruction_error: float
     mlp: str
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: A note on how this result was made (the report sets one, e.g. why this head or how few
+    #: samples); the page shows it under the caption.
+    note: str = ""
 
     @property
     def full_loss(self) -> float:

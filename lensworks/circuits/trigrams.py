@@ -54,6 +54,9 @@ class SkipTrigrams(Result):
     destination_labels: tuple[str, ...]
     out_labels: tuple[str, ...]
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: A note on how this result was made (the report sets one, e.g. why this head or how few
+    #: samples); the page shows it under the caption.
+    note: str = ""
 
     def to_frame(self):
         """One row per trigram: ``source, destination, out, ov, qk`` (tokens as strings) and their ids."""

@@ -53,6 +53,9 @@ class EffectiveDimensionality(Result):
     n_samples: int
     position: int = -1
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: A note on how this result was made (the report sets one, e.g. why this head or how few
+    #: samples); the page shows it under the caption.
+    note: str = ""
 
     def to_frame(self):
         """One row per (layer, stream): ``layer, stream, participation_ratio, n_components_90``."""

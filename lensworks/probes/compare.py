@@ -83,6 +83,9 @@ class Comparison(Result):
     tokens: Int[Tensor, "n"]
     options: dict[str, Any]
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: A note on how this result was made (the report sets one, e.g. why this head or how few
+    #: samples); the page shows it under the caption.
+    note: str = ""
 
     def caption(self) -> str:
         """What is compared with what."""

@@ -12,7 +12,7 @@ import torch
 
 from lensworks.model import HookedTransformer, LensworksError
 from lensworks.model._io import write_atomic
-from lensworks.report._analyse import DataRead, FALLBACK_NOTE
+from lensworks.report._context import DataRead, FALLBACK_NOTE
 from lensworks.report._markup import esc as _esc, plain as _plain, sanitize as _sanitize, wrap as _wrap
 
 __all__ = ["build", "SECTIONS"]
@@ -154,6 +154,20 @@ def _summary_html(obj: Any) -> str:
     return f"<pre class='summary'>{_esc(text)}</pre>" if isinstance(text, str) else ""
 
 
+def _note_of(obj: Any) -> str:
+    """A result's ``note`` (how it was made: why this head, how few samples), as page markup."""
+    note = getattr(obj, "note", None)
+    return f" <span class='note'>{_esc(note)}</span>" if isinstance(note, str) and note else ""
+
+
+def _skipped_html(skipped: Sequence[Any]) -> str:
+    """The sections that did not apply to the model, and why (from ``Section.applies``)."""
+    if not skipped:
+        return ""
+    items = "".join(f"<li>{_esc(s.group)}: {_esc(s.section)}: {_esc(s.reason)}</li>" for s in skipped)
+    return f"<section id='not-shown'><h2>Not shown</h2><p>Sections that do not apply to this model:</p><ul>{items}</ul></section>"
+
+
 def _highlights_html(sections: Mapping[str, Sequence[tuple[Any, str | None]]]) -> str:
     lines = []
     for items in sections.values():
@@ -269,13 +283,16 @@ def build(
                 fig_dict["layout"]["title"] = dict(title_obj if isinstance(title_obj, dict) else {}, text=_wrap(fig_title))
             fid = f"fig-{n}"
             n += 1
+            # a (result, caption) pair brings its caption (with any note); a result brings its own and its note
+            note = "" if caption is not None else _note_of(item)
             caption = caption if caption is not None else (_ask(item, "caption") or "")
             label = _plain(fig_title) or type(item).__name__
             short = label if len(label) <= 60 else label[:57].rstrip() + "…"
             extra = "".join(f' data-{_esc(k)}="{_esc(v)}"' for k, v in attrs[i].items())
             entries.append(
                 f"<figure id='{fid}'><div class='plot' id='{fid}-plot' role='img' aria-label='{_esc(label)}'{extra}></div>"
-                f"<figcaption>{_esc(caption)}</figcaption>{_summary_html(item)}{_table_html(item, max_table_rows)}</figure>"
+                f"<figcaption>{_esc(caption)}{note}</figcaption>{_summary_html(item)}{_table_html(item, max_table_rows)}"
+                "</figure>"
             )
             toc_items.append(f"<li><a href='#{fid}' title='{_esc(label)}'>{_esc(short)}</a></li>")
             specs.append({"id": f"{fid}-plot", "figure": fig_dict})
@@ -298,7 +315,7 @@ def build(
 
     from lensworks import __version__
 
-    model_section = _model_html(model, model_name) + _data_html(data_read)
+    model_section = _model_html(model, model_name) + _data_html(data_read) + _skipped_html(getattr(results, "skipped", ()))
     highlights = _highlights_html(sections)
     if model_section:
         toc.insert(0, "<li><a href='#model'>Model</a></li>")
