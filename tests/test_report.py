@@ -445,3 +445,74 @@ def test_term_importance_in_the_report_reads_less_on_models_with_many_heads():
     torch.testing.assert_close(got.loss_without, ref.loss_without)
     read = next(d for d in results.data if d.analyses == "circuits: term importance")
     assert (read.n_windows, read.tokens_per_window) == (2, 32)
+
+
+# --------------------------------------------------------------------------- the registry of sections
+
+
+def test_registry_lists_the_sections_the_report_shows(hostile, page):
+    """analyse() runs the registry in order: one entry per section, each in the group the page shows
+    it in, and the dict it returns lists exactly those results (pairs and the explorer's figure too)."""
+    _, results = hostile
+    names = [s.name for s in report.registry()]
+    assert len(set(names)) == len(names)
+    assert [e.section for e in results.entries] == names  # a 2-layer model: every section applies
+    assert not results.skipped and "id='not-shown'" not in page
+    assert {s.group for s in report.registry()} == set(report.SECTIONS)
+    for group in report.SECTIONS:
+        assert [e.section for e in results.entries if e.group == group] == [s.name for s in report.registry(group)]
+        assert len(results[group]) == len(report.registry(group))
+    by_name = {e.section: e for e in results.entries}
+    assert by_name["attention explorer"].result.figure().layout.updatemenus  # the explorer is a Result now
+    assert "Head chosen:" in by_name["skip-trigrams"].result.note  # caption notes are result fields
+    assert by_name["skip-trigrams"].result.note in page
+    assert report.section("logit lens").group == "geometry"
+    with pytest.raises(LensworksError, match="unknown sections"):
+        report.registry(names=["no such section"])
+
+
+def test_a_section_that_does_not_apply_is_skipped_with_its_reason(tmp_path):
+    from lensworks.circuits import copying_scores
+
+    model = tiny_model(seed=3, n_layers=1)
+    ran = []
+    never = report.Section("never", "circuits", lambda ctx: ran.append("never"), applies=lambda m: False)
+    why = report.Section("why", "geometry", lambda ctx: ran.append("why"), applies=lambda m: "needs a miracle")
+    copying = report.Section("copying", "circuits", lambda ctx: copying_scores(ctx.model))
+    sections = (never, copying, why, *report.registry(names=["Q composition", "circuit graph"]))
+    run = report.run_sections(report.Context.of(model), sections)
+    assert not ran and [e.section for e in run.entries] == ["copying"]
+    assert [(s.section, s.group, s.reason) for s in run.skipped] == [
+        ("never", "circuits", "does not apply to this model"), ("why", "geometry", "needs a miracle"),
+        ("Q composition", "circuits", "needs at least 2 layers; the model has 1"),
+        ("circuit graph", "circuits", "needs at least 2 layers; the model has 1")]
+    with pytest.raises(LensworksError, match="needs a miracle"):
+        run.result("why")
+    bad = report.Section("bad", "circuits", lambda ctx: None, applies=lambda m: 0)
+    with pytest.raises(LensworksError, match="True, False or a reason string"):
+        report.run_sections(report.Context.of(model), [bad])
+    # the page lists what was not shown, and why
+    analyses = report.Analyses.of(run, sections)
+    assert list(analyses) == ["circuits"] and analyses.skipped == list(run.skipped)
+    page = report.build(analyses, tmp_path / "s.html").read_text()
+    assert "id='not-shown'" in page and "needs a miracle" in page and "Q composition" in page
+
+
+def test_attention_patterns_result(mlp_model):
+    from lensworks.circuits import AttentionPatterns, attention_patterns
+
+    res = attention_patterns(mlp_model, ["the cat", "a dog sat down"], heads=[(0, 1), (2, 3)])
+    assert isinstance(res, AttentionPatterns) and res.heads == ((0, 1), (2, 3))
+    assert res.labels == ("prompt 0 · L0H1", "prompt 0 · L2H3", "prompt 1 · L0H1", "prompt 1 · L2H3")
+    _, cache = mlp_model.run_with_cache(mlp_model.to_tokens("a dog sat down"))
+    n = len(res.tokens[1])
+    ref = cache["blocks.2.attn.hook_pattern"][0, 3, :n, :n]
+    got = res.pattern(1, 2, 3)
+    lower = torch.ones(n, n).tril().bool()
+    torch.testing.assert_close(got[lower], ref[lower])
+    assert torch.isnan(got[~lower]).all()
+    frame = res.to_frame()
+    assert len(frame) == 2 * sum(len(t) * (len(t) + 1) // 2 for t in res.tokens)
+    assert [b.label for b in res.figure().layout.updatemenus[0].buttons] == list(res.labels)
+    with pytest.raises(LensworksError, match="not among the heads"):
+        res.pattern(0, 1, 1)
