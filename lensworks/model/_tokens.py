@@ -93,7 +93,7 @@ def bos_token_id(model: HookedTransformer) -> int | None:
     the tokenizer's BOS id lies outside the model's vocabulary).
 
     Example:
-        >>> bos_token_id(zoo.load("char-mlp"))  # doctest: +SKIP
+        >>> bos_token_id(zoo.load("char-mlp"))
         0
     """
     # TransformerLens names "<|endoftext|>" BOS when a tokenizer has none, and TL 4 registers it
@@ -197,7 +197,7 @@ def model_vocab(model: HookedTransformer) -> list[str] | None:
     """The vocabulary strings of a model's tokenizer, in id order, or None without one.
 
     Example:
-        >>> model_vocab(model)[:3]
+        >>> model_vocab(zoo.load("char-mlp"))[:3]
         ['<bos>', '\\n', ' ']
     """
     tok = model.tokenizer
@@ -213,16 +213,8 @@ def _snippet(text: str, pos: int) -> str:
     return repr(text[max(0, pos - 12) : pos + 12])
 
 
-def check_encodable(model: HookedTransformer, text: str, *, what: str = "text") -> None:
-    """Raise naming the characters of ``text`` the model's tokenizer cannot encode, with their
-    positions. Text is never changed silently: a character vocabulary that lacks ``{`` refuses
-    ``"a{b"`` instead of analysing ``"ab"``.
-
-    Example:
-        >>> check_encodable(zoo.load("char-mlp"), "é")  # doctest: +SKIP
-        Traceback (most recent call last):
-        LensworksError: text: 1 character the vocabulary lacks: 'é' at 0 (in 'é')
-    """
+def _unknown_spans(model: HookedTransformer, text: str, what: str) -> list[tuple[int, str]]:
+    """(position, characters) of every piece of ``text`` the tokenizer cannot encode."""
     tok = model.tokenizer
     if tok is None:
         raise LensworksError(f"{what}: the model has no tokenizer, so pass token ids instead of text")
@@ -239,6 +231,38 @@ def check_encodable(model: HookedTransformer, text: str, *, what: str = "text") 
         if unk is not None:
             enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
             bad = [(a, text[a:b]) for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == unk]
+    return bad
+
+
+def encodable_part(model: HookedTransformer, text: str, *, what: str = "text") -> tuple[str, int]:
+    """``text`` without the characters the model's tokenizer cannot encode, and how many were
+    dropped. For fallback text that lensworks chose itself; a user's own text goes through
+    :func:`check_encodable`, which refuses instead.
+
+    Example:
+        >>> encodable_part(zoo.load("char-mlp"), "naïve")  # doctest: +SKIP
+        ('nave', 1)
+    """
+    bad = _unknown_spans(model, text, what)
+    if not bad:
+        return text, 0
+    drop = set()
+    for i, piece in bad:
+        drop.update(range(i, i + len(piece)))
+    return "".join(c for i, c in enumerate(text) if i not in drop), len(drop)
+
+
+def check_encodable(model: HookedTransformer, text: str, *, what: str = "text") -> None:
+    """Raise naming the characters of ``text`` the model's tokenizer cannot encode, with their
+    positions. Text is never changed silently: a character vocabulary that lacks ``{`` refuses
+    ``"a{b"`` instead of analysing ``"ab"``.
+
+    Example:
+        >>> check_encodable(zoo.load("char-mlp"), "é")
+        Traceback (most recent call last):
+        lensworks.errors.LensworksError: text: 1 character the vocabulary lacks: 'é' at 0 (first in 'é')
+    """
+    bad = _unknown_spans(model, text, what)
     if bad:
         shown = ", ".join(f"{c!r} at {i}" for i, c in bad[:8]) + (", ..." if len(bad) > 8 else "")
         raise LensworksError(
@@ -264,7 +288,7 @@ def encode_text(model: HookedTransformer, text: str, *, prepend_bos: bool | None
     the tokenizer cannot encode raise naming them and their position.
 
     Example:
-        >>> encode_text(zoo.load("char-mlp"), "ab").tolist()  # doctest: +SKIP
+        >>> encode_text(zoo.load("char-mlp"), "ab").tolist()
         [0, 67, 68]
     """
     check_encodable(model, text, what=what)
@@ -277,8 +301,8 @@ def token_label(model: HookedTransformer, ids: Sequence[int] | Tensor) -> str:
     tokenizer).
 
     Example:
-        >>> token_label(model_without_tokenizer, [3, 4])  # doctest: +SKIP
-        '3 4'
+        >>> token_label(zoo.load("char-mlp"), [67, 68])
+        'ab'
     """
     ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
     if model.tokenizer is None:
@@ -290,7 +314,7 @@ def token_strings(model: HookedTransformer, ids: Sequence[int] | Tensor) -> list
     """One label per token (``str(id)`` without a tokenizer), for axis ticks and hover text.
 
     Example:
-        >>> token_strings(zoo.load("char-mlp"), [0, 67])  # doctest: +SKIP
+        >>> token_strings(zoo.load("char-mlp"), [0, 67])
         ['<bos>', 'a']
     """
     return [token_label(model, [i]) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
@@ -309,7 +333,7 @@ def encode_batch(
         ``(tokens, lengths)``: ``[batch, longest]`` ids (CPU) and each text's token count.
 
     Example:
-        >>> toks, lengths = encode_batch(zoo.load("char-mlp"), ["ab", "abc"])  # doctest: +SKIP
+        >>> toks, lengths = encode_batch(zoo.load("char-mlp"), ["ab", "abc"])
         >>> lengths.tolist()
         [3, 4]
     """
@@ -356,7 +380,7 @@ def text_windows(
         ``[n_windows, width]`` token ids (CPU); at least two windows.
 
     Example:
-        >>> text_windows(zoo.load("char-mlp"), "abc" * 100, width=32).shape  # doctest: +SKIP
+        >>> text_windows(zoo.load("char-mlp"), "abc" * 100, width=32).shape
         torch.Size([9, 32])
     """
     if model.tokenizer is None:
@@ -366,15 +390,12 @@ def text_windows(
     width = model.cfg.n_ctx if width is None else int(width)
     if not 2 <= width <= model.cfg.n_ctx:
         raise LensworksError(f"width must lie in [2, n_ctx={model.cfg.n_ctx}], got {width}")
-    try:
+    if skip_unknown:
+        text, dropped = encodable_part(model, text)
+        if dropped:
+            warnings.warn(f"skipped {dropped} characters the vocabulary lacks", stacklevel=2)
+    else:
         check_encodable(model, text)
-    except LensworksError:
-        if not skip_unknown:
-            raise
-        pattern = _vocab_pattern(model.tokenizer) if getattr(model.tokenizer, "name_or_path", "") == VOCAB_TOKENIZER_NAME else None
-        kept = "".join(m.group(0) for m in pattern.finditer(text)) if pattern is not None else text
-        warnings.warn(f"skipped {len(text) - len(kept)} characters the vocabulary lacks", stacklevel=2)
-        text = kept
     ids = model.to_tokens(text, prepend_bos=False, truncate=False)[0].cpu()
     if max_tokens is not None:
         ids = ids[: int(max_tokens)]
