@@ -54,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
         >>> main(["geometry", "--json", "out/geometry.json"])  # doctest: +SKIP
         0
     """
-    from lensworks.geometry import (block_ablation, block_decomposition, effective_dimensionality, logit_lens,
-                                    residual_stats, update_alignment)
-    from lensworks.model import LensworksError, model_streams
+    from lensworks.model import LensworksError
+    from lensworks.report import Context, registry, run_sections
 
     pos = read_lines(args.positive, "positive")
     neg = read_lines(args.negative, "negative")
@@ -72,14 +71,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})")
     both = pos + neg
     bs = args.batch_size
-    stats = residual_stats(model, {"positive": pos, "negative": neg},
-                           streams=model_streams(model),
-                           batch_size=bs)
-    table = block_ablation(model, both, batch_size=bs)
-    lens = logit_lens(model, both, batch_size=bs)
-    dec = block_decomposition(model, both, batch_size=bs)
-    align = update_alignment(model, both, batch_size=bs)
-    dim = effective_dimensionality(model, both, batch_size=bs)
+    # the report's geometry sections (and update alignment) on both prompt sets
+    ctx = Context.of(model, positive=pos, negative=neg, windows_given={"geometry": both},
+                     options={"batch_size": bs, "lens_windows": len(both), "more_samples": "give more prompts"})
+    names = ["residual statistics", "block ablation", "logit lens", "decomposition", "update alignment",
+             "effective dimensionality"]
+    run = run_sections(ctx, registry(names=names))
+    stats, table, lens, dec, align, dim = (run.result(n) for n in names)
 
     cos = stats.cosine("positive", "negative")
     rows = []
@@ -110,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                        ["layer", "KL to final (nats)", "top1 = final"]))
     print(f"\ncosine(final residual, embed + MLP outputs only): mean {float(dec.ffn_only_cosine.mean()):.3f} "
           f"over {len(both)} prompts")
-    _print_dimensionality(dim, model.cfg.d_model)
+    _print_dimensionality(dim)
 
     payload = {
         "model": name,
@@ -135,13 +133,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_dimensionality(dim: Any, d_model: int) -> None:
+def _print_dimensionality(dim: Any) -> None:
     """The effective-dimensionality table, with a note when the samples cap the covariance's rank."""
     print(f"\neffective dimensionality at the last token ({dim.n_samples} prompts of both sets; participation ratio "
           "(sum lambda)^2 / sum lambda^2 and components for 90% of the variance)")
     print(format_table([(int(r.layer), r.stream, float(r.participation_ratio), int(r.n_components_90))
                         for r in dim.to_frame().itertuples()],
                        ["layer", "stream", "participation_ratio", "n_components_90"]))
-    if dim.n_samples <= d_model:
-        print(f"note: {dim.n_samples} samples give a covariance of rank at most {dim.n_samples - 1} (d_model {d_model}); "
-              "more prompts give numbers less bounded by the sample count")
+    if dim.note:  # the section's note: the sample count bounds the covariance's rank
+        print(f"note: {dim.note}")

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         >>> main(["heads", "--top", "3"])  # doctest: +SKIP
         0
     """
-    from lensworks.circuits import composition_scores, find_induction_heads, head_scores
+    from lensworks.report import Context, registry, run_sections
     from lensworks.model import LensworksError
 
     if args.top < 1:
@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
     model, name = model_from_args(args)
     cfg = model.cfg
     print(f"model: {name} ({cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_vocab {cfg.d_vocab})")
-    report = find_induction_heads(model, seq_len=args.seq_len, n_seqs=args.n_seqs, seed=args.seed)
-    dup = head_scores(
-        model, "duplicate_token", seq_len=report.thresholds["seq_len"], n_seqs=args.n_seqs, seed=args.seed,
-        prepend_bos=report.thresholds["prepend_bos"],
-    )
+    # the report's own sections, with this command's options
+    ctx = Context.of(model, seed=args.seed, options={"seq_len": args.seq_len, "n_seqs": args.n_seqs, "z_min": args.z_min})
+    names = ["verdict", "duplicate_token", "Q composition", "V composition"] + (["circuit graph"] if args.graph else [])
+    run = run_sections(ctx, registry(names=names))
+    report, dup = run.result("verdict"), run.result("duplicate_token")
     per_head = {"previous_token": report.previous, "duplicate_token": dup, "induction": report.induction, "copying": report.copying}
     rows = []
     for kind, res in per_head.items():
@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, ["score", "head", "value"]))
     comps = {"K": report.k_composition}
     if cfg.n_layers > 1:
-        comps["Q"] = composition_scores(model, "Q")
-        comps["V"] = composition_scores(model, "V")
+        comps["Q"] = run.result("Q composition")
+        comps["V"] = run.result("V composition")
         rows = []
         for mode in ("Q", "K", "V"):
             c = comps[mode]
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print("\nstrongest composition (z: std above random factors)")
         print(format_table(rows, ["mode", "pair", "score", "z"]))
     print("\n" + report.summary())
-    extra = _graph_and_trigrams(args, model, report, dup, comps)
+    extra = _graph_and_trigrams(args, model, run)
     if args.terms or args.terms_text is not None:
         extra["term_importance"] = _terms(args, model, report)
     payload = {
@@ -108,18 +108,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _graph_and_trigrams(args: argparse.Namespace, model: Any, report: Any, dup: Any, comps: dict) -> dict[str, Any]:
+def _graph_and_trigrams(args: argparse.Namespace, model: Any, run: Any) -> dict[str, Any]:
     """``--graph`` and ``--trigrams``: print them and return the results for JSON/HTML."""
     import re
 
-    from lensworks.circuits import circuit_graph, skip_trigrams
+    from lensworks.circuits import skip_trigrams
     from lensworks.model import LensworksError
 
     out: dict[str, Any] = {}
     if args.graph:
-        given = {"previous_token": report.previous, "induction": report.induction, "duplicate_token": dup,
-                 "copying": report.copying, **comps}
-        graph = circuit_graph(model, z_min=args.z_min, seed=args.seed, precomputed=given)
+        graph = run.result("circuit graph")  # the report's section, on the scores above (raises on one layer)
         rows = [(a, b, mode, score, f"{z:.1f}") for a, b, mode, score, z in graph.edges[: max(args.top, 10)]]
         print(f"\ncircuit graph: {len(graph.edges)} edges at z >= {args.z_min:g}")
         print(format_table(rows, ["from", "to", "mode", "score", "z"]) if rows else "(no edges)")
@@ -139,7 +137,7 @@ def _graph_and_trigrams(args: argparse.Namespace, model: Any, report: Any, dup: 
 
 def _terms(args: argparse.Namespace, model: Any, report: Any) -> Any:
     """``--terms``: term importance on the repeated sequences (or ``--terms-text``), printed."""
-    from lensworks.circuits import repeated_tokens, term_importance
+    from lensworks.circuits import repeated_tokens
     from lensworks.model import LensworksError, text_windows
 
     n_seqs = min(args.n_seqs, 16)  # one copy of the batch per term: keep the batch small
@@ -156,7 +154,9 @@ def _terms(args: argparse.Namespace, model: Any, report: Any) -> Any:
         what = f"{n_seqs} repeated random sequences"
     if data.shape[0] == 0:
         raise LensworksError(f"--terms-text {args.terms_text}: too short for one window of {width} tokens")
-    ti = term_importance(model, data, progress=None)
+    from lensworks.report import Context, section
+
+    ti = section("term importance").run(Context.of(model, windows_given={"terms": data}))
     rows = [(k, loss, loss - ti.model_loss) for k, loss in enumerate(ti.loss_by_order.tolist())]
     print(f"\nterm importance on {what}: loss keeping paths through at most k heads (model {ti.model_loss:.4f})")
     print(format_table(rows, ["k", "loss", "above model"]))

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         0
     """
     from lensworks.model import LensworksError
-    from lensworks.probes import compare_to_embedding, probe_inputs
+    from lensworks.report import Context, registry, run_sections
 
     # every argument is read and checked before the model loads
     if args.text:
@@ -92,23 +92,17 @@ def run(args: argparse.Namespace) -> int:
     from lensworks.model import text_windows
 
     windows = text_windows(model, text, max_tokens=args.max_tokens, skip_unknown=args.skip_unknown)
-    res = probe_inputs(
-        model,
-        windows,
-        streams=streams,
-        offsets=offsets,
-        method=args.method,
-        shared=args.shared,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        controls=not args.no_controls,
-    )
+    # the report's probe sections on these windows, with this command's options
+    ctx = Context.of(model, seed=args.seed, windows_given={"probes": windows},
+                     options={"streams": streams, "offsets": offsets, "method": args.method, "shared": args.shared,
+                              "batch_size": args.batch_size, "controls": not args.no_controls, "n_random": 100})
+    run = run_sections(ctx, registry(names=["input-token probes", "comparison with W_E"]))
+    res, cmp = run.result("input-token probes"), run.result("comparison with W_E")
     frame = res.to_frame()
     cols = [c for c in frame.columns]
     print(f"{name}: {windows.shape[0]} windows of {windows.shape[1]} tokens, method={res.method}, shared={res.shared}")
     print(format_table([tuple(r) for r in frame.itertuples(index=False)], cols))
     last = (res.layers[-1], res.streams[-1], res.offsets[0])
-    cmp = compare_to_embedding(model, res.weights(*last), tokens=res.classes, n_random=100, seed=args.seed)
     summary = cmp.summary()
     print(
         f"probe at layer {last[0]} {last[1]} offset {last[2]} vs W_E: overlap {summary['overlap_embed']['value']:.3f} "
