@@ -19,16 +19,14 @@ from lensworks.model._core import (
     Model,
     LensworksError,
     NonFiniteError,
-    attention_weights,
     check_float,
     check_head,
     check_int,
     check_layer,
-    embedding,
     head_labels,
     hook_name,
-    unembedding,
 )
+from lensworks.model._weights import attention_weights, embedding, unembedding
 from lensworks.model._compat import TL_MAJOR, check_model, is_bridge, is_model
 from lensworks.model._facts import (
     ALL_STREAMS,

@@ -10,76 +10,23 @@ Hugging Face checkpoint.
 from __future__ import annotations
 
 import json
-import sysconfig
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lensworks._zoo_index import ZOO_CHECKPOINTS, ZOO_NAMES
 from lensworks.model import HookedTransformer, LensworksError, load_model
+from lensworks.zoo._data import CORPUS_CHARS, CORPUS_FILES, CORPUS_REPLACEMENT, corpus  # noqa: F401 (public names)
 from lensworks.zoo.prompts import BUILTIN_NEGATIVE, BUILTIN_POSITIVE
 
 __all__ = ["names", "load", "path", "corpus", "describe", "BUILTIN_POSITIVE", "BUILTIN_NEGATIVE"]
 
 #: The bundled models, in a fixed order.
-_NAMES = ("induction-2l", "char-mlp", "bpe-llama")
+_NAMES = ZOO_NAMES
 
-_CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+_CHECKPOINTS = ZOO_CHECKPOINTS
 
-#: Standard-library source files that make up :func:`corpus`, relative to the stdlib folder.
-#: Large modules whose text changes little between Python 3.10 and 3.13, in sorted order.
-#: A file missing on this interpreter is skipped (``pathlib`` became a package in 3.13,
-#: so both spellings are listed).
-CORPUS_FILES = (
-    "argparse.py",
-    "ast.py",
-    "calendar.py",
-    "collections/__init__.py",
-    "configparser.py",
-    "contextlib.py",
-    "csv.py",
-    "dataclasses.py",
-    "difflib.py",
-    "enum.py",
-    "fractions.py",
-    "functools.py",
-    "gettext.py",
-    "heapq.py",
-    "inspect.py",
-    "ipaddress.py",
-    "json/__init__.py",
-    "json/decoder.py",
-    "json/encoder.py",
-    "json/scanner.py",
-    "logging/__init__.py",
-    "optparse.py",
-    "pathlib.py",
-    "pathlib/__init__.py",
-    "pprint.py",
-    "queue.py",
-    "random.py",
-    "shlex.py",
-    "shutil.py",
-    "statistics.py",
-    "string.py",
-    "tempfile.py",
-    "textwrap.py",
-    "threading.py",
-    "tokenize.py",
-    "traceback.py",
-    "typing.py",
-    "weakref.py",
-)
-
-#: The characters :func:`corpus` may contain: newline and printable ASCII (space to ``~``).
-#: ``char-mlp``'s vocabulary is ``["<bos>", "\n", " ", "!", ..., "~"]``.
-CORPUS_CHARS = "\n" + "".join(chr(i) for i in range(32, 127))
-
-#: Replacement for characters outside :data:`CORPUS_CHARS` (after tabs and carriage returns
-#: are handled): non-ASCII letters, form feeds, etc.
-CORPUS_REPLACEMENT = "?"
-
-_ALLOWED = frozenset(CORPUS_CHARS)
 
 
 def names() -> list[str]:
@@ -196,57 +143,3 @@ def _recipe(name: str) -> Any:
     from lensworks.zoo import bpe, recipes
 
     return recipes.RECIPES[name] if name in recipes.RECIPES else bpe.RECIPES[name]
-
-
-def _clean(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
-    if all(c in _ALLOWED for c in text):
-        return text
-    return "".join(c if c in _ALLOWED else CORPUS_REPLACEMENT for c in text)
-
-
-def corpus(n_bytes: int | None = 1_000_000) -> str:
-    """Deterministic text found on every machine: Python standard-library source code.
-
-    The files in :data:`CORPUS_FILES` (found under ``sysconfig.get_paths()["stdlib"]``,
-    missing ones skipped) are read as UTF-8, each preceded by a header line
-    ``# ===== file: <relative path> =====``, and concatenated in that sorted order.
-    Characters are mapped onto ``char-mlp``'s vocabulary: ``\\r\\n`` and ``\\r`` become
-    ``\\n``, a tab becomes four spaces, and any other character that is not newline or
-    printable ASCII becomes ``"?"``. The result is then cut to ``n_bytes`` characters (one
-    byte each, as all are ASCII). On CPython 3.11 the full text is about 1.6 MB; the
-    first 1,000,000 characters trained ``char-mlp`` and the text after them is held out.
-
-    Args:
-        n_bytes: How many characters to return; ``None`` for all of them.
-
-    Returns:
-        The text, ASCII only.
-
-    Example:
-        >>> text = corpus(1000)
-        >>> len(text), text.splitlines()[0]
-        (1000, '# ===== file: argparse.py =====')
-    """
-    if n_bytes is not None and (not isinstance(n_bytes, int) or isinstance(n_bytes, bool) or n_bytes < 0):
-        raise LensworksError(f"n_bytes must be a non-negative int or None, got {n_bytes!r}")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts: list[str] = []
-    total = 0
-    for rel in CORPUS_FILES:
-        file = stdlib / rel
-        if not file.is_file():
-            continue
-        raw = file.read_text(encoding="utf-8", errors="replace")
-        part = _clean(f"# ===== file: {rel} =====\n{raw}")
-        if not part.endswith("\n"):
-            part += "\n"
-        parts.append(part)
-        total += len(part)
-        if n_bytes is not None and total >= n_bytes:
-            break
-    if not parts:
-        raise LensworksError(f"no corpus files found under the standard library at {stdlib} (looked for {CORPUS_FILES[:3]}...)")
-    text = "".join(parts)
-    return text if n_bytes is None else text[:n_bytes]
-

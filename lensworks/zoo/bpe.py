@@ -237,7 +237,7 @@ def train(
 
 
 def _train(recipe: SubwordRecipe, steps: int, progress: bool | None, log: Callable[[str], None] | None):
-    from lensworks.zoo import corpus
+    from lensworks.zoo._data import corpus
 
     text = corpus(recipe.train_chars)
     tok = train_tokenizer(text, recipe.vocab_size)
@@ -314,7 +314,7 @@ def metrics(directory: str | Path, *, train_chars: int) -> dict[str, Any]:
     """
     from lensworks.circuits import find_induction_heads, head_scores, repeated_tokens
     from lensworks.model import encode_text, load_model
-    from lensworks.zoo import corpus
+    from lensworks.zoo._data import corpus
 
     model = load_model(directory)
     found = find_induction_heads(model)

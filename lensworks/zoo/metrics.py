@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lensworks.model import HookedTransformer, LensworksError, hook_name, model_facts
+from lensworks.zoo._data import CHAR_VOCAB, char_heldout, char_tokens, corpus, repeated_tokens
 
 __all__ = ["induction_metrics", "char_loss", "char_metrics"]
 
@@ -31,7 +32,6 @@ def induction_metrics(model: HookedTransformer, *, n: int = 25, batch_size: int 
         >>> induction_metrics(model)["loss_second_copy"] < 1.0  # doctest: +SKIP
         True
     """
-    from lensworks.zoo.recipes import CHAR_VOCAB, char_heldout, char_tokens, repeated_tokens  # noqa: F401 (no import cycle)
 
     g = torch.Generator().manual_seed(seed)
     toks = repeated_tokens(g, batch_size, n, model.cfg.d_vocab - 1).to(model_facts(model).device)
@@ -70,7 +70,6 @@ def char_loss(model: HookedTransformer, text: str, *, n_windows: int = 64, seed:
         >>> char_loss(model, char_heldout(10_000), n_windows=8) < 2.0  # doctest: +SKIP
         True
     """
-    from lensworks.zoo.recipes import CHAR_VOCAB, char_heldout, char_tokens, repeated_tokens  # noqa: F401 (no import cycle)
 
     data = char_tokens(text)
     width = model.cfg.n_ctx - 1
@@ -122,9 +121,7 @@ def char_metrics(model: HookedTransformer, *, n_windows: int = 256, prompt: str 
         >>> char_metrics(model)["heldout_loss"] < 2.0  # doctest: +SKIP
         True
     """
-    from lensworks.zoo.recipes import CHAR_VOCAB, char_heldout, char_tokens, repeated_tokens  # noqa: F401 (no import cycle)
 
-    from lensworks.zoo import corpus
 
     held = char_heldout(100_000)
     train_text = corpus(1_000_000)

@@ -22,6 +22,7 @@ from lensworks._rng import seeded_rng
 from lensworks.model import HookedTransformer, LensworksError, save_model
 from lensworks.model._io import write_atomic
 from lensworks.zoo._training import optimise, run_with_threads, training_info
+from lensworks.zoo._data import CHAR_VOCAB, INDUCTION_VOCAB, char_heldout, char_tokens, corpus, repeated_tokens
 from lensworks.zoo.metrics import char_loss, char_metrics, induction_metrics
 
 __all__ = [
@@ -42,17 +43,7 @@ __all__ = [
 
 # --------------------------------------------------------------------------- vocabularies
 
-_CONSONANTS = "bdfghjklmprstvz"
-_VOWELS = "aeiou"
-_CODAS = ("", "n")
-
-#: ``induction-2l``'s vocabulary: ``"<bos>"`` then 150 syllables (one of 15 consonants, a
-#: vowel, optionally a final "n": ``ba, ban, be, ben, ...``). "n" never starts a syllable, so
-#: concatenated syllables split back into the same tokens under greedy longest match.
-INDUCTION_VOCAB: list[str] = ["<bos>"] + [c + v + k for c in _CONSONANTS for v in _VOWELS for k in _CODAS]
-
-#: ``char-mlp``'s vocabulary: ``"<bos>"``, newline, then printable ASCII from space to ``~``.
-CHAR_VOCAB: list[str] = ["<bos>", "\n"] + [chr(i) for i in range(32, 127)]
+# (defined in lensworks.zoo._data, beside the corpus they read)
 
 # --------------------------------------------------------------------------- recipes
 
@@ -216,52 +207,10 @@ def induction_batch(
     return torch.cat([bos, rows], dim=1)
 
 
-def repeated_tokens(
-    generator: torch.Generator, batch_size: int, n: int, n_tokens: int = len(INDUCTION_VOCAB) - 1
-) -> Int[Tensor, "batch pos"]:
-    """BOS then a random sequence of ``n`` non-BOS tokens, repeated once: ``[batch, 1 + 2n]``.
-
-    Example:
-        >>> repeated_tokens(torch.Generator().manual_seed(0), 3, 5).shape
-        torch.Size([3, 11])
-    """
-    seq = torch.randint(1, n_tokens + 1, (batch_size, n), generator=generator)
-    return torch.cat([torch.zeros(batch_size, 1, dtype=torch.long), seq, seq], dim=1)
-
-
-def char_tokens(text: str) -> Int[Tensor, "n_chars"]:
-    """Token ids of ``text`` in ``char-mlp``'s vocabulary (no BOS). Raises on unknown characters.
-
-    Example:
-        >>> char_tokens("a\\n").tolist()
-        [67, 1]
-    """
-    index = {c: i for i, c in enumerate(CHAR_VOCAB)}
-    try:
-        return torch.tensor([index[c] for c in text], dtype=torch.long)
-    except KeyError as exc:
-        raise LensworksError(f"character {exc.args[0]!r} is not in char-mlp's vocabulary (newline and printable ASCII)") from None
-
-
 def _char_batch(data: Tensor, generator: torch.Generator, batch_size: int, n_ctx: int) -> Tensor:
     starts = torch.randint(0, len(data) - (n_ctx - 1), (batch_size,), generator=generator)
     windows = torch.stack([data[s : s + n_ctx - 1] for s in starts.tolist()])
     return torch.cat([torch.zeros(batch_size, 1, dtype=torch.long), windows], dim=1)
-
-
-def char_heldout(n_chars: int = 100_000) -> str:
-    """The held-out text for ``char-mlp``: corpus characters after the first 1,000,000.
-
-    Example:
-        >>> len(char_heldout(500))
-        500
-    """
-    from lensworks.zoo import corpus
-
-    text = corpus(1_000_000 + n_chars)[1_000_000:]
-    if len(text) < n_chars:
-        raise LensworksError(f"the stdlib corpus has only {len(text)} held-out characters, {n_chars} asked for")
-    return text
 
 
 # --------------------------------------------------------------------------- training
@@ -340,8 +289,6 @@ def _train(
     gen = torch.Generator().manual_seed(recipe.seed + 1)
     n_ctx = recipe.cfg["n_ctx"]
     if name == "char-mlp":
-        from lensworks.zoo import corpus
-
         data = char_tokens(corpus(1_000_000))
         make_batch = lambda: _char_batch(data, gen, recipe.batch_size, n_ctx)  # noqa: E731
     else:

@@ -1,0 +1,23 @@
+"""Where the bundled demo checkpoints are, importing nothing of lensworks: ``load_model`` resolves
+zoo names through this module, so the model package never imports the zoo (which imports it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["ZOO_NAMES", "ZOO_CHECKPOINTS", "zoo_checkpoint"]
+
+#: The bundled demo models, in the order the docs list them.
+ZOO_NAMES = ("induction-2l", "char-mlp", "bpe-llama")
+#: The directory holding one sub-directory per bundled checkpoint.
+ZOO_CHECKPOINTS = Path(__file__).resolve().parent / "zoo" / "checkpoints"
+
+
+def zoo_checkpoint(name: str) -> Path | None:
+    """The checkpoint directory of a bundled model, or None when ``name`` is not one.
+
+    Example:
+        >>> zoo_checkpoint("char-mlp").name, zoo_checkpoint("gpt2")
+        ('char-mlp', None)
+    """
+    return ZOO_CHECKPOINTS / name if isinstance(name, str) and name in ZOO_NAMES else None
