@@ -3,12 +3,14 @@
 Hugging Face directories boot through ``TransformerBridge.boot_transformers``; TransformerLens-format
 checkpoints (``save_model`` directories, ``.pt`` files, the zoo) through ``boot_native`` plus
 ``convert_tl_checkpoint`` and a strict ``load_state_dict``, the path TransformerLens 4's own legacy
-loader takes. Only imported when TransformerLens 4 is installed.
+loader takes. :class:`BridgeBackend` is TransformerLens 4's side of the loaders' backend interface
+(:mod:`._backend`). Only imported when TransformerLens 4 is installed.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from lensworks.model._compat import is_bridge, quiet
 from lensworks.model._core import LensworksError
+from lensworks.model._families import FamilySpec
 
 
 def compat(bridge: Any, *, fold_ln: bool, center_writing_weights: bool, center_unembed: bool,
@@ -201,3 +204,47 @@ def random_copy(model: Any, seed: int = 0) -> Any:
                                                         device=device, dtype=dtype)
         fresh.cfg.default_prepend_bos = model.cfg.default_prepend_bos
     return compat(fresh, **rec)
+
+
+class BridgeBackend:
+    """:class:`~lensworks.model._backend.Backend` of TransformerLens 4 (``TransformerBridge`` in
+    compatibility mode). Hugging Face directories and pretrained names boot through
+    ``boot_transformers`` (the directory's shapes checked against config.json first);
+    TransformerLens-format state dicts through :func:`boot_tl_state_dict`.
+
+    Example:
+        >>> from lensworks.model._backend import backend
+        >>> backend().line in (3, 4)
+        True
+    """
+
+    line = 4
+
+    def build_from_hf(self, path: Path, spec: FamilySpec, raw: dict[str, Any], fields: dict[str, Any], *,
+                      tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool]) -> Any:
+        """See :meth:`lensworks.model._backend.Backend.build_from_hf` (the bridge reads the
+        directory's tokenizer itself)."""
+        from lensworks.model import _hf
+
+        _hf.check_hf_shapes(path, spec, raw)
+        try:
+            return boot_hf_dir(path, dtype=dtype, device=device or "cpu", n_ctx=fields["n_ctx"], **processing)
+        except Exception as exc:
+            raise LensworksError(f"{path}: TransformerBridge.boot_transformers failed: {type(exc).__name__}: "
+                                 f"{str(exc)[:300]}") from exc
+
+    def build_from_tl(self, cfg: dict[str, Any], state_dict: dict[str, Tensor], *, tokenizer: Any, dtype: torch.dtype,
+                      device: Any, processing: dict[str, bool], process: bool, where: str) -> Any:
+        """See :meth:`lensworks.model._backend.Backend.build_from_tl` (``processing`` is all
+        False when ``process`` is)."""
+        return boot_tl_state_dict(cfg, state_dict, tokenizer=tokenizer, dtype=dtype, device=device or "cpu",
+                                  where=where, **processing)
+
+    def pretrained(self, name: str, *, dtype: torch.dtype | None, device: Any, processing: dict[str, bool]) -> Any:
+        """See :meth:`lensworks.model._backend.Backend.pretrained`."""
+        try:
+            return boot_hf_dir(name, dtype=dtype or torch.float32, device=device or "cpu", **processing)
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise LensworksError(f"could not load {name!r}: not a local checkpoint, and booting it by name failed: "
+                                 f"{first}") from exc

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lensworks.model._core import LensworksError
 
-__all__ = ["torch_load", "read_safetensors", "read_state_dict", "plain_reason", "check_floating"]
+__all__ = ["torch_load", "read_safetensors", "read_state_dict", "stored_shapes", "plain_reason", "check_floating"]
 
 
 def _weight_files(path: Path) -> tuple[list[Path], str]:
@@ -150,6 +150,31 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if missing:
             raise LensworksError(f"{index} lists {len(missing)} tensors that no weight file holds, e.g. {missing[:3]}")
     return sd
+
+
+def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a checkpoint directory, across shards; safetensors headers
+    are read without loading the tensors.
+
+    Example:
+        >>> stored_shapes(zoo.path("bpe-llama"))["model.embed_tokens.weight"]
+        (2048, 128)
+    """
+    files, kind = _weight_files(path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(f), framework="pt") as handle:
+                    for k in handle.keys():
+                        shapes[k] = tuple(handle.get_slice(k).get_shape())
+            except Exception as exc:
+                raise LensworksError(f"{f}: not a readable safetensors file ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        else:
+            shapes.update({k: tuple(v.shape) for k, v in torch_load(f).items()})
+    return shapes
 
 
 def check_floating(sd: dict[str, Tensor], where: str) -> None:

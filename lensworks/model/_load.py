@@ -1,5 +1,11 @@
-"""Loading and saving: model objects, local Hugging Face directories, TransformerLens-format
-checkpoints (``save_model`` directories, ``.pt`` files, the zoo) and pretrained names."""
+"""Loading: model objects, local Hugging Face directories, TransformerLens-format checkpoints
+(``save_model`` directories, ``.pt`` files, the zoo), other tools' checkpoints and pretrained names.
+
+This module finds out what a source is, reads and checks it the same way on both TransformerLens
+lines, and hands the checked config and tensors to :func:`lensworks.model._backend.backend`,
+which builds the line's model object. Family knowledge is in :mod:`._families` / :mod:`._specs`,
+file reading in :mod:`._files`.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,11 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from lensworks.model import _hf
-from lensworks.model._compat import TL_MAJOR, check_model, is_model, move, quiet
-from lensworks.model._core import HookedTransformer, LensworksError
-from lensworks.model._tlconfig import cfg_from_dict, check_declared_shapes, make_cfg
-from lensworks.model import _files, _foreign, _vocabfile
+from lensworks.model import _files, _foreign, _hf, _vocabfile
+from lensworks.model._backend import backend
+from lensworks.model._compat import check_model, is_model, quiet
+from lensworks.model._core import HookedTransformer, LensworksError, Model
+from lensworks.model._tlconfig import cfg_from_dict, check_declared_shapes
 from lensworks.model._foreign import check_size
 from lensworks.model._tokens import BOS_NAMES, vocab_tokenizer
 from lensworks.model._vocabfile import VocabSource, read_json, vocab_from_source, vocab_json
@@ -153,10 +159,10 @@ def load_model(
 # --------------------------------------------------------------------------- Hugging Face
 
 
-def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_ctx: int | None) -> HookedTransformer:
-    arch, family, raw = _hf.read_config(path)
+def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_ctx: int | None) -> Model:
+    spec, raw = _hf.read_config(path)
     where = str(path)
-    fields = _hf.config_fields(arch, family, raw, where=f"{path / _CFG_FILE}", n_ctx=n_ctx)
+    fields = _hf.config_fields(spec, raw, where=f"{path / _CFG_FILE}", n_ctx=n_ctx)
     tokenizer = _hf_tokenizer(path) if any((path / f).is_file() for f in _TOKENIZER_FILES) else None
     if tokenizer is not None:
         top = max(tokenizer.get_vocab().values(), default=-1)
@@ -165,37 +171,8 @@ def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_c
                 f"{where}: the tokenizer has ids up to {top} but the embedding (config.json vocab_size) has only "
                 f"{fields['d_vocab']} rows"
             )
-    target = dtype or torch.float32
-    if TL_MAJOR >= 4:
-        from lensworks.model import _bridge
-
-        _hf.check_hf_shapes(path, family, raw)
-        try:
-            bridge = _bridge.boot_hf_dir(path, dtype=target, device=device or "cpu", n_ctx=fields["n_ctx"],
-                                         **flags.resolved(True))
-        except Exception as exc:
-            raise LensworksError(f"{where}: TransformerBridge.boot_transformers failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
-        return bridge
-    cfg = make_cfg({**fields, "dtype": target, "device": "cpu", "init_weights": False}, where=where)
-    if tokenizer is not None:
-        cfg.tokenizer_name = str(path)
-    sd = _files.read_state_dict(path)
-    _hf.check_layer_count(sd, fields["n_layers"], f"{path / _CFG_FILE}")
-    _files.check_floating(sd, where)
-    sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
-    converted = _hf.convert_weights(family, raw, sd, cfg, where=where)
-    with quiet():
-        model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
-    _hf.check_shapes(converted, {k: tuple(v.shape) for k, v in model.state_dict().items()}, where=where)
-    process = flags.resolved(True)
-    if cfg.output_logits_soft_cap and cfg.output_logits_soft_cap > 0:
-        process["center_unembed"] = False  # a soft-cap is not invariant to a shift of the logits
-    with quiet():
-        model.load_and_process_state_dict(converted, fold_value_biases=True, **process)
-    if tokenizer is not None:
-        with quiet():
-            model.set_tokenizer(tokenizer)
-    return _finish(model, device)
+    return backend().build_from_hf(path, spec, raw, fields, tokenizer=tokenizer, dtype=dtype or torch.float32,
+                                   device=device, processing=flags.resolved(True))
 
 
 def _hf_tokenizer(path: Path):
@@ -252,38 +229,8 @@ def _build(
     process = flags.any_given or process_default
     resolved = flags.resolved(process_default)
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
-    if TL_MAJOR >= 4:
-        from lensworks.model import _bridge
-
-        return _bridge.boot_tl_state_dict(raw_cfg, sd, tokenizer=tokenizer, dtype=target, device=device or "cpu",
-                                          where=where, **resolved)
-    cfg = make_cfg({**raw_cfg, "init_weights": False}, where=where)
-    try:
-        with quiet():
-            model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
-    except (ValueError, TypeError, KeyError, AssertionError, NotImplementedError) as exc:  # TL's own config checks
-        raise LensworksError(f"{where}: TransformerLens cannot build a model from this config: "
-                             f"{type(exc).__name__}: {_files.plain_reason(exc)}") from exc
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd and not k.endswith(("IGNORE", ".mask"))]
-    unexpected = [k for k in sd if k not in expected]
-    if process and any(k.endswith(("ln1.w", "ln2.w", "ln_final.w")) for k in unexpected):
-        unexpected = []  # LayerNorm weights of an unfolded checkpoint, folded below
-    if missing or unexpected:
-        raise LensworksError(
-            f"{where}: state_dict does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    _hf.check_shapes(sd, {k: tuple(v.shape) for k, v in expected.items()}, where=where)
-    if process:
-        with quiet():
-            model.load_and_process_state_dict(sd, fold_value_biases=False, **resolved)
-    else:
-        model.load_state_dict(sd, strict=False)
-    if tokenizer is not None:
-        with quiet():
-            model.set_tokenizer(tokenizer)
-        model.cfg.default_prepend_bos = raw_cfg.get("default_prepend_bos", model.cfg.default_prepend_bos)
-    return _finish(model, device)
+    return backend().build_from_tl(raw_cfg, sd, tokenizer=tokenizer, dtype=target, device=device, processing=resolved,
+                                   process=process, where=where)
 
 
 def _check_device(device: Any) -> None:
@@ -307,64 +254,11 @@ def _check_device(device: Any) -> None:
         raise LensworksError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
 
 
-def _finish(model: Any, device: Any) -> Any:
-    if device is not None:
-        try:
-            model = move(model, device)
-        except (RuntimeError, AssertionError, ValueError) as exc:
-            raise LensworksError(f"cannot move the model to device {device!r}: {str(exc).splitlines()[0][:200]}") from exc
-    model.eval()
-    return model
+def _load_pretrained(name: str, *, device: Any, dtype: Any, flags: _Processing) -> Model:
+    return backend().pretrained(name, dtype=dtype, device=device, processing=flags.resolved(True))
 
 
-def _load_pretrained(name: str, *, device: Any, dtype: Any, flags: _Processing) -> HookedTransformer:
-    if TL_MAJOR >= 4:
-        from lensworks.model import _bridge
-
-        try:
-            return _bridge.boot_hf_dir(name, dtype=dtype or torch.float32, device=device or "cpu", **flags.resolved(True))
-        except Exception as exc:
-            first = str(exc).splitlines()[0][:300] if str(exc) else ""
-            raise LensworksError(f"could not load {name!r}: not a local checkpoint, and booting it by name failed: {first}") from exc
-    _check_pretrained_name(name)
-    kwargs: dict[str, Any] = dict(flags.resolved(True))
-    if device is not None:
-        kwargs["device"] = device
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    try:
-        with quiet():
-            return HookedTransformer.from_pretrained(name, **kwargs)
-    except Exception as exc:
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        raise LensworksError(
-            f"could not load {name!r}: it is not a local checkpoint (directory or .pt/.pth file), "
-            f"and loading it as a TransformerLens pretrained name failed: {type(exc).__name__}: {first}"
-        ) from exc
-
-
-def _check_pretrained_name(name: str) -> None:
-    """Refuse an unknown name with a few close matches, not TransformerLens's list of every model."""
-    import difflib
-
-    try:
-        from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, MODEL_ALIASES
-    except ImportError:  # pragma: no cover - layout of other TransformerLens versions
-        return
-    known = list(OFFICIAL_MODEL_NAMES) + [a for aliases in MODEL_ALIASES.values() for a in aliases]
-    if name in known or name.lower() in {k.lower() for k in known}:
-        return
-    from lensworks import zoo
-
-    close = difflib.get_close_matches(name, zoo.names() + known, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise LensworksError(
-        f"could not load {name!r}: no such file or directory, and not a TransformerLens pretrained name{hint} "
-        f"(bundled demo models: {', '.join(zoo.names())})"
-    )
-
-
-def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, vocab: Any = None) -> HookedTransformer:
+def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, vocab: Any = None) -> Model:
     cfg_path, w_path = path / _CFG_FILE, path / _WEIGHTS_FILE
     if not cfg_path.exists() or not w_path.exists():
         raise LensworksError(
@@ -380,7 +274,7 @@ def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, voc
     return _build(cfg, state_dict, vocab, device=device, dtype=dtype, flags=flags, where=str(path), tokenizer_dir=tok_dir)
 
 
-def _load_file(path: Path, *, device: Any, dtype: Any, flags: _Processing, vocab: Any = None) -> HookedTransformer:
+def _load_file(path: Path, *, device: Any, dtype: Any, flags: _Processing, vocab: Any = None) -> Model:
     if path.suffix not in (".pt", ".pth", ".ckpt"):
         raise LensworksError(
             f"{path}: expected a .pt/.pth checkpoint file or a checkpoint directory, got a {path.suffix or 'suffix-less'} file"
