@@ -1,6 +1,7 @@
 """Circuits: composition, copying and behavioural head scores, induction heads, skip-trigrams, the
 circuit graph and term importance."""
 
+from lensworks._heads import HeadId
 from lensworks.circuits.composition import CompositionScores, composition_scores
 from lensworks.circuits.eigen import CopyingScores, copying_scores
 from lensworks.circuits.scores import HeadScores
@@ -12,6 +13,7 @@ from lensworks.circuits.terms import TermImportance, term_importance
 from lensworks.circuits.attention import AttentionPatterns, attention_patterns
 
 __all__ = [
+    "HeadId",
     "composition_scores",
     "copying_scores",
     "head_scores",

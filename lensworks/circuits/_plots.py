@@ -6,7 +6,11 @@ import plotly.graph_objects as go
 
 from lensworks.plotting import escape_label
 
-__all__ = ["induction_scatter", "attention_figure"]
+__all__ = ["induction_scatter", "attention_figure", "circuit_graph_figure", "skip_trigrams_figure",
+           "term_importance_figure"]
+
+#: Edge colour of each composition mode in the circuit graph.
+_MODE_COLOURS = {"Q": "#1f77b4", "K": "#d62728", "V": "#2ca02c"}
 
 
 def induction_scatter(report) -> go.Figure:
@@ -74,4 +78,74 @@ def attention_figure(patterns) -> go.Figure:
                       yaxis=dict(title="destination (query) token", autorange="reversed"),
                       updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")],
                       height=620)
+    return fig
+
+def circuit_graph_figure(graph) -> go.Figure:
+    """A :class:`~lensworks.circuits.graph.CircuitGraph`: layers left to right, heads top to bottom;
+    edges coloured by composition mode, width by z."""
+    pos = {n["label"]: (n["layer"], -n["head"]) for n in graph.nodes}
+    fig = go.Figure()
+    z_top = max([e[4] for e in graph.edges], default=1.0)
+    for a, b, mode, score, z in graph.edges:
+        (x0, y0), (x1, y1) = pos[a], pos[b]
+        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
+                                 line=dict(color=_MODE_COLOURS.get(mode, "#888"), width=1 + 5 * z / z_top),
+                                 hovertemplate=f"{a} → {b}<br>{mode}-composition {score:.3f} (z {z:.1f})<extra></extra>"))
+    for mode in graph.modes:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{mode}-composition",
+                                 line=dict(color=_MODE_COLOURS.get(mode, "#888"), width=3)))
+    hover = [f"{n['label']}<br>roles: {', '.join(n['roles']) or 'none'}<br>previous-token {n['previous_token']:.2f}, "
+             f"duplicate {n['duplicate_token']:.2f}, induction {n['induction']:.2f}, copying {n['copying']:+.2f}"
+             for n in graph.nodes]
+    fig.add_trace(go.Scatter(x=[pos[n["label"]][0] for n in graph.nodes], y=[pos[n["label"]][1] for n in graph.nodes],
+                             mode="markers+text", text=[n["label"] for n in graph.nodes], textposition="top center",
+                             marker=dict(size=[16 if n["roles"] else 9 for n in graph.nodes],
+                                         color=["#ff7f0e" if n["roles"] else "#bbb" for n in graph.nodes]),
+                             hovertext=hover, hoverinfo="text", name="heads (orange: has a role)"))
+    fig.update_layout(title=f"Circuit graph: composition at least {graph.z_min:g} std above random factors",
+                      xaxis=dict(title="layer", dtick=1), yaxis=dict(title="head", showticklabels=False),
+                      template="plotly_white")
+    return fig
+
+
+def skip_trigrams_figure(tri) -> go.Figure:
+    """A :class:`~lensworks.circuits.trigrams.SkipTrigrams`: bars of the OV entries, labelled
+    ``destination … source → out``; hover shows the QK entry."""
+    labels = [f"{d!r} … {s!r} → {o!r}" for d, s, o in zip(tri.destination_labels, tri.source_labels, tri.out_labels)]
+    fig = go.Figure(go.Bar(x=tri.ov.tolist()[::-1], y=labels[::-1], orientation="h",
+                           customdata=tri.qk.tolist()[::-1],
+                           hovertemplate="%{y}<br>OV %{x:.3f}<br>QK %{customdata:.3f}<extra></extra>"))
+    fig.update_layout(title=f"Skip-trigrams of {tri.head_id.label}: the {len(labels)} largest full-OV entries",
+                      xaxis_title="W_E[source] W_OV W_U[:, out]", template="plotly_white",
+                      height=max(320, 22 * len(labels) + 120))
+    return fig
+
+
+def term_importance_figure(ti, top: int = 20) -> go.Figure:
+    """A :class:`~lensworks.circuits.terms.TermImportance`: loss against the largest path order
+    kept (left); the ``top`` terms whose removal costs most (right)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6], horizontal_spacing=0.18,
+                        subplot_titles=("Loss keeping paths through ≤ k heads",
+                                        "Loss increase when one term is removed (colour: order)"))
+    ks = list(range(len(ti.loss_by_order)))
+    fig.add_trace(go.Scatter(x=ks, y=ti.loss_by_order.tolist(), mode="lines+markers", name="expansion",
+                             hovertemplate="≤ %{x} heads<br>loss %{y:.4f} nats<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=ks, y=[ti.model_loss] * len(ks), mode="lines", name="model",
+                             line=dict(dash="dash", color="grey"),
+                             hovertemplate="model loss %{y:.4f}<extra></extra>"), row=1, col=1)
+    frame = ti.to_frame().head(top).iloc[::-1]
+    colours = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3"]
+    fig.add_trace(go.Bar(x=frame["loss_increase"], y=frame["term"], orientation="h", showlegend=False,
+                         marker_color=[colours[o % len(colours)] for o in frame["order"]],
+                         customdata=frame[["order", "loss_without"]].to_numpy(),
+                         hovertemplate="%{y} (order %{customdata[0]})<br>loss without it %{customdata[1]:.4f}"
+                                       "<br>increase %{x:.4f}<extra></extra>"), row=1, col=2)
+    fig.update_xaxes(title_text="k (heads on a path)", dtick=1, row=1, col=1)
+    fig.update_yaxes(title_text="mean next-token loss (nats)", row=1, col=1)
+    fig.update_xaxes(title_text="nats", row=1, col=2)
+    fig.update_layout(title=f"Term importance: paths through the heads, patterns and norms frozen ({ti.n_tokens:,} "
+                            f"predictions)", template="plotly_white", height=max(400, 22 * len(frame) + 160),
+                      legend=dict(x=0.33, y=0.98, xanchor="right"))
     return fig

@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lensworks._dist import rank0_only
+from lensworks._heads import HeadId
 from lensworks._results import Result, ResultMixin, require_finite
 from lensworks.model._core import check_int
 from lensworks.model import (
@@ -53,7 +54,17 @@ class HeadPair(NamedTuple):
     @property
     def label(self) -> str:
         """``"L0H1 -> L1H3"``."""
-        return f"L{self.src_layer}H{self.src_head} -> L{self.dst_layer}H{self.dst_head}"
+        return f"{self.src.label} -> {self.dst.label}"
+
+    @property
+    def src(self) -> HeadId:
+        """The earlier head (the writer)."""
+        return HeadId(self.src_layer, self.src_head)
+
+    @property
+    def dst(self) -> HeadId:
+        """The later head (the reader)."""
+        return HeadId(self.dst_layer, self.dst_head)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +124,28 @@ class CompositionScores(Result):
             raise LensworksError("this result has no baseline; call composition_scores(..., baseline=True)")
         return torch.where(self.mask(), self.scores - self.baseline.mean, torch.zeros_like(self.scores))
 
+    def z(self) -> Float[Tensor, "n_layers n_heads n_layers n_heads"]:
+        """Each score in standard deviations of the random baseline above its mean.
+
+        ``(scores - baseline.mean) / baseline.std`` (a zero std counts as 1e-12), in the scores'
+        dtype and layout; zero outside ``layer_a < layer_b``, like :meth:`corrected`. The circuit
+        graph's edges, the induction verdict's K-composition evidence and the command line's
+        tables all read their z from here.
+
+        Raises:
+            LensworksError: The result was computed with ``baseline=False``.
+
+        Example:
+            >>> comp = composition_scores(model, "K")
+            >>> pair = comp.top(1)[0]
+            >>> round(float(comp.z()[pair.src_layer, pair.src_head, pair.dst_layer, pair.dst_head]), 1)
+            12.8
+        """
+        if self.baseline is None:
+            raise LensworksError("this result has no baseline, so no z-score; call composition_scores(..., baseline=True)")
+        z = (self.scores - self.baseline.mean) / max(self.baseline.std, 1e-12)
+        return torch.where(self.mask(), z, torch.zeros_like(z))
+
     def top(self, k: int = 10) -> list[HeadPair]:
         """The ``k`` highest-scoring pairs (layer_a < layer_b), strongest first.
 
@@ -165,7 +198,7 @@ class CompositionScores(Result):
 
         rows = []
         for p in self.top(int(self.mask().sum())) if self.n_layers > 1 else []:
-            row = dict(src=f"L{p.src_layer}H{p.src_head}", dst=f"L{p.dst_layer}H{p.dst_head}", **p._asdict())
+            row = dict(src=p.src.label, dst=p.dst.label, **p._asdict())
             if self.baseline is not None:
                 row["corrected"] = p.score - self.baseline.mean
             rows.append(row)

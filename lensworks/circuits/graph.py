@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from lensworks._heads import HeadId
 from lensworks._results import Result
 from lensworks.circuits.composition import composition_scores
 from lensworks.circuits.eigen import copying_scores
@@ -23,8 +24,6 @@ from lensworks.model import (HookedTransformer, LensworksError, check_float, che
 __all__ = ["circuit_graph", "CircuitGraph", "Edge"]
 
 Edge = tuple[str, str, str, float, float]  # (from_label, to_label, mode, score, z)
-
-_COLOURS = {"Q": "#1f77b4", "K": "#d62728", "V": "#2ca02c"}
 
 
 @dataclass(frozen=True)
@@ -56,31 +55,9 @@ class CircuitGraph(Result):
 
     def figure(self):
         """Layers left to right, heads top to bottom; edges coloured by mode, width by z."""
-        import plotly.graph_objects as go
+        from lensworks.circuits._plots import circuit_graph_figure
 
-        pos = {n["label"]: (n["layer"], -n["head"]) for n in self.nodes}
-        fig = go.Figure()
-        z_top = max([e[4] for e in self.edges], default=1.0)
-        for a, b, mode, score, z in self.edges:
-            (x0, y0), (x1, y1) = pos[a], pos[b]
-            fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
-                                     line=dict(color=_COLOURS.get(mode, "#888"), width=1 + 5 * z / z_top),
-                                     hovertemplate=f"{a} → {b}<br>{mode}-composition {score:.3f} (z {z:.1f})<extra></extra>"))
-        for mode in self.modes:
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{mode}-composition",
-                                     line=dict(color=_COLOURS.get(mode, "#888"), width=3)))
-        hover = [f"{n['label']}<br>roles: {', '.join(n['roles']) or 'none'}<br>previous-token {n['previous_token']:.2f}, "
-                 f"duplicate {n['duplicate_token']:.2f}, induction {n['induction']:.2f}, copying {n['copying']:+.2f}"
-                 for n in self.nodes]
-        fig.add_trace(go.Scatter(x=[pos[n["label"]][0] for n in self.nodes], y=[pos[n["label"]][1] for n in self.nodes],
-                                 mode="markers+text", text=[n["label"] for n in self.nodes], textposition="top center",
-                                 marker=dict(size=[16 if n["roles"] else 9 for n in self.nodes],
-                                             color=["#ff7f0e" if n["roles"] else "#bbb" for n in self.nodes]),
-                                 hovertext=hover, hoverinfo="text", name="heads (orange: has a role)"))
-        fig.update_layout(title=f"Circuit graph: composition at least {self.z_min:g} std above random factors",
-                          xaxis=dict(title="layer", dtick=1), yaxis=dict(title="head", showticklabels=False),
-                          template="plotly_white")
-        return fig
+        return circuit_graph_figure(self)
 
     def caption(self) -> str:
         """How nodes and edges are chosen."""
@@ -165,10 +142,11 @@ def circuit_graph(
             comp = given.get(mode)
             if comp is None or comp.baseline is None:
                 comp = composition_scores(model, mode, baseline_samples=baseline_samples, progress=False)
-            z = (comp.scores - comp.baseline.mean) / max(comp.baseline.std, 1e-12)
+            z = comp.z()
             hits = (comp.mask() & (z >= z_min)).nonzero().tolist()
             for la, ha, lb, hb in hits:
-                edges.append((f"L{la}H{ha}", f"L{lb}H{hb}", mode, float(comp.scores[la, ha, lb, hb]), float(z[la, ha, lb, hb])))
+                edges.append((HeadId(la, ha).label, HeadId(lb, hb).label, mode, float(comp.scores[la, ha, lb, hb]),
+                              float(z[la, ha, lb, hb])))
     edges.sort(key=lambda e: -e[4])
     return CircuitGraph(nodes=tuple(nodes), edges=tuple(edges), modes=modes, z_min=float(z_min),
                         thresholds={"behaviour": float(behaviour_threshold), "copying": float(copying_threshold)},

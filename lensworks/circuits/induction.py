@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 
+from lensworks._heads import HeadId
 from lensworks._results import Result, ResultMixin
 from lensworks.circuits.composition import CompositionScores, composition_scores
 from lensworks.circuits.eigen import CopyingScores, copying_scores
@@ -43,7 +44,7 @@ class HeadEvidence(ResultMixin):
 
     @property
     def label(self) -> str:
-        return f"L{self.layer}H{self.head}"
+        return HeadId(self.layer, self.head).label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,7 @@ class InductionReport(Result):
 
     def headline(self) -> str | None:
         """The induction heads found, or that there are none."""
-        heads = ", ".join(f"L{l}H{h}" for l, h in self.heads)
+        heads = ", ".join(HeadId(l, h).label for l, h in self.heads)
         return f"Induction heads: {heads}." if heads else "No induction heads (behaviour and mechanism do not agree on any head)."
 
     def to_frame(self):
@@ -94,7 +95,7 @@ class InductionReport(Result):
     def summary(self) -> str:
         """A few lines of plain text: the verdict and the evidence for the top heads."""
         if self.heads:
-            lines = [f"induction heads: {', '.join(f'L{l}H{h}' for l, h in self.heads)}"]
+            lines = [f"induction heads: {', '.join(HeadId(l, h).label for l, h in self.heads)}"]
         else:
             lines = ["no induction heads found"]
         for e in self.evidence[: max(3, len(self.heads))]:
@@ -161,7 +162,7 @@ def find_induction_heads(
     copy = copying_scores(model)
     kcomp = composition_scores(model, "K", baseline=True, progress=progress)
     assert kcomp.baseline is not None
-    b_mean, b_std = kcomp.baseline.mean, max(kcomp.baseline.std, 1e-12)
+    kz = kcomp.z()
     L, H = cfg.n_layers, cfg.n_heads
     evidence = []
     for l in range(L):
@@ -174,8 +175,9 @@ def find_induction_heads(
                     if float(prev.scores[lp, hp]) >= previous_threshold:
                         v = float(kcomp.scores[lp, hp, l, h])
                         if partner is None or v > kc:
-                            partner, kc = f"L{lp}H{hp}", v
-            z = (kc - b_mean) / b_std if partner else float("-inf")
+                            partner, kc, z = HeadId(lp, hp).label, v, float(kz[lp, hp, l, h])
+            if partner is None:
+                z = float("-inf")  # no earlier previous-token head to compose with
             reasons = []
             if s_ind < induction_threshold:
                 reasons.append(f"induction score {s_ind:.3f} < {induction_threshold}")

@@ -40,6 +40,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensworks._dist import Shard, all_reduce_sum, gather_each
+from lensworks._heads import HeadId
 from lensworks._results import Result
 from lensworks.geometry._common import Data, iter_batches, progress_bar, softcap
 from lensworks.model import HookedTransformer, LensworksError, check_model, has_resid_mid, processing_state
@@ -114,32 +115,9 @@ class TermImportance(Result):
 
     def figure(self, top: int = 20):
         """Loss against the largest path order kept (left); the ``top`` terms whose removal costs most (right)."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        from lensworks.circuits._plots import term_importance_figure
 
-        fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6], horizontal_spacing=0.18,
-                            subplot_titles=("Loss keeping paths through ≤ k heads",
-                                            "Loss increase when one term is removed (colour: order)"))
-        ks = list(range(len(self.loss_by_order)))
-        fig.add_trace(go.Scatter(x=ks, y=self.loss_by_order.tolist(), mode="lines+markers", name="expansion",
-                                 hovertemplate="≤ %{x} heads<br>loss %{y:.4f} nats<extra></extra>"), row=1, col=1)
-        fig.add_trace(go.Scatter(x=ks, y=[self.model_loss] * len(ks), mode="lines", name="model",
-                                 line=dict(dash="dash", color="grey"),
-                                 hovertemplate="model loss %{y:.4f}<extra></extra>"), row=1, col=1)
-        frame = self.to_frame().head(top).iloc[::-1]
-        colours = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3"]
-        fig.add_trace(go.Bar(x=frame["loss_increase"], y=frame["term"], orientation="h", showlegend=False,
-                             marker_color=[colours[o % len(colours)] for o in frame["order"]],
-                             customdata=frame[["order", "loss_without"]].to_numpy(),
-                             hovertemplate="%{y} (order %{customdata[0]})<br>loss without it %{customdata[1]:.4f}"
-                                           "<br>increase %{x:.4f}<extra></extra>"), row=1, col=2)
-        fig.update_xaxes(title_text="k (heads on a path)", dtick=1, row=1, col=1)
-        fig.update_yaxes(title_text="mean next-token loss (nats)", row=1, col=1)
-        fig.update_xaxes(title_text="nats", row=1, col=2)
-        fig.update_layout(title=f"Term importance: paths through the heads, patterns and norms frozen ({self.n_tokens:,} "
-                                f"predictions)", template="plotly_white", height=max(400, 22 * len(frame) + 160),
-                          legend=dict(x=0.33, y=0.98, xanchor="right"))
-        return fig
+        return term_importance_figure(self, top)
 
     def caption(self) -> str:
         """How the expansion is made."""
@@ -183,7 +161,7 @@ def count_terms(n_layers: int, n_heads: int, max_order: int) -> int:
 
 def path_label(path: Sequence[tuple[int, int]]) -> str:
     """``direct`` for the empty path, else ``L0H1>L1H2``."""
-    return ">".join(f"L{l}H{h}" for l, h in path) or "direct"
+    return ">".join(HeadId(l, h).label for l, h in path) or "direct"
 
 
 @dataclass

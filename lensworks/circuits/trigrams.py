@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._heads import HeadId
 from lensworks._results import Result
 from lensworks.model import (HookedTransformer, LensworksError, attention_weights, check_head, embedding,
                              processing_state, token_strings, unembedding)
@@ -68,29 +69,27 @@ class SkipTrigrams(Result):
             "source_id": self.source.tolist(), "destination_id": self.destination.tolist(), "out_id": self.out.tolist(),
         })
 
+    @property
+    def head_id(self) -> HeadId:
+        """The head, as a :class:`~lensworks.HeadId`."""
+        return HeadId(self.layer, self.head)
+
     def figure(self):
         """Bars of the OV entries, labelled ``destination ... source -> out``; hover shows the QK entry."""
-        import plotly.graph_objects as go
+        from lensworks.circuits._plots import skip_trigrams_figure
 
-        labels = [f"{d!r} … {s!r} → {o!r}" for d, s, o in zip(self.destination_labels, self.source_labels, self.out_labels)]
-        fig = go.Figure(go.Bar(x=self.ov.tolist()[::-1], y=labels[::-1], orientation="h",
-                               customdata=self.qk.tolist()[::-1],
-                               hovertemplate="%{y}<br>OV %{x:.3f}<br>QK %{customdata:.3f}<extra></extra>"))
-        fig.update_layout(title=f"Skip-trigrams of L{self.layer}H{self.head}: the {len(labels)} largest full-OV entries",
-                          xaxis_title="W_E[source] W_OV W_U[:, out]", template="plotly_white",
-                          height=max(320, 22 * len(labels) + 120))
-        return fig
+        return skip_trigrams_figure(self)
 
     def caption(self) -> str:
         """How to read a trigram."""
-        return (f"Skip-trigrams of head L{self.layer}H{self.head}: each bar is a (source, out) pair with one of the "
+        return (f"Skip-trigrams of head {self.head_id.label}: each bar is a (source, out) pair with one of the "
                 "largest entries of the full OV circuit W_E W_V W_O W_U (attending to the source raises the out token), "
                 "labelled with the destination token whose QK entry W_E W_Q W_K^T W_E^T for that source is largest "
                 "(positions ignored).")
 
     def headline(self) -> str | None:
         """The strongest trigram."""
-        return (f"L{self.layer}H{self.head}'s strongest skip-trigram: {self.destination_labels[0]!r} … "
+        return (f"{self.head_id.label}'s strongest skip-trigram: {self.destination_labels[0]!r} … "
                 f"{self.source_labels[0]!r} → {self.out_labels[0]!r} (OV {float(self.ov[0]):.3f}).")
 
 

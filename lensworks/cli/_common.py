@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -321,30 +320,30 @@ def records(frame: Any) -> list[dict[str, Any]]:
 
 
 def write_outputs(args: argparse.Namespace, payload: dict[str, Any], figures: Sequence[Any], title: str) -> None:
-    """Write ``--json`` (payload) and ``--html`` (all figures on one self-contained page), atomically.
+    """Write ``--json`` (payload) and ``--html`` (all figures on one self-contained page) with
+    :func:`lensworks.write`, whatever the paths' suffixes.
 
     Args:
         args: Parsed arguments; ``json``/``html`` are the paths (absent or ``None``: not written).
-        payload: JSON-ready numbers.
-        figures: plotly figures for the HTML page.
+        payload: Name -> result or JSON-ready value (a result is written as its ``to_dict()``
+            with its type name).
+        figures: Results or plotly figures for the HTML page, in order.
         title: The HTML page's title.
 
     Example:
         >>> write_outputs(argparse.Namespace(json=None, html=None), {}, [], "t")
     """
     from lensworks._dist import is_main
-    from lensworks.model._io import write_atomic
 
     if not is_main():  # under torchrun only rank 0 writes
         return
-    if getattr(args, "json", None):
-        path = write_atomic(args.json, json.dumps(payload, indent=1))
-        print(f"wrote {path}")
-    if getattr(args, "html", None):
-        from lensworks.plotting import figures_to_html
+    if getattr(args, "json", None) or getattr(args, "html", None):
+        from lensworks._output import write
 
-        path = write_atomic(args.html, figures_to_html(figures, title=title))
-        print(f"wrote {path}")
+        if getattr(args, "json", None):
+            print(f"wrote {write(payload, args.json, 'json')}")
+        if getattr(args, "html", None):
+            print(f"wrote {write(list(figures), args.html, 'html', title=title)}")
 
 
 def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:

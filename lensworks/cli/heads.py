@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         >>> main(["heads", "--top", "3"])  # doctest: +SKIP
         0
     """
+    from lensworks._heads import HeadId
     from lensworks.report import Context, registry, run_sections
     from lensworks.model import LensworksError
 
@@ -85,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
         rows = []
         for mode in ("Q", "K", "V"):
             c = comps[mode]
+            z = c.z()
             for pair in c.top(args.top):
-                z = (pair.score - c.baseline.mean) / max(c.baseline.std, 1e-12)
-                rows.append((mode, pair.label, pair.score, f"{z:.1f}"))
+                rows.append((mode, pair.label, pair.score, f"{float(z[(*pair.src, *pair.dst)]):.1f}"))
         print("\nstrongest composition (z: std above random factors)")
         print(format_table(rows, ["mode", "pair", "score", "z"]))
     print("\n" + report.summary())
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         extra["term_importance"] = _terms(args, model, report)
     payload = {
         "model": name,
-        "induction_heads": [f"L{l}H{h}" for l, h in report.heads],
+        "induction_heads": [HeadId(l, h).label for l, h in report.heads],
         "evidence": [e.to_dict() for e in report.evidence],
         "head_scores": {k: v.to_dict() for k, v in per_head.items()},
         "composition": {m: c.to_dict() for m, c in comps.items()},
@@ -110,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _graph_and_trigrams(args: argparse.Namespace, model: Any, run: Any) -> dict[str, Any]:
     """``--graph`` and ``--trigrams``: print them and return the results for JSON/HTML."""
-    import re
-
+    from lensworks._heads import HeadId
     from lensworks.circuits import skip_trigrams
     from lensworks.model import LensworksError
 
@@ -123,10 +123,11 @@ def _graph_and_trigrams(args: argparse.Namespace, model: Any, run: Any) -> dict[
         print(format_table(rows, ["from", "to", "mode", "score", "z"]) if rows else "(no edges)")
         out["circuit_graph"] = graph
     if args.trigrams is not None:
-        m = re.fullmatch(r"L(\d+)H(\d+)", args.trigrams.strip())
-        if m is None:
-            raise LensworksError(f"--trigrams expects a head such as L1H2, got {args.trigrams!r}")
-        tri = skip_trigrams(model, int(m.group(1)), int(m.group(2)), k=max(args.top, 10))
+        try:
+            layer, head = HeadId.parse(args.trigrams)
+        except LensworksError:
+            raise LensworksError(f"--trigrams expects a head such as L1H2, got {args.trigrams!r}") from None
+        tri = skip_trigrams(model, layer, head, k=max(args.top, 10))
         rows = [(d, s_, o, ov, qk) for d, s_, o, ov, qk in zip(tri.destination_labels, tri.source_labels, tri.out_labels,
                                                                tri.ov.tolist(), tri.qk.tolist())]
         print(f"\nskip-trigrams of {args.trigrams} (destination ... source -> out)")

@@ -21,6 +21,7 @@ __all__ = [
     "tune_figure",
     "similar_windows_figure",
     "neighbour_prediction_figure",
+    "dimensionality_figure",
 ]
 
 _DASH = {"resid_pre": "solid", "resid_mid": "dash", "resid_post": "dot", "attn_out": "dashdot", "mlp_out": "longdash"}
@@ -229,4 +230,23 @@ def neighbour_prediction_figure(pred: Any) -> go.Figure:
         title=f"Neighbour prediction vs model per prompt: top token agrees on {sum(agree)} of {len(h)} "
               f"(green agrees, red differs, grey no similar window)",
         xaxis_title="prompt (index)", yaxis_title="Hellinger distance (0 = same, 1 = disjoint)", yaxis_range=[0, 1])
+    return fig
+
+def dimensionality_figure(dim: Any) -> go.Figure:
+    """An :class:`~lensworks.geometry.EffectiveDimensionality`: participation ratio and components
+    for 90% of the variance against depth, one line per stream, one colour per stream in both panels."""
+    import plotly.colors
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("participation ratio", "components for 90% of variance"))
+    palette = plotly.colors.qualitative.Plotly
+    for si, s in enumerate(dim.streams):
+        colour = palette[si % len(palette)]  # one colour per stream in both panels, as the legend says
+        for col, values in ((1, dim.participation_ratio[si]), (2, dim.n_components_90[si])):
+            fig.add_trace(go.Scatter(x=list(dim.layers), y=values.tolist(), mode="lines+markers", name=s,
+                                     legendgroup=s, showlegend=col == 1, line={"color": colour},
+                                     hovertemplate=f"{s}<br>layer %{{x}}<br>%{{y:.2f}}<extra></extra>"),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="layer")
+    fig.update_layout(title=f"Effective dimensionality of the residual stream ({dim.n_samples} samples)",
+                      template="plotly_white")
     return fig
