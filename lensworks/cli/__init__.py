@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lensworks {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks (accepted anywhere on the line)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads for every step (accepted anywhere on the line; default: the cores other "
+                             "processes leave free, measured at start; LENSWORKS_THREADS=N also sets it)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
         import_module(f"{__name__}.{name}").register(sub)
@@ -82,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("LENSWORKS_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    argv, threads = _pop_threads(argv)
+    if isinstance(threads, str):  # not a positive integer: one line, like argparse's own errors
+        print(f"lensworks: error: --threads: expected a positive integer, got {threads!r}", file=sys.stderr)
+        return 2
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -107,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "the other: give each its own path")
                 seen[key] = flag
         _init_distributed_from_env()
-        with main_process_only():  # under torchrun: every rank computes its share, rank 0 prints
+        from lensworks._threads import using_threads
+
+        with main_process_only(), using_threads(threads):  # under torchrun: every rank computes its share, rank 0 prints
             return int(args.func(args) or 0)
     except BrokenPipeError:
         _silence_stdout()
@@ -127,6 +136,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = "" if user_error else " (this looks like a bug in lensworks: rerun with --debug for the traceback)"
         print(f"lensworks {args.command}: error: {reason}{hint}", file=sys.stderr)
         return 2 if user_error else 1
+
+
+def _pop_threads(argv: list[str]) -> tuple[list[str], int | str | None]:
+    """Take ``--threads N`` (or ``--threads=N``) from anywhere on the line: the torch threads every
+    command uses (default: the cores other processes leave free; see lensworks._threads). Returns
+    the rest of the line and N, None when absent, or the bad text when N is not a positive integer."""
+    out, value = [], None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--threads" or a.startswith("--threads="):
+            if a == "--threads":
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+                i += 2
+            else:
+                value = a.split("=", 1)[1]
+                i += 1
+            continue
+        out.append(a)
+        i += 1
+    if value is None:
+        return out, None
+    return out, int(value) if value.isdigit() and int(value) >= 1 else value
 
 
 def _is_device(path: str) -> bool:
