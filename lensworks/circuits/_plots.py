@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from lensworks._heads import HeadId
 from lensworks.plotting import escape_label
 
 __all__ = ["induction_scatter", "attention_figure", "circuit_graph_figure", "skip_trigrams_figure",
@@ -65,7 +66,7 @@ def attention_figure(patterns) -> go.Figure:
         n = len(tokens)
         labels = [escape_label(f"{i}:{t}") for i, t in enumerate(tokens)]
         for v, (layer, head) in enumerate(patterns.heads):
-            views.append((f"prompt {p} · L{layer}H{head}", labels, patterns.patterns[p, v, :n, :n]))
+            views.append((f"prompt {p} · {HeadId(layer, head).label}", labels, patterns.patterns[p, v, :n, :n]))
     first = views[0]
     fig = go.Figure(go.Heatmap(z=first[2].tolist(), x=first[1], y=first[1], zmin=0, zmax=1, colorscale="Blues",
                                colorbar=dict(title="attention"),
@@ -79,6 +80,7 @@ def attention_figure(patterns) -> go.Figure:
                       updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")],
                       height=620)
     return fig
+
 
 def circuit_graph_figure(graph) -> go.Figure:
     """A :class:`~lensworks.circuits.graph.CircuitGraph`: layers left to right, heads top to bottom;

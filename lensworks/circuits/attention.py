@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lensworks._heads import HeadId
 from lensworks._results import Result
 from lensworks.model import HookedTransformer, LensworksError
 
@@ -65,7 +66,8 @@ class AttentionPatterns(Result):
     @property
     def labels(self) -> tuple[str, ...]:
         """One label per (prompt, head) view, prompt-major: ``"prompt 0 · L1H2"``."""
-        return tuple(f"prompt {p} · L{layer}H{head}" for p in range(len(self.tokens)) for layer, head in self.heads)
+        return tuple(f"prompt {p} · {HeadId(layer, head).label}" for p in range(len(self.tokens))
+                     for layer, head in self.heads)
 
     def pattern(self, prompt: int, layer: int, head: int) -> Float[Tensor, "dest src"]:
         """The ``[n, n]`` pattern of one head on one prompt (``n`` its token count; NaN above the diagonal).
@@ -76,7 +78,7 @@ class AttentionPatterns(Result):
             torch.Size([12, 12])
         """
         if (layer, head) not in self.heads:
-            raise LensworksError(f"head L{layer}H{head} is not among the heads shown ({len(self.heads)} heads)")
+            raise LensworksError(f"head {HeadId(layer, head).label} is not among the heads shown ({len(self.heads)} heads)")
         if not 0 <= prompt < len(self.tokens):
             raise LensworksError(f"prompt must be in 0..{len(self.tokens) - 1}, got {prompt}")
         n = len(self.tokens[prompt])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from lensworks._heads import HeadId
 from lensworks.report._context import Context, DataRead
 from lensworks.report._sections import Section
 
@@ -126,7 +127,7 @@ def _trigrams(ctx: Context) -> Any:
         (layer, head), why = rep.heads[0], "the first induction head of the verdict"
     else:
         label, _ = rep.copying.top(1)[0]
-        layer, head = (int(x) for x in label[1:].split("H"))
+        layer, head = HeadId.parse(label)
         why = "the head with the highest copying score"
     return dataclasses.replace(skip_trigrams(ctx.model, layer, head, k=k), note=f"Head chosen: {why}.")
 
