@@ -14,13 +14,15 @@ Re-record only when a change of the loaders' outputs is intended::
     OMP_NUM_THREADS=1 .venv-tl4/bin/python tests/test_loader_frozen.py --write
 
 An entry added to the architecture list after the copy was recorded is skipped, saying so, until
-the copy is re-recorded.
+the copy is re-recorded. The family registry and the backend choice are tested at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -33,8 +35,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from archs import _HF, ARCHS, arch_checkpoint, hf_dir  # noqa: E402
 from hf_families import FAMILIES  # noqa: E402
-from lensworks.model import (TL_MAJOR, bos_token_id, encode_text, load_model, processing_state,  # noqa: E402
-                             uses_bos)
+from lensworks.model import (SUPPORTED_ARCHITECTURES, TL_MAJOR, LensworksError, bos_token_id,  # noqa: E402
+                             encode_text, family_for, load_model, processing_state, register_family, uses_bos)
+from lensworks.model import _families  # noqa: E402
+from lensworks.model._backend import backend  # noqa: E402
+from lensworks.model._families import families  # noqa: E402
 
 FROZEN = Path(__file__).parent / "data" / f"loader_frozen_tl{min(TL_MAJOR, 4)}.json"
 
@@ -155,6 +160,67 @@ def test_loader_output_equals_the_frozen_copy(entry, mode):
         flat_want = torch.tensor(want["logits"][part], dtype=torch.float64).flatten().tolist()
         for g, w in zip(flat_got, flat_want, strict=True):
             _close(g, w, scale, f"{key} logits[{part}]")
+
+
+# --------------------------------------------------------------------------- families and backends
+
+
+def test_every_registered_family_has_a_test_checkpoint():
+    specs = families()
+    assert [s.architecture for s in specs] == list(SUPPORTED_ARCHITECTURES)
+    assert {s.family for s in specs} == set(FAMILIES)  # tests/hf_families.py builds one of each
+    for spec in specs:
+        assert family_for(spec.architecture) is spec and SUPPORTED_ARCHITECTURES[spec.architecture] == spec.family
+
+
+def test_family_for_and_register_family_refuse_with_what_came():
+    with pytest.raises(LensworksError, match="unsupported architecture MambaForCausalLM") as err:
+        family_for("MambaForCausalLM", where="x/config.json")
+    assert all(a in str(err.value) for a in SUPPORTED_ARCHITECTURES) and "x/config.json" in str(err.value)
+    with pytest.raises(LensworksError, match="model_type 'mamba'"):
+        family_for(None, model_type="mamba")
+    llama = family_for("LlamaForCausalLM")
+    with pytest.raises(LensworksError, match="already registered"):
+        register_family(dataclasses.replace(llama))
+    with pytest.raises(LensworksError, match="family name 'llama' is already used"):
+        register_family(dataclasses.replace(llama, architecture="OtherForCausalLM"))
+    with pytest.raises(LensworksError, match="expects a FamilySpec, got dict"):
+        register_family({"architecture": "X"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        llama.head = "x"  # type: ignore[misc]
+
+
+@pytest.mark.skipif(TL_MAJOR >= 4, reason="TransformerLens 4 boots Hugging Face directories through its own adapters, "
+                                          "chosen by architecture name")
+def test_a_new_family_is_one_spec(tmp_path):
+    """A renamed copy of the Llama spec reads a Llama checkpoint saved under the new name; no
+    loader code changes."""
+    src = hf_dir("llama")
+    dst = tmp_path / "mine"
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["architectures"] = ["MyLlamaForCausalLM"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LensworksError, match="unsupported architecture MyLlamaForCausalLM"):
+        load_model(dst)
+    spec = register_family(dataclasses.replace(family_for("LlamaForCausalLM"), architecture="MyLlamaForCausalLM",
+                                               family="my-llama"))
+    try:
+        assert SUPPORTED_ARCHITECTURES["MyLlamaForCausalLM"] == "my-llama"
+        mine, ref = load_model(dst), load_model(src)
+        assert mine.cfg.original_architecture == spec.architecture
+        toks = torch.tensor([[1, 5, 9, 40, 7, 2]])
+        with torch.no_grad():
+            torch.testing.assert_close(mine(toks), ref(toks), rtol=0, atol=0)
+    finally:
+        _families._REGISTRY.pop("MyLlamaForCausalLM", None)
+    assert "MyLlamaForCausalLM" not in SUPPORTED_ARCHITECTURES
+
+
+def test_one_backend_per_line():
+    assert backend() is backend()
+    assert backend().line == (4 if TL_MAJOR >= 4 else 3)
+    assert type(backend()).__name__ == ("BridgeBackend" if TL_MAJOR >= 4 else "HookedBackend")
 
 
 def write() -> Path:

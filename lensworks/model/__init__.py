@@ -11,7 +11,11 @@ lengths, the processing record), so that a TransformerLens difference is handled
   device, working dtype, positional embedding, backend), cached per model.
 - :mod:`._facts`: the helpers analyses call (streams, BOS, default lengths, random controls, the
   processing record), answered from the model's facts.
-- :mod:`._load`: loading and saving checkpoints; :mod:`._hf`: local Hugging Face directories.
+- :mod:`._load`: loading checkpoints, read and checked once for both TransformerLens lines, built by
+  :mod:`._backend` (:mod:`._hooked` for TransformerLens 3, :mod:`._bridge` for 4); :mod:`._save`: saving.
+- :mod:`._families`: :class:`FamilySpec`, one per Hugging Face architecture, in a registry
+  (:func:`register_family`, :func:`family_for`); the built-in ones in :mod:`._specs`;
+  :mod:`._hf`: local Hugging Face directories read through their spec.
 """
 
 from lensworks.model._core import (
@@ -40,7 +44,7 @@ from lensworks.model._facts import (
     random_copy,
     uses_bos,
 )
-from lensworks.model._hf import SUPPORTED_ARCHITECTURES
+from lensworks.model._families import SUPPORTED_ARCHITECTURES, FamilySpec, family_for, register_family
 from lensworks.model._modelfacts import ModelFacts, model_facts
 from lensworks.model._compat import capture_hooks, logits_from_block
 from lensworks.model._load import load_model
@@ -77,6 +81,9 @@ __all__ = [
     "is_bridge",
     "TL_MAJOR",
     "SUPPORTED_ARCHITECTURES",
+    "FamilySpec",
+    "register_family",
+    "family_for",
     "hook_name",
     "check_layer",
     "check_float",
