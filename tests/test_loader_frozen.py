@@ -190,8 +190,6 @@ def test_family_for_and_register_family_refuse_with_what_came():
         llama.head = "x"  # type: ignore[misc]
 
 
-@pytest.mark.skipif(TL_MAJOR >= 4, reason="TransformerLens 4 boots Hugging Face directories through its own adapters, "
-                                          "chosen by architecture name")
 def test_a_new_family_is_one_spec(tmp_path):
     """A renamed copy of the Llama spec reads a Llama checkpoint saved under the new name; no
     loader code changes."""
@@ -208,7 +206,8 @@ def test_a_new_family_is_one_spec(tmp_path):
     try:
         assert SUPPORTED_ARCHITECTURES["MyLlamaForCausalLM"] == "my-llama"
         mine, ref = load_model(dst), load_model(src)
-        assert mine.cfg.original_architecture == spec.architecture
+        if TL_MAJOR < 4:  # TransformerLens 4 keeps no original_architecture
+            assert mine.cfg.original_architecture == spec.architecture
         toks = torch.tensor([[1, 5, 9, 40, 7, 2]])
         with torch.no_grad():
             torch.testing.assert_close(mine(toks), ref(toks), rtol=0, atol=0)
