@@ -4,12 +4,12 @@ modules (this one and ``lensworks/<area>/_plots.py``); nothing here displays a f
 from __future__ import annotations
 
 import html
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
 
-__all__ = ["head_heatmap", "figures_to_html", "escape_label", "attention_explorer"]
+__all__ = ["head_heatmap", "figures_to_html", "escape_label", "attention_explorer", "add_reference", "reference_title"]
 
 
 def escape_label(text: str) -> str:
@@ -24,6 +24,93 @@ def escape_label(text: str) -> str:
         '&lt;b&gt;"x"'
     """
     return html.escape(str(text), quote=False)
+
+
+def reference_title(title: str, references: Iterable[Any]) -> str:
+    """A figure title followed by the references it is read against, each as ``describe()`` says.
+
+    Example:
+        >>> from lensworks._results import Reference
+        >>> reference_title("induction score per head", [Reference.exact(0.05)])
+        'induction score per head (chance 0.050)'
+    """
+    notes = [escape_label(ref.describe()) for ref in references]
+    return f"{title} ({'; '.join(notes)})" if notes else title
+
+
+def add_reference(
+    fig: go.Figure,
+    ref: Any,
+    *,
+    x: Sequence[Any] | None = None,
+    orientation: str = "h",
+    name: str | None = None,
+    color: str = "grey",
+    dash: str = "dash",
+    fmt: str = ".3f",
+    row: int | None = None,
+    col: int | None = None,
+) -> go.Figure:
+    """Draw a :class:`~lensworks._results.Reference` the one way every figure draws one.
+
+    A dashed line at the reference's mean and, when it has an interval, a grey band from ``lo``
+    to ``hi``, named ``ref.describe(fmt)``. A scalar reference without ``x`` spans the plot
+    (``orientation="h"``: a horizontal line at ``y = mean``; ``"v"``: a vertical line at
+    ``x = mean``), with the description as the line's annotation; otherwise the line and band
+    are traces along ``x`` (a legend entry, and the description in the hover text), one
+    position per entry for a reference with one value per entry.
+
+    Args:
+        fig: The figure to draw on (returned, drawn in place).
+        ref: The reference.
+        x: Positions along the x axis (for a per-entry reference, or to limit a scalar one).
+        orientation: "h" or "v", for a scalar reference without ``x``.
+        name: Legend name (default: ``ref.describe(fmt)``).
+        color: Line colour.
+        dash: Line style (plotly's ``line.dash``); "dash" unless two references share a plot.
+        fmt: Number format of the description.
+        row, col: Subplot of a ``make_subplots`` figure.
+
+    Example:
+        >>> from lensworks._results import Reference
+        >>> ref = Reference(mean=0.1, std=0.02, lo=0.07, hi=0.14, n=50, label="random")
+        >>> [t.name for t in add_reference(go.Figure(), ref, x=[0, 1, 2]).data]
+        ['random: interval', 'random 0.100 ± 0.020, n=50']
+        >>> add_reference(go.Figure(), ref).layout.annotations[0].text
+        'random 0.100 ± 0.020, n=50'
+    """
+    text = escape_label(ref.describe(fmt))
+    name = escape_label(name) if name is not None else text
+    where = {"row": row, "col": col} if row is not None else {}
+    line = dict(color=color, dash=dash, width=1.5)
+    band = dict(fill="toself", fillcolor="rgba(150,150,150,0.25)", line=dict(width=0), hoverinfo="skip")
+    band_name = f"{escape_label(ref.name) if name == text else name}: interval"
+    if ref.is_scalar and x is None:
+        if orientation not in ("h", "v"):
+            raise ValueError(f"orientation must be 'h' or 'v', got {orientation!r}")
+        if ref.has_interval and ref.lo != ref.hi:
+            adder = fig.add_hrect if orientation == "h" else fig.add_vrect
+            span = dict(y0=ref.lo, y1=ref.hi) if orientation == "h" else dict(x0=ref.lo, x1=ref.hi)
+            adder(**span, fillcolor="rgba(150,150,150,0.25)", line_width=0, layer="below", **where)
+        adder = fig.add_hline if orientation == "h" else fig.add_vline
+        pos = dict(y=float(ref.mean)) if orientation == "h" else dict(x=float(ref.mean))
+        adder(**pos, line=line, annotation_text=name, annotation_font_color=color, **where)
+        return fig
+    xs = list(x) if x is not None else []
+    means = [float(ref.mean)] * len(xs) if ref.is_scalar else ref.mean.tolist()
+    if len(means) != len(xs):
+        raise ValueError(f"x has {len(xs)} positions for a reference with {len(means)} entries")
+    hover = f"%{{x}}<br>{name}: %{{y:{fmt}}}"
+    custom = None
+    if ref.has_interval:
+        lo = [float(ref.lo)] * len(xs) if ref.is_scalar else ref.lo.tolist()
+        hi = [float(ref.hi)] * len(xs) if ref.is_scalar else ref.hi.tolist()
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], name=band_name, **band), **where)
+        custom = list(zip(lo, hi))
+        hover += f" [%{{customdata[0]:{fmt}}}, %{{customdata[1]:{fmt}}}]"
+    fig.add_trace(go.Scatter(x=xs, y=means, mode="lines", name=name, line=line, customdata=custom,
+                             hovertemplate=hover + "<extra></extra>"), **where)
+    return fig
 
 
 def head_heatmap(

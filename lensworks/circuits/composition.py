@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lensworks._dist import rank0_only
 from lensworks._heads import HeadId
-from lensworks._results import Result, ResultMixin, require_finite
+from lensworks._results import Reference, Result, require_finite
 from lensworks.model._core import check_int
 from lensworks.model import (
     HookedTransformer, LensworksError, attention_weights, check_int, head_labels, processing_state,
@@ -67,14 +67,34 @@ class HeadPair(NamedTuple):
         return HeadId(self.dst_layer, self.dst_head)
 
 
-@dataclasses.dataclass(frozen=True)
-class Baseline(ResultMixin):
-    """Score distribution for random Gaussian factors of the same shapes."""
+@dataclasses.dataclass(frozen=True, init=False)
+class Baseline(Reference):
+    """Score distribution for random Gaussian factors of the same shapes: a :class:`Reference`
+    (kind "baseline", label "random factors") that also records its seed.
 
-    mean: float
-    std: float
-    n_samples: int
-    seed: int
+    ``n_samples`` is the old name of ``n`` (readable, and accepted by the constructor).
+
+    Example:
+        >>> b = Baseline(mean=0.04, std=0.01, n_samples=50, seed=0)
+        >>> b.n_samples, b.describe()
+        (50, 'random factors 0.040 ± 0.010, n=50')
+    """
+
+    seed: int = 0
+
+    def __init__(self, mean: float, std: float = math.nan, lo: float = math.nan, hi: float = math.nan, n: int = 0,
+                 kind: str = "baseline", label: str = "random factors", seed: int = 0, *,
+                 n_samples: int | None = None) -> None:
+        values = dict(mean=mean, std=std, lo=lo, hi=hi, n=n if n_samples is None else n_samples, kind=kind,
+                      label=label, seed=seed)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        self.__post_init__()
+
+    @property
+    def n_samples(self) -> int:
+        """The number of random factor pairs (``n``)."""
+        return self.n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +118,7 @@ class CompositionScores(Result):
     processing: dict[str, Any]
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scores.ndim != 4:
             raise LensworksError(f"scores must be [n_layers, n_heads, n_layers, n_heads], got {tuple(self.scores.shape)}")
 
@@ -175,8 +196,8 @@ class CompositionScores(Result):
             "Blank cells are pairs that cannot compose (the reader is not in a later layer)."
         )
         if self.baseline is not None:
-            text += (f" Random factors of the same shapes score {self.baseline.mean:.3f} ± {self.baseline.std:.3f} "
-                     f"({self.baseline.n_samples} samples): read a cell relative to that.")
+            text += (f" Baseline from random factors of the same shapes: {self.baseline.describe()}; read a cell "
+                     "relative to that.")
         return text
 
     def headline(self) -> str | None:
@@ -184,7 +205,7 @@ class CompositionScores(Result):
         if self.n_layers < 2:
             return None
         p = self.top(1)[0]
-        base = f" (random factors: {self.baseline.mean:.3f} ± {self.baseline.std:.3f})" if self.baseline is not None else ""
+        base = f" ({self.baseline.describe()})" if self.baseline is not None else ""
         return f"Strongest {self.mode}-composition: {p.label}, {p.score:.3f}{base}."
 
     def html_attrs(self) -> dict[str, str]:
@@ -206,14 +227,12 @@ class CompositionScores(Result):
 
     def figure(self):
         """Heatmap of all head pairs (rows: earlier head, columns: later head)."""
-        from lensworks.plotting import head_heatmap
+        from lensworks.plotting import head_heatmap, reference_title
 
         n = self.n_layers * self.n_heads
         z = self.scores.reshape(n, n).detach().cpu()
         z = torch.where(self.mask().reshape(n, n).cpu(), z, torch.full_like(z, float("nan")))
-        title = f"{self.mode}-composition scores"
-        if self.baseline is not None:
-            title += f" (random baseline {self.baseline.mean:.3f} ± {self.baseline.std:.3f})"
+        title = reference_title(f"{self.mode}-composition scores", self.references().values())
         return head_heatmap(
             z,
             title=title,
@@ -344,8 +363,8 @@ def _gaussian_baseline(d_model: int, d_head: int, n_samples: int, seed: int, dev
             left, ln = _left_factors(w_left, torch.float32)
             right, rn = _right_factors(w_right, "Q", torch.float32)
             parts.append((left @ right).flatten(-2).norm(dim=-1) / (ln * rn))
-    s = torch.cat(parts)
-    return Baseline(mean=float(s.mean()), std=float(s.std()), n_samples=n_samples, seed=seed)
+    ref = Reference.from_samples(torch.cat(parts), kind="baseline", label="random factors")
+    return Baseline(mean=ref.mean, std=ref.std, lo=ref.lo, hi=ref.hi, n=n_samples, seed=seed)
 
 
 @rank0_only

@@ -23,6 +23,7 @@ from jaxtyping import Complex, Float
 from torch import Tensor
 
 from lensworks._dist import rank0_only
+from lensworks._results import Reference
 from lensworks.circuits.scores import HeadScores
 from lensworks.model import (
     HookedTransformer, LensworksError, attention_weights, check_int, embedding, head_labels, processing_state,
@@ -41,31 +42,41 @@ class CopyingScores(HeadScores):
             the non-zero spectrum of the full OV circuit.
         positive_fraction: ``[n_layers, n_heads]`` share of the non-zero eigenvalues with
             positive real part.
-        baseline_mean: Mean copying score of random Gaussian W_V, W_O (same shapes; the score is
-            scale-free) with the
-            model's own W_E, W_U.
-        baseline_std: Its standard deviation.
+        baseline: Copying scores of random Gaussian W_V, W_O (same shapes; the score is
+            scale-free) with the model's own W_E, W_U, as a :class:`~lensworks._results.Reference`
+            (None when not computed). ``baseline_mean`` and ``baseline_std`` read its mean and std.
     """
 
     eigenvalues: Complex[Tensor, "n_layers n_heads d_head"] = None  # type: ignore[assignment]
     positive_fraction: Float[Tensor, "n_layers n_heads"] = None  # type: ignore[assignment]
-    baseline_mean: float | None = None
-    baseline_std: float | None = None
+    baseline: Reference | None = None
+
+    @property
+    def baseline_mean(self) -> float | None:
+        """Mean copying score of the random heads (None without a baseline)."""
+        return None if self.baseline is None else float(self.baseline.mean)
+
+    @property
+    def baseline_std(self) -> float | None:
+        """Standard deviation of the random heads' copying scores (None without a baseline)."""
+        return None if self.baseline is None else float(self.baseline.std)
 
     def caption(self) -> str:
         """What a copying score is, with the random-weights baseline when it was computed."""
         text = ("Copying score per head: sum of the real parts of the eigenvalues of the full OV circuit "
                 "W_E W_V W_O W_U over the sum of their absolute values, from -1 (the head suppresses the token "
                 "it attends to) to +1 (it copies it).")
-        if self.baseline_mean is not None:
-            text += f" Random W_V, W_O with this model's embeddings score {self.baseline_mean:+.3f} ± {self.baseline_std:.3f}."
+        if self.baseline is not None:
+            text += f" Baseline from random W_V, W_O with this model's embeddings: {self.baseline.describe()}."
         return text
 
     def headline(self) -> str | None:
         """The most copying head and how many heads score above 0.5."""
         label, score = self.top(1)[0]
         n_pos = int((self.scores > 0.5).sum())
-        return f"Most copying head: {label} ({score:+.3f}); {n_pos} of {self.scores.numel()} heads score above 0.5."
+        base = f"; {self.baseline.describe()}" if self.baseline is not None else ""
+        return (f"Most copying head: {label} ({score:+.3f}{base}); {n_pos} of {self.scores.numel()} heads score "
+                "above 0.5.")
 
 
 def eigen_copying_score(eigenvalues: Tensor, *, rel_tol: float = 1e-6) -> tuple[Tensor, Tensor]:
@@ -168,14 +179,14 @@ def copying_scores(
         # one layer per thread (LAPACK releases the GIL).
         eig = torch.stack(_eigvals_by_layer([_small_ov(model, layer, G).cpu() for layer in range(model.cfg.n_layers)]))
         score, frac = eigen_copying_score(eig)
-        b_mean = b_std = None
+        reference = None
         if baseline:
             gen = torch.Generator(device="cpu").manual_seed(seed)
             d_model, d_head = model.cfg.d_model, model.cfg.d_head
             rv = torch.randn(baseline_samples, d_model, d_head, generator=gen, dtype=torch.float64).to(G.device)
             ro = torch.randn(baseline_samples, d_head, d_model, generator=gen, dtype=torch.float64).to(G.device)
             b_scores, _ = eigen_copying_score(torch.linalg.eigvals((ro @ G @ rv).cpu()))
-            b_mean, b_std = float(b_scores.mean()), float(b_scores.std())
+            reference = Reference.from_samples(b_scores, kind="baseline", label="random W_V, W_O")
     dtype = model.W_E.dtype if model.W_E.dtype in (torch.float32, torch.float64) else torch.float32
     return CopyingScores(
         scores=score.to(dtype),
@@ -185,6 +196,5 @@ def copying_scores(
         processing=processing_state(model),
         eigenvalues=eig,
         positive_fraction=frac.to(dtype),
-        baseline_mean=b_mean,
-        baseline_std=b_std,
+        baseline=reference,
     )

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lensworks._dist import Shard, all_reduce_sum, is_main
+from lensworks._results import Reference
 from lensworks.circuits.scores import HeadScores
 from lensworks.model._compat import capture_hooks, require_finite_parameters
 from lensworks.model import (
@@ -49,16 +50,21 @@ class BehaviourScores(HeadScores):
     bos_attention: Float[Tensor, "n_layers n_heads"] = None  # type: ignore[assignment]
     chance: float = 0.0
 
+    def references(self) -> dict[str, Reference]:
+        """``{"chance": ...}``: the exact score of uniform attention over the earlier positions."""
+        return {**super().references(), "chance": Reference.exact(float(self.chance), kind="chance")}
+
     def caption(self) -> str:
         """What the behaviour is, measured on repeated random tokens, with the chance level."""
         what = _BEHAVIOUR.get(self.kind, self.kind)
         return (f"{self.kind.replace('_', '-')} score per head: mean {what}, on repeated random token sequences. "
-                f"Uniform attention would score about {float(self.chance):.3f}.")
+                f"Uniform attention over the earlier positions gives the {self.references()['chance'].describe()}.")
 
     def headline(self) -> str | None:
         """The strongest head for this behaviour."""
         label, score = self.top(1)[0]
-        return f"Strongest {self.kind.replace('_', '-')} head: {label} ({score:.3f}; chance {float(self.chance):.3f})."
+        return (f"Strongest {self.kind.replace('_', '-')} head: {label} ({score:.3f}; "
+                f"{self.references()['chance'].describe()}).")
 
 
 _BEHAVIOUR = {

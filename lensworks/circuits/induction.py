@@ -19,7 +19,7 @@ from typing import Any
 
 
 from lensworks._heads import HeadId
-from lensworks._results import Result, ResultMixin
+from lensworks._results import Reference, Result, ResultMixin
 from lensworks.circuits.composition import CompositionScores, composition_scores
 from lensworks.circuits.eigen import CopyingScores, copying_scores
 from lensworks.circuits.heads import BehaviourScores, behaviour_scores, repeated_tokens
@@ -77,6 +77,14 @@ class InductionReport(Result):
         return ("Induction verdict: a head is an induction head when its induction score passes the threshold, "
                 "its OV circuit copies (positive copying score), and it K-composes with an earlier previous-token "
                 "head well above random factors. Hover a point for the evidence.")
+
+    def references(self) -> dict[str, Reference]:
+        """The references of the scores behind the verdict, named ``"<part>.<name>"`` (e.g.
+        ``"k_composition.baseline"``, ``"induction.chance"``)."""
+        out = super().references()
+        for part in ("induction", "previous", "copying", "k_composition"):
+            out.update({f"{part}.{name}": ref for name, ref in getattr(self, part).references().items()})
+        return out
 
     def headline(self) -> str | None:
         """The induction heads found, or that there are none."""

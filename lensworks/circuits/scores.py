@@ -34,6 +34,7 @@ class HeadScores(Result):
     processing: dict[str, Any]
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scores.ndim != 2:
             raise LensworksError(f"scores must be [n_layers, n_heads], got shape {tuple(self.scores.shape)}")
         if len(self.labels) != self.scores.numel():
@@ -63,14 +64,14 @@ class HeadScores(Result):
 
     def figure(self):
         """Heatmap of the score, layers by heads."""
-        from lensworks.plotting import head_heatmap
+        from lensworks.plotting import head_heatmap, reference_title
 
         n_layers, n_heads = self.scores.shape
         pretty = self.kind.replace("_", "-")
         diverging = self.kind == "copying"
         return head_heatmap(
             self.scores.detach().cpu(),
-            title=f"{pretty} score per head",
+            title=reference_title(f"{pretty} score per head", self.references().values()),
             x_labels=[f"H{h}" for h in range(n_heads)],
             y_labels=[f"L{l}" for l in range(n_layers)],
             x_title="head",

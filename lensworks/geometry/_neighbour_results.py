@@ -11,7 +11,7 @@ from typing import Any
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from lensworks._results import Result
+from lensworks._results import Reference, Result
 from lensworks.geometry import _common
 
 __all__ = ["SimilarWindows", "NeighbourPrediction", "NeighbourEvaluation", "TuneResult"]
@@ -249,9 +249,19 @@ class NeighbourEvaluation(Result):
                 "the title gives the mean ± std and how many prompts had no similar window (they get the corpus's "
                 "next-token frequencies).")
 
+    def references(self) -> dict[str, Reference]:
+        """``{"baseline": ...}`` when it was computed: the mean distance of the prompt-blind
+        prediction (the corpus's next-token frequencies) over the same prompts."""
+        out = super().references()
+        if math.isfinite(self.baseline_mean):
+            out["baseline"] = Reference(mean=float(self.baseline_mean), n=len(self.prompt_labels), kind="baseline",
+                                        label="prompt-blind prediction")
+        return out
+
     def headline(self) -> str | None:
         """Mean distance, against the prompt-blind baseline, and unmatched prompts."""
-        base = f" (ignoring the prompt: {self.baseline_mean:.3f})" if math.isfinite(self.baseline_mean) else ""
+        ref = self.references().get("baseline")
+        base = f" ({ref.describe()})" if ref is not None else ""
         return (f"Predicted from similar corpus windows, the next-token distribution is Hellinger {self.mean:.3f} ± "
                 f"{self.std:.3f} from the model's over {len(self.prompt_labels)} prompts{base}; {self.n_unmatched} "
                 f"had no similar window.")

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lensworks.plotting import escape_label
+from lensworks.plotting import add_reference, escape_label
 
 __all__ = [
     "residual_stats_figure",
@@ -151,6 +151,8 @@ def neighbour_figure(evaluation: Any) -> go.Figure:
               f"(mean {evaluation.mean:.3f} ± {evaluation.std:.3f}, {evaluation.n_unmatched} without neighbours)",
         xaxis_title="Hellinger distance (0 = same, 1 = disjoint)", yaxis_title="prompts (count)",
         xaxis_range=[0, 1])
+    for ref in evaluation.references().values():
+        add_reference(fig, ref, orientation="v")
     return fig
 
 

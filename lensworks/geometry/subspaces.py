@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks._results import Result
+from lensworks._results import Reference, Result
 from lensworks.geometry._common import progress_bar, softcap
 from lensworks.model._core import check_int
 from lensworks.model._compat import logits_from_block
@@ -254,7 +254,8 @@ class Alignment(Result):
 
         Returns:
             ``{"satisfied": bool tensor [n_vectors], "rate": float, "chance_rate": float,
-            "top_n": int tensor}``.
+            "chance": Reference, "top_n": int tensor}`` (``chance`` is ``chance_rate`` as an exact
+            :class:`~lensworks._results.Reference`).
         """
         n_tok = self.tokens.numel()
         if probs.ndim != 2 or probs.shape[0] != self.cosine.shape[0]:
@@ -277,8 +278,9 @@ class Alignment(Result):
             k = int(top_n[v])
             chance.append(math.prod((n_top - i) / (n_tok - i) for i in range(k)) if k <= n_top else 0.0)
         satisfied = torch.tensor(sat)
-        return {"satisfied": satisfied, "rate": float(satisfied.float().mean()),
-                "chance_rate": float(sum(chance) / len(chance)), "top_n": top_n}
+        rate = float(sum(chance) / len(chance))
+        return {"satisfied": satisfied, "rate": float(satisfied.float().mean()), "chance_rate": rate,
+                "chance": Reference.exact(rate, kind="chance", label="random ranking"), "top_n": top_n}
 
     def figure(self, top: int = 20):
         """Heatmap of the cosines for the ``top`` tokens best aligned on average."""

@@ -7,7 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lensworks.plotting import escape_label
+from lensworks.plotting import add_reference, escape_label
 from lensworks.probes._streams import STREAM_DEPTH
 
 __all__ = ["probe_accuracy_figure", "comparison_figure", "basis_figure", "unlikely_usage_figure"]
@@ -56,16 +56,8 @@ def probe_accuracy_figure(res: Any) -> go.Figure:
                     visible=True if show else "legendonly",
                 )
             )
-        fig.add_trace(
-            go.Scatter(
-                x=[min(xs), max(xs)],
-                y=[float(res.chance[k])] * 2,
-                mode="lines",
-                name=f"offset {offset}: chance (majority token)",
-                line=dict(color="grey", dash="longdashdot", width=1),
-                hovertemplate=f"offset {offset} chance: {float(res.chance[k]):.3f}<extra></extra>",
-            )
-        )
+        add_reference(fig, res.references()["chance"].at(k), x=[min(xs), max(xs)], dash="longdashdot",
+                      name=f"offset {offset}: chance (majority token)")
     tickvals = sorted(set(xs))
     ticktext = []
     for v in tickvals:
@@ -106,19 +98,9 @@ def comparison_figure(cmp: Any) -> go.Figure:
         row=1,
         col=1,
     )
-    fig.add_trace(
-        go.Scatter(
-            x=x + x[::-1],
-            y=cmp.mass_null_hi.tolist() + cmp.mass_null_lo.tolist()[::-1],
-            fill="toself",
-            fillcolor="rgba(150,150,150,0.3)",
-            line=dict(width=0),
-            name=f"random, same spectrum ({int(cmp.options['interval'] * 100)}% interval)",
-            hoverinfo="skip",
-        ),
-        row=1,
-        col=1,
-    )
+    refs = cmp.references()
+    add_reference(fig, refs["mass"], x=x, fmt=".4f", row=1, col=1,
+                  name=f"random, same spectrum (mean; {int(cmp.options['interval'] * 100)}% interval shaded)")
     fig.add_trace(
         go.Scatter(
             x=x,
@@ -145,14 +127,18 @@ def comparison_figure(cmp: Any) -> go.Figure:
             row=1,
             col=2,
         )
-        fig.add_trace(
-            go.Scatter(
-                x=r + r[::-1], y=hi.tolist() + lo.tolist()[::-1], fill="toself", line=dict(width=0),
-                fillcolor="rgba(150,150,150,0.25)", name=f"random vs {name}", hoverinfo="skip",
-            ),
-            row=1,
-            col=2,
-        )
+        ref = refs.get(f"cosines_{'embed' if name == 'W_E' else 'unembed'}")
+        if ref is not None:
+            add_reference(fig, ref, x=r, color=color, fmt=".4f", row=1, col=2, name=f"random vs {name}")
+        else:  # a result built before the null means were recorded: the band alone
+            fig.add_trace(
+                go.Scatter(
+                    x=r + r[::-1], y=hi.tolist() + lo.tolist()[::-1], fill="toself", line=dict(width=0),
+                    fillcolor="rgba(150,150,150,0.25)", name=f"random vs {name}", hoverinfo="skip",
+                ),
+                row=1,
+                col=2,
+            )
     fig.update_xaxes(title_text="basis component (ordered by importance, index)", row=1, col=1)
     fig.update_yaxes(title_text="share of squared weight (fraction)", row=1, col=1)
     fig.update_xaxes(title_text="principal angle (index, smallest first)", row=1, col=2)
@@ -185,21 +171,11 @@ def unlikely_usage_figure(res: Any) -> go.Figure:
     x = list(res.depth_labels)
     xs = [escape_label(s) for s in x]
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=xs + xs[::-1],
-            y=res.random_hi.tolist() + res.random_lo.tolist()[::-1],
-            fill="toself",
-            fillcolor="rgba(150,150,150,0.3)",
-            line=dict(width=0),
-            name=f"random {res.k} tokens ({int(res.options['interval'] * 100)}% interval)",
-            hoverinfo="skip",
-        )
-    )
+    add_reference(fig, res.references()["random"], x=xs, fmt=".4f",
+                  name=f"random {res.k} tokens (mean; {int(res.options['interval'] * 100)}% interval shaded)")
     for name, ys, color in (
         (f"{res.k} least likely tokens", res.share_unlikely, "#d62728"),
         (f"{res.k} most likely tokens", res.share_likely, "#1f77b4"),
-        ("random tokens (mean)", res.random_mean, "grey"),
     ):
         fig.add_trace(
             go.Scatter(

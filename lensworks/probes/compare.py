@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensworks._results import Result, require_finite
+from lensworks._results import Reference, Result, require_finite
 from lensworks.model import HookedTransformer, LensworksError, check_int, embedding, processing_state, unembedding
 from lensworks.probes._nulls import check_null_options, null_interval
 from lensworks.probes.bases import Basis, embedding_basis
@@ -57,6 +57,10 @@ class Comparison(Result):
         mass_position_null: The statistic for each null draw.
         tokens: Token ids of the probe's columns.
         options: Options used (``n_random``, ``seed``, ``interval``).
+        cosines_embed_null_mean / cosines_unembed_null_mean: Mean of each cosine under the null
+            (None in results built before they were recorded).
+
+    :meth:`references` gives every null above as a :class:`~lensworks._results.Reference`.
     """
 
     rank: int
@@ -86,6 +90,29 @@ class Comparison(Result):
     #: A note on how this result was made (the report sets one, e.g. why this head or how few
     #: samples); the page shows it under the caption.
     note: str = ""
+    cosines_embed_null_mean: Float[Tensor, "rank"] | None = None
+    cosines_unembed_null_mean: Float[Tensor, "rank"] | None = None
+
+    def references(self) -> dict[str, Reference]:
+        """Each statistic's null (random matrices with the same singular values) as a Reference.
+
+        ``overlap_embed``, ``overlap_unembed`` and ``mass_position`` from their null draws;
+        ``mass`` (one entry per basis component) and, when recorded, ``cosines_embed`` and
+        ``cosines_unembed`` (one per principal angle), all with the ``options["interval"]`` band.
+        """
+        out = super().references()
+        q, n = float(self.options["interval"]), int(self.options["n_random"])
+        label = "random matrices with the same spectrum"
+        for name in ("overlap_embed", "overlap_unembed", "mass_position"):
+            out[name] = Reference.from_samples(getattr(self, f"{name}_null"), kind="null", label=label, interval=q)
+        out["mass"] = Reference(mean=self.mass_null_mean, lo=self.mass_null_lo, hi=self.mass_null_hi, n=n,
+                                kind="null", label=label)
+        for name in ("cosines_embed", "cosines_unembed"):
+            mean = getattr(self, f"{name}_null_mean")
+            if mean is not None:
+                out[name] = Reference(mean=mean, lo=getattr(self, f"{name}_null_lo"), hi=getattr(self, f"{name}_null_hi"),
+                                      n=n, kind="null", label=label)
+        return out
 
     def caption(self) -> str:
         """What is compared with what."""
@@ -94,11 +121,8 @@ class Comparison(Result):
                 "with the same singular values.")
 
     def headline(self) -> str | None:
-        """The overlap with W_E beside the random matrices' interval."""
-        null = self.overlap_embed_null
-        lo, hi = float(null.quantile(0.025)), float(null.quantile(0.975))
-        return (f"Probe subspace overlap with W_E: {self.overlap_embed:.3f} (random matrices with the same spectrum: "
-                f"{lo:.3f} to {hi:.3f}).")
+        """The overlap with W_E beside its null (random matrices with the same spectrum)."""
+        return f"Probe subspace overlap with W_E: {self.overlap_embed:.3f} ({self.references()['overlap_embed'].describe()})."
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Each headline statistic with its null mean, interval and a verdict.
@@ -111,22 +135,23 @@ class Comparison(Result):
             >>> cmp.summary()["overlap_embed"]["verdict"]  # doctest: +SKIP
             'closer than chance'
         """
-        q = self.options["interval"]
+        refs = self.references()
         out = {}
-        for name, value, null, higher_is_closer in (
-            ("overlap_embed", self.overlap_embed, self.overlap_embed_null, True),
-            ("overlap_unembed", self.overlap_unembed, self.overlap_unembed_null, True),
-            ("mass_position", self.mass_position, self.mass_position_null, False),
+        for name, value, higher_is_closer in (
+            ("overlap_embed", self.overlap_embed, True),
+            ("overlap_unembed", self.overlap_unembed, True),
+            ("mass_position", self.mass_position, False),
         ):
-            lo, hi = null_interval(null, q)
-            lo, hi = float(lo), float(hi)
-            if lo <= value <= hi:
+            ref, null = refs[name], getattr(self, f"{name}_null")
+            side = ref.compare(value)
+            if side == "within":
                 verdict = "within chance"
-            elif (value > hi) == higher_is_closer:
+            elif (side == "above") == higher_is_closer:
                 verdict = "closer than chance"
             else:
                 verdict = "farther than chance"
-            out[name] = {"value": value, "null_mean": float(null.mean()), "null_lo": lo, "null_hi": hi, "verdict": verdict}
+            out[name] = {"value": value, "null_mean": float(null.mean()), "null_lo": float(ref.lo),
+                         "null_hi": float(ref.hi), "verdict": verdict}
         return out
 
     def to_frame(self):
@@ -319,4 +344,6 @@ def compare_to_embedding(
         tokens=tokens,
         options={"n_random": n_random, "seed": seed, "interval": interval},
         processing=processing_state(model),
+        cosines_embed_null_mean=f(nce.mean(0)),
+        cosines_unembed_null_mean=f(ncu.mean(0)),
     )

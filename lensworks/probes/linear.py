@@ -42,7 +42,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensworks._constants import PROBE_METHODS
-from lensworks._results import Result, require_finite, to_jsonable
+from lensworks._results import Reference, Result, require_finite, to_jsonable
 from lensworks.model import (
     HookedTransformer, LensworksError, bos_token_id, check_float, check_int, check_layer, hook_name,
     processing_state, random_copy, model_facts,
@@ -98,6 +98,9 @@ class ProbeResults(Result):
         shared: Whether one probe per offset was shared by every layer and stream.
         options: The other options used.
         processing: The model's weight-processing state.
+
+    :meth:`references` gives ``chance`` and the two controls as
+    :class:`~lensworks._results.Reference` values.
     """
 
     layers: tuple[int, ...]
@@ -193,14 +196,25 @@ class ProbeResults(Result):
                 "stream: held-out top-1 accuracy beside chance (most frequent token), a randomly initialised copy of "
                 "the model, and labels shuffled during training.")
 
+    def references(self) -> dict[str, Reference]:
+        """``chance`` (one exact level per offset) and, when they were computed, the controls
+        ``control_random_model`` and ``control_shuffled`` (one value per layer, stream, offset)."""
+        out = {**super().references(), "chance": Reference.exact(self.chance.float(), kind="chance")}
+        for name, label in (("control_random_model", "random-model control"), ("control_shuffled", "shuffled-label control")):
+            values = getattr(self, name)
+            if bool(torch.isfinite(values).all()):
+                out[name] = Reference(mean=values.float(), kind="control", label=label)
+        return out
+
     def headline(self) -> str | None:
         """How well the current token reads back at the first and the last layer (offset 0 only)."""
         if 0 not in self.offsets:
             return None
         k = self.offsets.index(0)
         first, last = self.accuracy[0, 0, k], self.accuracy[-1, -1, k]
+        chance = self.references()["chance"].at(k)
         return (f"Current input token read back linearly: {float(first):.0%} at layer {self.layers[0]} {self.streams[0]}, "
-                f"{float(last):.0%} at layer {self.layers[-1]} {self.streams[-1]} (chance {float(self.chance[k]):.0%}).")
+                f"{float(last):.0%} at layer {self.layers[-1]} {self.streams[-1]} ({chance.describe('.0%')}).")
 
     def figure(self):
         """Held-out accuracy against depth: one line per offset, controls dashed/dotted.

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lensworks._dist import is_main
 from lensworks._deprecation import renamed_arguments
-from lensworks._results import Result, require_finite
+from lensworks._results import Reference, Result, require_finite
 from lensworks.model._compat import capture_hooks, require_finite_parameters
 from lensworks.model import HookedTransformer, LensworksError, check_int, hook_name, processing_state, unembedding
 from lensworks.probes._data import model_tokens
@@ -45,6 +45,10 @@ class UnlikelyTokenUsage(Result):
         unlikely_tokens: ``[n_prompts, k]`` ids of the least likely next tokens.
         options: Options used.
         processing: The model's weight-processing state.
+        random_std: Standard deviation over the random sets, per depth (None in results built
+            before it was recorded).
+
+    :meth:`references` gives the random sets as one :class:`~lensworks._results.Reference`.
     """
 
     k: int
@@ -58,6 +62,14 @@ class UnlikelyTokenUsage(Result):
     unlikely_tokens: Int[Tensor, "n_prompts k"]
     options: dict[str, Any]
     processing: dict[str, Any]
+    random_std: Float[Tensor, "n_depth"] | None = None
+
+    def references(self) -> dict[str, Reference]:
+        """``{"random": ...}``: the share for random ``k``-token sets, one entry per depth."""
+        std = self.random_std if self.random_std is not None else float("nan")
+        return {**super().references(), "random": Reference(
+            mean=self.random_mean, std=std, lo=self.random_lo, hi=self.random_hi, n=int(self.options["n_random"]),
+            kind="null", label=f"random {self.k}-token sets")}
 
     def to_frame(self):
         """One row per depth.
@@ -87,8 +99,9 @@ class UnlikelyTokenUsage(Result):
 
     def headline(self) -> str | None:
         """The share at the last depth against random token sets."""
+        random = self.references()["random"].at(-1)
         return (f"At {self.depth_labels[-1]}, {float(self.share_unlikely[-1]):.1%} of the residual lies along the "
-                f"{self.k} least likely tokens (random sets: {float(self.random_mean[-1]):.1%}).")
+                f"{self.k} least likely tokens ({random.describe('.1%')}).")
 
     def figure(self):
         """Share against depth, with the random-set band.
@@ -207,4 +220,5 @@ def unlikely_token_usage(
         unlikely_tokens=torch.cat(lows),
         options={"n_random": n_random, "seed": seed, "interval": interval, "batch_size": batch_size},
         processing=processing_state(model),
+        random_std=rnd.std(0).float().cpu(),
     )
