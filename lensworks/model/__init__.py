@@ -45,6 +45,7 @@ from lensworks.model._facts import (
     uses_bos,
 )
 from lensworks.model._families import SUPPORTED_ARCHITECTURES, FamilySpec, family_for, register_family
+from lensworks.model import _specs  # noqa: F401,E402  (registers the built-in families)
 from lensworks.model._modelfacts import ModelFacts, model_facts
 from lensworks.model._compat import capture_hooks, logits_from_block
 from lensworks.model._load import load_model

@@ -201,4 +201,4 @@ class _ArchitectureNames(Mapping[str, str]):
 #: ``architectures[0]`` in config.json -> family name, derived from the registry.
 SUPPORTED_ARCHITECTURES: Mapping[str, str] = _ArchitectureNames()
 
-from lensworks.model import _specs  # noqa: E402,F401  (registers the built-in families)
+# The built-in families register themselves in lensworks.model._specs, which lensworks.model imports.
