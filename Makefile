@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --doctest-modules lensworks    # every docstring example (namespace: conftest.py)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_circuits.py

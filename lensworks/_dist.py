@@ -73,7 +73,7 @@ def weight_fingerprint(model: Any) -> Tensor:
     its norm and the sum of a strided sample (in-kernel reductions, no copy of the weights).
 
     Example:
-        >>> weight_fingerprint(model).shape  # doctest: +SKIP
+        >>> weight_fingerprint(model).shape
         torch.Size([3])
     """
     out = torch.zeros(3, dtype=torch.float64)

@@ -196,7 +196,9 @@ def attention_explorer(
         ``AttentionPatterns`` result) and its ``figure()`` draws them.
 
     Example:
-        >>> fig = attention_explorer(model, ["def f(x):", "import os"])  # doctest: +SKIP
+        >>> fig = attention_explorer(zoo.load("char-mlp"), ["def f(x):", "import os"])
+        >>> type(fig).__name__
+        'Figure'
     """
     from lensworks.circuits.attention import attention_patterns
 

@@ -171,8 +171,8 @@ class CompositionScores(Result):
         """The ``k`` highest-scoring pairs (layer_a < layer_b), strongest first.
 
         Example:
-            >>> comp.top(1)[0].label  # doctest: +SKIP
-            'L0H1 -> L1H0'
+            >>> composition_scores(model, "K").top(1)[0].label
+            'L0H1 -> L1H3'
         """
         k = check_int(k, "k", low=1)
         flat = torch.where(self.mask(), self.scores, torch.full_like(self.scores, -math.inf)).flatten()
@@ -409,7 +409,8 @@ def composition_scores(
         >>> comp = composition_scores(model, "K")
         >>> comp.scores.shape == (model.cfg.n_layers, model.cfg.n_heads) * 2
         True
-        >>> comp.top(3)  # doctest: +SKIP
+        >>> [pair.label for pair in comp.top(3)]
+        ['L0H1 -> L1H3', 'L0H1 -> L1H1', 'L0H0 -> L1H0']
     """
     _check_mode(mode)
     if not dtype.is_floating_point or dtype in (torch.float16, torch.bfloat16):

@@ -104,8 +104,8 @@ def circuit_graph(
         A :class:`CircuitGraph`.
 
     Example:
-        >>> g = circuit_graph(zoo.load("induction-2l"))  # doctest: +SKIP
-        >>> g.edges[0][:3]  # doctest: +SKIP
+        >>> g = circuit_graph(zoo.load("induction-2l"))
+        >>> g.edges[0][:3]
         ('L0H1', 'L1H3', 'K')
     """
     modes = tuple(modes)

@@ -168,8 +168,10 @@ def behaviour_scores(
     for the definitions. Returns one :class:`BehaviourScores` per kind.
 
     Example:
-        >>> toks = repeated_tokens(model, seq_len=10, n_seqs=4)
-        >>> out = behaviour_scores(model, toks, offset=int(toks[0, 0] == toks[0, 20]) and 0)  # doctest: +SKIP
+        >>> toks = repeated_tokens(model, seq_len=10, n_seqs=4)  # BOS, then 10 tokens twice
+        >>> out = behaviour_scores(model, toks, offset=1)
+        >>> list(out)
+        ['previous_token', 'duplicate_token', 'induction']
     """
     for k in kinds:
         if k not in KINDS:
@@ -289,8 +291,8 @@ def head_scores(
 
     Example:
         >>> ind = head_scores(model, "induction", seq_len=20, n_seqs=8)
-        >>> ind.top(1)  # doctest: +SKIP
-        [('L1H3', 0.91)]
+        >>> [(label, round(score, 2)) for label, score in ind.top(1)]
+        [('L1H3', 0.68)]
     """
     if kind not in KINDS:
         raise LensworksError(f"kind must be one of {list(KINDS)}, got {kind!r}")

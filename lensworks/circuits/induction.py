@@ -154,8 +154,12 @@ def find_induction_heads(
 
     Example:
         >>> report = find_induction_heads(model)
-        >>> print(report.summary())  # doctest: +SKIP
-        induction heads: L1H3
+        >>> print(report.summary())
+        induction heads: L1H3, L1H0, L1H1, L1H2
+          L1H3: induction 0.726, copying +1.000, K-comp with L0H1 0.208 (z=12.8) -> YES
+          L1H0: induction 0.713, copying +1.000, K-comp with L0H0 0.200 (z=11.6) -> YES
+          L1H1: induction 0.697, copying +1.000, K-comp with L0H1 0.207 (z=12.6) -> YES
+          L1H2: induction 0.657, copying +1.000, K-comp with L0H0 0.197 (z=11.1) -> YES
     """
     cfg = model.cfg
     induction_threshold = check_float(induction_threshold, "induction_threshold", low=0, high=1)

@@ -44,8 +44,10 @@ class HeadScores(Result):
         """The ``k`` highest-scoring heads as ``(label, score)``, strongest first.
 
         Example:
-            >>> scores.top(1)  # doctest: +SKIP
-            [('L1H2', 0.93)]
+            >>> from lensworks.circuits import head_scores
+            >>> scores = head_scores(model, "previous_token")
+            >>> [(label, round(score, 2)) for label, score in scores.top(1)]
+            [('L0H1', 0.64)]
         """
         k = check_int(k, "k", low=1)
         vals, idx = self.scores.flatten().topk(min(k, self.scores.numel()))

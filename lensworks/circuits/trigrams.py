@@ -107,8 +107,9 @@ def skip_trigrams(model: HookedTransformer, layer: int, head: int, *, k: int = 2
         A :class:`SkipTrigrams`; ``to_frame()`` has columns ``source, destination, out, ov, qk``.
 
     Example:
-        >>> tri = skip_trigrams(model, 1, 2, k=5)  # doctest: +SKIP
-        >>> tri.to_frame()[["destination", "source", "out", "ov"]]  # doctest: +SKIP
+        >>> tri = skip_trigrams(model, 1, 2, k=5)
+        >>> tri.to_frame()[["destination", "source", "out"]].iloc[0].tolist()
+        ['ho', 'ji', '<bos>']
     """
     layer, head = check_head(model, layer, head)
     V = model.cfg.d_vocab

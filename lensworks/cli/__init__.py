@@ -79,7 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted.
 
     Example:
-        >>> main(["heads", "--top", "3"])  # doctest: +SKIP
+        >>> main(["heads", "--top", "3"])  # doctest: +ELLIPSIS
+        model: induction-2l (2 layers x 4 heads, d_model 64, d_vocab 151)
+        <BLANKLINE>
+        strongest heads per score
+        score            head  value
+        ---------------  ----  -----
+        previous_token   L0H1  0.640
+        ...
+        induction heads: L1H3, L1H0, L1H1, L1H2
+        ...
         0
     """
     argv = list(sys.argv[1:] if argv is None else argv)

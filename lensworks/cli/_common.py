@@ -199,9 +199,9 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
 
     Example:
         >>> args = argparse.Namespace(command="heads", checkpoint=None, device="cpu")
-        >>> model, name = model_from_args(args)  # doctest: +SKIP
-        >>> name  # doctest: +SKIP
-        'induction-2l'
+        >>> model, name = model_from_args(args)
+        >>> name, model.cfg.n_layers
+        ('induction-2l', 2)
     """
     from lensworks.model import load_model
 
@@ -230,7 +230,7 @@ def resolve_source(name: str) -> tuple[Any, str]:
     name (empty otherwise: a path means itself).
 
     Example:
-        >>> resolve_source("char-mlp")[1]  # no local file of that name  # doctest: +SKIP
+        >>> resolve_source("char-mlp")[1]  # no local file of that name
         'model: bundled demo model char-mlp'
     """
     from lensworks import zoo
@@ -252,7 +252,8 @@ def read_text_file(path: str, what: str) -> str:
         LensworksError: The file is missing or is not UTF-8 (one line naming the byte and its line).
 
     Example:
-        >>> read_text_file("prompts.txt", "prompts")  # doctest: +SKIP
+        >>> n_chars = Path("prompts.txt").write_text("first prompt\\nsecond prompt\\n", encoding="utf-8")
+        >>> read_text_file("prompts.txt", "prompts")
         'first prompt\\nsecond prompt\\n'
     """
     from lensworks.model import LensworksError

@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     Example:
         >>> from lensworks.cli import main
-        >>> main(["geometry", "--json", "out/geometry.json"])  # doctest: +SKIP
+        >>> main(["geometry", "--json", "out/geometry.json"])  # doctest: +ELLIPSIS
+        no --positive/--negative files: using the built-in sets (16 lines of Python code vs 16 lines of English prose)
+        model: char-mlp (4 layers, d_model 128)
+        ...
         0
     """
     from lensworks.model import LensworksError

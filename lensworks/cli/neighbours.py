@@ -61,7 +61,11 @@ def run(args: argparse.Namespace) -> int:
 
     Example:
         >>> from lensworks.cli import main
-        >>> main(["neighbours", "--bytes", "20000", "--prompts", "50"])  # doctest: +SKIP
+        >>> main(["neighbours", "--bytes", "2000", "--prompts", "10"])  # doctest: +ELLIPSIS
+        no --corpus: using lensworks.zoo.corpus(2000) (Python standard-library source)
+        model: char-mlp; corpus: 2,000 characters; window 10; hook mlp_out
+        indexed 1,748 unique windows x 4 blocks
+        ...
         0
     """
     from lensworks.geometry import NeighbourApproximation

@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     Example:
         >>> from lensworks.cli import main
-        >>> main(["probes", "--max-tokens", "5000", "--no-controls"])  # doctest: +SKIP
+        >>> main(["probes", "--max-tokens", "2000", "--no-controls", "--method", "ridge"])  # doctest: +ELLIPSIS
+        char-mlp: 15 windows of 128 tokens, method=ridge, shared=False
+        layer  stream      offset  accuracy  chance  control_random_model  control_shuffled
+        ...
         0
     """
     from lensworks.model import LensworksError

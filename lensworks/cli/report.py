@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
     Example:
         >>> from lensworks.cli import main
-        >>> main(["report", "-o", "out/report.html"])  # doctest: +SKIP
+        >>> main(["report", "induction-2l", "-o", "out/report.html", "--n-prompts", "2", "--prompt-len", "8",
+        ...       "--no-progress"])  # doctest: +ELLIPSIS
+        wrote out/report.html (... MB); open it in a browser: file:///.../out/report.html
         0
     """
     from lensworks import report

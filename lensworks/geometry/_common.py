@@ -34,9 +34,10 @@ class CachedBatch:
     activations (``residual_stats``, ``logit_lens``) use them instead of running the model.
 
     Example:
-        >>> _, cache = model.run_with_cache(tokens)  # doctest: +SKIP
-        >>> CachedBatch(cache).shape  # doctest: +SKIP
-        (8, 64)
+        >>> tokens = torch.tensor([[0, 1, 2, 3], [0, 4, 5, 6]])
+        >>> _, cache = model.run_with_cache(tokens)
+        >>> CachedBatch(cache).shape  # (batch, pos)
+        (2, 4)
     """
 
     def __init__(self, cache: Any, rows: slice | None = None, start: int = 0):

@@ -19,9 +19,9 @@ class NotFittedError(LensworksError, AttributeError):
 
     Example:
         >>> from lensworks.geometry import NeighbourApproximation
-        >>> NeighbourApproximation().windows_  # doctest: +SKIP
+        >>> NeighbourApproximation().windows_
         Traceback (most recent call last):
-        NotFittedError: NeighbourApproximation is not fitted yet: call .fit(model, corpus) before reading windows_
+        lensworks.geometry._estimator.NotFittedError: NeighbourApproximation is not fitted yet: call .fit(model, corpus) before reading windows_
     """
 
 
@@ -34,7 +34,8 @@ class Estimator:
     ``_fit_call`` (how to call ``fit``, for the error message).
 
     Example:
-        >>> NeighbourApproximation(window=4).get_params()["window"]  # doctest: +SKIP
+        >>> from lensworks.geometry import NeighbourApproximation
+        >>> NeighbourApproximation(window=4).get_params()["window"]
         4
     """
 
@@ -51,7 +52,8 @@ class Estimator:
         """The hyper-parameters, by name (``deep`` is accepted for scikit-learn and ignored).
 
         Example:
-            >>> NeighbourApproximation(window=4).get_params()["window"]  # doctest: +SKIP
+            >>> from lensworks.geometry import NeighbourApproximation
+            >>> NeighbourApproximation(window=4).get_params()["window"]
             4
         """
         return {name: getattr(self, name) for name in self._param_names()}
@@ -60,7 +62,9 @@ class Estimator:
         """Set hyper-parameters by name and return ``self``; changing index settings needs a new ``fit``.
 
         Example:
-            >>> approx.set_params(thresholds=best.thresholds, weights=best.weights)  # doctest: +SKIP
+            >>> from lensworks.geometry import NeighbourApproximation
+            >>> NeighbourApproximation(window=4).set_params(thresholds=0.8).thresholds
+            0.8
         """
         valid = self._param_names()
         for name, value in params.items():
@@ -94,9 +98,17 @@ def fit_method(func: Callable[..., Any] | None = None, *, legacy: Callable[..., 
     attributes the old call set, and returns it.
 
     Example:
-        >>> class Est(Estimator):  # doctest: +SKIP
+        >>> class Est(Estimator):
+        ...     _fitted_names = frozenset({"n_"})
+        ...     _fitted_marker = "n_"
+        ...     def __init__(self, k=1):
+        ...         self.k = k
         ...     @fit_method
-        ...     def fit(self, model, data): ...
+        ...     def fit(self, model, data):
+        ...         self.n_ = len(data)
+        ...         return self
+        >>> Est(k=2).fit(None, [1, 2, 3]).n_
+        3
     """
     if func is None:
         return functools.partial(fit_method, legacy=legacy)

@@ -35,8 +35,8 @@ def corpus_tokens(model: HookedTransformer, corpus: Union[str, Tensor, Sequence[
     so a multi-character token that spans a cut may split differently than in one call.
 
     Example:
-        >>> corpus_tokens(model, "abc").tolist()  # doctest: +SKIP
-        [1, 2, 3]
+        >>> corpus_tokens(zoo.load("char-mlp"), "abc").tolist()
+        [67, 68, 69]
     """
     if isinstance(corpus, str):
         if model.tokenizer is None:
@@ -233,8 +233,12 @@ class WindowIndex:
     """Unique windows, their next-token counts (compressed rows) and unit block outputs.
 
     Example:
-        >>> index = WindowIndex(*window_counts(toks, 10, d_vocab)[:4], outputs, unigram)  # doctest: +SKIP
-        >>> counts, n_sim = index.search(queries, torch.full((n_blocks, 1), 0.9))  # doctest: +SKIP
+        >>> windows, ptr, tok, cnt, unigram = window_counts(torch.tensor([1, 2, 1, 2, 3]), 2, 4)
+        >>> outputs = torch.eye(2, 8)[None]  # one block: a unit output per window
+        >>> index = WindowIndex(windows, ptr, tok, cnt, outputs, unigram)
+        >>> counts, n_sim = index.search(outputs[:, :1], torch.full((1, 1), 0.9))  # query: window 0's output
+        >>> counts.tolist(), n_sim.tolist()  # [1, 2] is followed once by 1 and once by 3
+        ([[[[0.0, 1.0, 0.0, 1.0]]]], [[[1]]])
     """
 
     windows: Int[Tensor, "n_windows window"]

@@ -138,7 +138,11 @@ class NeighbourPrediction(Result):
         top token with their probabilities, and ``hellinger``.
 
         Example:
-            >>> approx.predict(prompts).to_frame().columns[:2].tolist()  # doctest: +SKIP
+            >>> from lensworks.geometry import NeighbourApproximation
+            >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+            >>> approx = NeighbourApproximation(window=4).fit(zoo.load("char-mlp"), text)
+            >>> prompts = ["def h(z):", "    return"]
+            >>> approx.predict(prompts).to_frame().columns[:2].tolist()
             ['prompt', 'matched']
         """
         import pandas as pd
@@ -216,7 +220,12 @@ class NeighbourEvaluation(Result):
         """The evaluation of a prediction (``NeighbourApproximation.evaluate`` adds the baseline).
 
         Example:
-            >>> NeighbourEvaluation.from_prediction(approx.predict(prompts)).mean  # doctest: +SKIP
+            >>> from lensworks.geometry import NeighbourApproximation
+            >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+            >>> approx = NeighbourApproximation(window=4).fit(zoo.load("char-mlp"), text)
+            >>> prompts = ["def h(z):", "    return"]
+            >>> round(NeighbourEvaluation.from_prediction(approx.predict(prompts)).mean, 3)
+            0.122
         """
         h = pred.hellinger
         return cls(

@@ -36,8 +36,13 @@ def embed_windows(model: HookedTransformer, windows: Int[Tensor, "n_windows wind
     those outputs (returned with the range's first index); the search adds the ranks' counts.
 
     Example:
-        >>> outputs, offset = embed_windows(model, windows, ["blocks.0.hook_mlp_out"], bos=True,
-        ...                                 dtype=torch.float32, batch_size=512, progress=False)  # doctest: +SKIP
+        >>> from lensworks.geometry._neighbour_index import corpus_tokens, window_counts
+        >>> char = zoo.load("char-mlp")
+        >>> windows = window_counts(corpus_tokens(char, "abcabd"), 3, char.cfg.d_vocab)[0]
+        >>> outputs, offset = embed_windows(char, windows, ["blocks.0.hook_mlp_out"], bos=True,
+        ...                                 dtype=torch.float32, batch_size=512, progress=False)
+        >>> outputs.shape, offset  # [block, window, d_model], the first window held
+        (torch.Size([1, 3, 128]), 0)
     """
     import torch.nn.functional as F
 
@@ -100,7 +105,7 @@ def prefix_sharing_supported(model: HookedTransformer) -> bool:
     device, and a key-value cache class in this TransformerLens.
 
     Example:
-        >>> prefix_sharing_supported(zoo.load("char-mlp"))  # doctest: +SKIP
+        >>> prefix_sharing_supported(zoo.load("char-mlp"))  # a HookedTransformer (TransformerLens 3)
         True
     """
     from lensworks.model._compat import is_bridge
@@ -122,7 +127,10 @@ def prefix_tree_forward(model: HookedTransformer, tokens: Int[Tensor, "batch pos
     gathered from TransformerLens's key-value cache; the last position gives the activations.
 
     Example:
-        >>> acts = prefix_tree_forward(model, sorted_tokens, ["blocks.0.hook_mlp_out"], stop_at_layer=1)  # doctest: +SKIP
+        >>> sorted_tokens = torch.tensor([[0, 67, 68], [0, 67, 69]])  # BOS "ab", BOS "ac": BOS "a" runs once
+        >>> acts = prefix_tree_forward(zoo.load("char-mlp"), sorted_tokens, ["blocks.0.hook_mlp_out"], stop_at_layer=1)
+        >>> acts["blocks.0.hook_mlp_out"].shape
+        torch.Size([2, 128])
     """
     from lensworks.model._compat import capture_hooks
 

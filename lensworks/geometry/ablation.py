@@ -179,7 +179,7 @@ class AblationTable(Result):
         of prompts whose top token did not change.
 
         Example:
-            >>> block_ablation(model, prompts).to_frame().columns[:3].tolist()  # doctest: +SKIP
+            >>> block_ablation(zoo.load("char-mlp"), ["def f(x):"]).to_frame().columns[:3].tolist()
             ['block', 'drop_attn_hellinger_mean', 'drop_attn_hellinger_std']
         """
         import pandas as pd
@@ -235,8 +235,9 @@ def block_ablation(
         An :class:`AblationTable`.
 
     Example:
-        >>> table = block_ablation(model, ["def f(x):", "import os"])  # doctest: +SKIP
-        >>> table.to_frame()[["block", "drop_mlp_hellinger_mean"]]  # doctest: +SKIP
+        >>> table = block_ablation(zoo.load("char-mlp"), ["def f(x):", "import os"])
+        >>> table.to_frame()[["block", "drop_mlp_hellinger_mean"]].round(2).values.tolist()
+        [[0.0, 0.84], [1.0, 0.25], [2.0, 0.35], [3.0, 0.28]]
     """
     n_layers = model.cfg.n_layers
     out = {k: [] for k in ("attn_h", "mlp_h", "attn_kl", "mlp_kl", "attn_top", "mlp_top")}
@@ -388,8 +389,9 @@ def block_decomposition(
     sum of the embedding and the MLP outputs only.
 
     Example:
-        >>> dec = block_decomposition(model, ["def f(x):"])  # doctest: +SKIP
-        >>> float(dec.ffn_only_cosine[0])  # doctest: +SKIP
+        >>> dec = block_decomposition(zoo.load("char-mlp"), ["def f(x):"])
+        >>> round(float(dec.ffn_only_cosine[0]), 2)
+        0.96
     """
     n_layers = model.cfg.n_layers
     has_mlp = has_hook(model, "mlp_out", 0)

@@ -129,8 +129,9 @@ def effective_dimensionality(
         An :class:`EffectiveDimensionality`.
 
     Example:
-        >>> ed = effective_dimensionality(model, prompts)  # doctest: +SKIP
-        >>> ed.to_frame().head()  # doctest: +SKIP
+        >>> ed = effective_dimensionality(zoo.load("char-mlp"), ["def f(x):", "import os", "the cat sat"])
+        >>> ed.to_frame().columns.tolist()[:4]
+        ['layer', 'stream', 'participation_ratio', 'n_components_90']
     """
     streams = (streams,) if isinstance(streams, str) else tuple(streams)
     missing_stream_error(model, streams)

@@ -28,7 +28,8 @@ def read_logits(model: HookedTransformer, resid: Float[Tensor, "... d_model"]) -
     model caps its logits. On the last layer's ``resid_post`` this is exactly the model's output.
 
     Example:
-        >>> read_logits(model, torch.zeros(model.cfg.d_model)).shape  # doctest: +SKIP
+        >>> read_logits(model, torch.zeros(model.cfg.d_model)).shape
+        torch.Size([151])
     """
     with torch.inference_mode():
         x = resid
@@ -74,7 +75,7 @@ class LogitLens(Result):
         the final prediction, mean probability of the final top token.
 
         Example:
-            >>> logit_lens(model, prompts).to_frame().columns.tolist()[:3]  # doctest: +SKIP
+            >>> logit_lens(zoo.load("char-mlp"), ["def f(x):"]).to_frame().columns.tolist()[:3]
             ['layer', 'kl_mean', 'kl_std']
         """
         import pandas as pd
@@ -140,8 +141,11 @@ def logit_lens(
         A :class:`LogitLens`.
 
     Example:
-        >>> lens = logit_lens(model, ["def f(x):"])  # doctest: +SKIP
-        >>> lens.to_frame()  # doctest: +SKIP
+        >>> lens = logit_lens(zoo.load("char-mlp"), ["def f(x):", "import os"])
+        >>> lens.to_frame()["layer"].tolist()
+        ['embed', 'L0', 'L1', 'L2', 'L3']
+        >>> round(float(lens.to_frame()["kl_mean"].iloc[-1]), 6)  # the last layer reproduces the logits
+        0.0
     """
     n_layers = model.cfg.n_layers
     k = min(check_int(top_k, "top_k", low=1), model.cfg.d_vocab_out)

@@ -82,8 +82,13 @@ class NeighbourApproximation(Estimator):
         weights: Block weight(s) :meth:`predict` uses when given none (default all 1).
 
     Example:
-        >>> approx = NeighbourApproximation(window=10, thresholds=0.9).fit(model, text)  # doctest: +SKIP
-        >>> ev = approx.evaluate(approx.predict(prompts))  # doctest: +SKIP
+        >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+        >>> approx = NeighbourApproximation(window=4, thresholds=0.9).fit(zoo.load("char-mlp"), text)
+        >>> approx.n_windows, approx.hook_
+        (42, 'mlp_out')
+        >>> ev = approx.evaluate(approx.predict(["def h(z):", "    return"]))
+        >>> round(ev.mean, 3)  # mean Hellinger distance to the model's next-token distribution
+        0.122
     """
 
     _fitted_names = _FITTED
@@ -131,8 +136,10 @@ class NeighbourApproximation(Estimator):
             ``self``, with the learned attributes set.
 
         Example:
-            >>> approx = NeighbourApproximation(window=10).fit(model, text)  # doctest: +SKIP
-            >>> approx.evaluate(prompts).mean  # doctest: +SKIP
+            >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+            >>> approx = NeighbourApproximation(window=4).fit(zoo.load("char-mlp"), text)
+            >>> round(approx.evaluate(["def h(z):", "    return"]).mean, 3)
+            0.122
         """
         window = self.window
         hook = self.hook if self.hook is not None else ("mlp_out" if model_facts(model).has_stream("mlp_out") else "attn_out")
@@ -246,7 +253,10 @@ class NeighbourApproximation(Estimator):
             chunk_size: Windows per similarity block.
 
         Example:
-            >>> approx.similar("And only l", block=0, threshold=0.95).texts[:3]  # doctest: +SKIP
+            >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+            >>> approx = NeighbourApproximation(window=4).fit(zoo.load("char-mlp"), text)
+            >>> approx.similar("def f", block=0, threshold=0.9).texts[:3]  # the prompt's last 4 characters
+            ('ef f',)
         """
         block = self.blocks_[-1] if block is None else block
         if block not in self.blocks_:
@@ -269,8 +279,10 @@ class NeighbourApproximation(Estimator):
         """The text of window ``index`` (token ids joined by spaces without a tokenizer).
 
         Example:
-            >>> approx.window_text(0)  # doctest: +SKIP
-            '\\n\\n\\n    def'
+            >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+            >>> approx = NeighbourApproximation(window=4).fit(zoo.load("char-mlp"), text)
+            >>> approx.window_text(0)
+            '\\n\\nde'
         """
         index = check_int(index, "index", low=0, high=len(self.windows_))
         return token_label(self.model_, self.windows_[index].tolist())
@@ -279,8 +291,10 @@ class NeighbourApproximation(Estimator):
         """Dense next-token counts of window ``index``.
 
         Example:
-            >>> int(approx.next_counts(0).sum())  # doctest: +SKIP
-            3
+            >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+            >>> approx = NeighbourApproximation(window=4).fit(zoo.load("char-mlp"), text)
+            >>> int(approx.next_counts(0).sum())  # "\\n\\nde" is followed 4 times in the text
+            4
         """
         index = check_int(index, "index", low=0, high=len(self.windows_))
         return self.index_.next_counts(index)
@@ -320,8 +334,11 @@ class NeighbourApproximation(Estimator):
             progress: Progress bar (None: only on a terminal).
 
         Example:
-            >>> pred = approx.predict(["And only l"], [0.95, 0.94, 0.85])  # doctest: +SKIP
-            >>> pred.to_frame()[["prompt", "top_token", "model_top_token"]]  # doctest: +SKIP
+            >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+            >>> approx = NeighbourApproximation(window=4).fit(zoo.load("char-mlp"), text)
+            >>> pred = approx.predict(["def h(z):"], [0.95, 0.94, 0.85, 0.8])  # one threshold per block
+            >>> pred.to_frame()[["prompt", "top_token", "model_top_token"]].values.tolist()
+            [['def h(z):', '\\n', '\\n']]
         """
         thr = self._thresholds(thresholds)
         w = self._weights(weights)
@@ -364,9 +381,12 @@ class NeighbourApproximation(Estimator):
             thresholds, weights, batch_size, chunk_size, progress: As for :meth:`predict`.
 
         Example:
-            >>> ev = approx.evaluate(prompts, [0.95, 0.94, 0.85], [0.01, 0.1, 1.0])  # doctest: +SKIP
-            >>> pred = approx.predict(prompts, [0.95, 0.94, 0.85], [0.01, 0.1, 1.0])  # doctest: +SKIP
-            >>> approx.evaluate(pred).mean == ev.mean  # doctest: +SKIP
+            >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+            >>> approx = NeighbourApproximation(window=4).fit(zoo.load("char-mlp"), text)
+            >>> prompts = ["def h(z):", "    return"]
+            >>> ev = approx.evaluate(prompts, [0.95, 0.94, 0.85, 0.8], [0.01, 0.1, 1.0, 1.0])
+            >>> pred = approx.predict(prompts, [0.95, 0.94, 0.85, 0.8], [0.01, 0.1, 1.0, 1.0])
+            >>> approx.evaluate(pred).mean == ev.mean
             True
         """
         if isinstance(data, NeighbourPrediction):
@@ -408,9 +428,15 @@ class NeighbourApproximation(Estimator):
         changed; ``set_params(thresholds=..., weights=...)`` adopts the result.
 
         Example:
-            >>> best = approx.tune(train_prompts)  # doctest: +SKIP
-            >>> approx.set_params(thresholds=best.thresholds, weights=best.weights)  # doctest: +SKIP
-            >>> approx.evaluate(test_prompts).mean  # doctest: +SKIP
+            >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4
+            >>> approx = NeighbourApproximation(window=4).fit(zoo.load("char-mlp"), text)
+            >>> train_prompts, test_prompts = ["def h(z):"], ["    return"]
+            >>> best = approx.tune(train_prompts)
+            >>> best.thresholds
+            (0.6, 0.5, 0.6, 0.7)
+            >>> approx = approx.set_params(thresholds=best.thresholds, weights=best.weights)
+            >>> round(approx.evaluate(test_prompts).mean, 3)
+            0.145
         """
         grid_list = sorted(set(_grid_values(threshold_grid, "threshold_grid")))
         grid = torch.tensor(grid_list, dtype=torch.float32)

@@ -113,8 +113,10 @@ class ResidualStats(Result):
         """Cosine between the mean vectors of data sets ``a`` and ``b``, per stream and layer.
 
         Example:
-            >>> stats.cosine("python", "prose")["resid_post"].shape  # doctest: +SKIP
-            torch.Size([3])
+            >>> stats = residual_stats(zoo.load("char-mlp"), {"python": ["def f(x):", "import os"],
+            ...                                               "prose": ["the cat sat", "a dog ran"]})
+            >>> stats.cosine("python", "prose")["resid_post"].shape  # one per layer
+            torch.Size([4])
         """
         ma, mb = self.mean[self._check(a)], self.mean[self._check(b)]
         cos = cosine(ma, mb).float()
@@ -127,7 +129,12 @@ class ResidualStats(Result):
         parallel update), so shards can be computed on different machines.
 
         Example:
-            >>> whole = part1.merge(part2)  # doctest: +SKIP
+            >>> char = zoo.load("char-mlp")
+            >>> part1 = residual_stats(char, {"python": ["def f(x):", "x = 1"], "prose": ["the cat sat", "it is"]})
+            >>> part2 = residual_stats(char, {"python": ["import os", "y = 2"], "prose": ["a dog ran", "we go"]})
+            >>> whole = part1.merge(part2)
+            >>> whole.count
+            {'python': 4, 'prose': 4}
         """
         if tuple(other.streams) != tuple(self.streams):
             raise LensworksError(f"cannot merge statistics of streams {other.streams} into {self.streams}")
@@ -159,7 +166,9 @@ class ResidualStats(Result):
         """One row per (dataset, stream, layer): ``var_mean``, ``var_max``, ``norm_mean``, ``n_samples``.
 
         Example:
-            >>> stats.to_frame().columns[:3].tolist()  # doctest: +SKIP
+            >>> stats = residual_stats(zoo.load("char-mlp"), {"python": ["def f(x):", "import os"],
+            ...                                               "prose": ["the cat sat", "a dog ran"]})
+            >>> stats.to_frame().columns[:3].tolist()
             ['dataset', 'stream', 'layer']
         """
         import pandas as pd
@@ -254,8 +263,13 @@ def residual_stats(
         A :class:`ResidualStats`.
 
     Example:
-        >>> stats = residual_stats(model, {"python": code_lines, "prose": text_lines})  # doctest: +SKIP
-        >>> stats.cosine("python", "prose")["resid_post"]  # doctest: +SKIP
+        >>> code_lines = ["def f(x):", "import os", "    return x"]
+        >>> text_lines = ["the cat sat", "a dog ran", "it is late"]
+        >>> stats = residual_stats(zoo.load("char-mlp"), {"python": code_lines, "prose": text_lines})
+        >>> stats.streams, stats.count["python"]
+        (('resid_pre', 'resid_mid', 'resid_post'), 3)
+        >>> stats.cosine("python", "prose")["resid_post"].shape
+        torch.Size([4])
     """
     if not isinstance(data, Mapping) or not data:
         raise LensworksError(f"data: expected a non-empty mapping of name -> data, got {type(data).__name__}")
@@ -359,8 +373,9 @@ def update_alignment(
     state along similar directions, which would make the variance grow across layers.
 
     Example:
-        >>> ua = update_alignment(model, prompts)  # doctest: +SKIP
+        >>> ua = update_alignment(zoo.load("char-mlp"), ["def f(x):", "import os"])
         >>> ua.cosine.shape  # (2 * n_layers, 2 * n_layers) for a model with MLPs
+        torch.Size([8, 8])
     """
     streams = ("attn_out", "mlp_out") if has_hook(model, "mlp_out", 0) else ("attn_out",)
     stats = residual_stats(model, {"data": data}, streams=streams, position=position, batch_size=batch_size,

@@ -127,8 +127,9 @@ def token_subspaces(
         progress: Progress bar (None: only on a terminal).
 
     Example:
-        >>> subs = token_subspaces(model, at="ln_final", n_samples=32)  # doctest: +SKIP
-        >>> subs.to_frame().head()  # doctest: +SKIP
+        >>> subs = token_subspaces(zoo.load("char-mlp"), tokens=[67, 68], at="ln_final", n_samples=8)  # 'a', 'b'
+        >>> subs.to_frame()[["label", "reached_target"]].values.tolist()
+        [['a', 1.0], ['b', 1.0]]
     """
     d_model, d_vocab = model.cfg.d_model, model.cfg.d_vocab_out
     if at != "ln_final":
@@ -296,8 +297,10 @@ def alignment(subspaces: TokenSubspaces, vectors: Float[Tensor, "n_vectors d_mod
     ``||B_v x|| / ||x||`` (0 for a zero vector).
 
     Example:
-        >>> al = alignment(subs, mlp_out_at_last_token)  # doctest: +SKIP
-        >>> al.top(0, 5)  # doctest: +SKIP
+        >>> subs = token_subspaces(zoo.load("char-mlp"), tokens=[67, 68], n_samples=8)  # 'a', 'b'
+        >>> al = alignment(subs, subs.basis[:, 0])  # each token's own basis vector
+        >>> [(label, round(cos, 2)) for label, cos in al.top(0, 2)]
+        [('a', 1.0), ('b', 0.03)]
     """
     x = torch.as_tensor(vectors).float().cpu()
     if x.ndim == 1:

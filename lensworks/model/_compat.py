@@ -47,8 +47,9 @@ def check_model(model: Any) -> None:
     """Raise unless ``model`` is a HookedTransformer or a bridge in compatibility mode.
 
     Example:
-        >>> check_model("gpt2")  # doctest: +SKIP
-        LensworksError: expected a TransformerLens model (HookedTransformer or TransformerBridge), got str
+        >>> check_model("gpt2")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        lensworks.errors.LensworksError: expected a TransformerLens model: ... Got str
     """
     if not is_model(model):
         raise LensworksError(
@@ -94,8 +95,9 @@ def require_finite_weight(tensor: Tensor, name: str) -> Tensor:
     ``where(denom > 0, ...)`` guards further down would otherwise turn NaN into plausible zeros.
 
     Example:
-        >>> require_finite_weight(torch.tensor([1.0, float("nan")]), "W_U of the unembedding")  # doctest: +SKIP
-        LensworksError: W_U of the unembedding holds 1 NaN; no analysis can be computed from it
+        >>> require_finite_weight(torch.tensor([1.0, float("nan")]), "W_U of the unembedding")
+        Traceback (most recent call last):
+        lensworks.errors.NonFiniteError: W_U of the unembedding holds 1 NaN; no analysis can be computed from it
     """
     if tensor.is_floating_point() and not all_finite(tensor):
         n_nan = int(torch.isnan(tensor).sum())
@@ -113,7 +115,7 @@ def require_finite_parameters(model: Any) -> None:
     activations that no activation check would catch. Read in slices (see :func:`all_finite`).
 
     Example:
-        >>> require_finite_parameters(zoo.load("char-mlp"))  # doctest: +SKIP
+        >>> require_finite_parameters(zoo.load("char-mlp"))  # returns None: every weight is finite
     """
     for name, tensor in list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers()
                                                           if b.is_floating_point() and not n.endswith(("IGNORE", "mask"))]:
@@ -148,8 +150,9 @@ def require_finite_activation(tensor: Tensor, name: str) -> Tensor:
     norms); a number computed from such an activation would look plausible and be wrong.
 
     Example:
-        >>> require_finite_activation(torch.tensor([[1.0, float("inf")]]), "blocks.0.hook_resid_post")  # doctest: +SKIP
-        LensworksError: the activation blocks.0.hook_resid_post holds 1 inf (first at index (0, 1)) ...
+        >>> require_finite_activation(torch.tensor([[1.0, float("inf")]]), "blocks.0.hook_resid_post")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        lensworks.errors.NonFiniteError: the activation blocks.0.hook_resid_post holds 1 inf (first at index (0, 1)) ...
     """
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = ~torch.isfinite(tensor)

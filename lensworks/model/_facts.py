@@ -26,7 +26,7 @@ def has_resid_mid(model: HookedTransformer) -> bool:
     attention and MLP outputs to the same input, so neither has ``resid_mid``.
 
     Example:
-        >>> has_resid_mid(zoo.load("char-mlp"))  # doctest: +SKIP
+        >>> has_resid_mid(zoo.load("char-mlp"))
         True
     """
     return model_facts(model).has_resid_mid
@@ -36,7 +36,7 @@ def has_stream(model: HookedTransformer, stream: str) -> bool:
     """Whether ``stream`` (one of :data:`ALL_STREAMS`) exists in this model.
 
     Example:
-        >>> has_stream(attn_only_model, "mlp_out")  # doctest: +SKIP
+        >>> has_stream(zoo.load("induction-2l"), "mlp_out")  # attention only
         False
     """
     return model_facts(model).has_stream(stream)
@@ -46,7 +46,9 @@ def model_streams(model: HookedTransformer, wanted: Sequence[str] = RESIDUAL_STR
     """The streams of ``wanted`` that exist in ``model``, in the order given.
 
     Example:
-        >>> model_streams(neox_model)  # doctest: +SKIP
+        >>> model_streams(zoo.load("char-mlp"))
+        ('resid_pre', 'resid_mid', 'resid_post')
+        >>> model_streams(zoo.load("induction-2l"))  # attention only, as in parallel blocks (NeoX)
         ('resid_pre', 'resid_post')
     """
     return tuple(s for s in wanted if has_stream(model, s))
@@ -68,7 +70,7 @@ def uses_bos(model: HookedTransformer, prepend_bos: bool | None = None) -> bool:
     with a BOS token. Asking for BOS on such a model raises.
 
     Example:
-        >>> uses_bos(zoo.load("char-mlp"))  # doctest: +SKIP
+        >>> uses_bos(zoo.load("char-mlp"))
         True
     """
     return model_facts(model).uses_bos(prepend_bos)
@@ -79,7 +81,7 @@ def default_seq_len(model: HookedTransformer, *, preferred: int = 50, copies: in
     when it fits, else the longest that does.
 
     Example:
-        >>> default_seq_len(zoo.load("induction-2l"))  # n_ctx 64  # doctest: +SKIP
+        >>> default_seq_len(zoo.load("induction-2l"))  # n_ctx 64
         31
     """
     room = (model.cfg.n_ctx - int(bos)) // copies
@@ -93,7 +95,7 @@ def random_copy(model: HookedTransformer, seed: int = 0) -> HookedTransformer:
     the same dtype; torch's global random state is left untouched.
 
     Example:
-        >>> random_copy(model, seed=1).cfg.d_model == model.cfg.d_model  # doctest: +SKIP
+        >>> random_copy(model, seed=1).cfg.d_model == model.cfg.d_model
         True
     """
     from lensworks.model._compat import is_bridge
@@ -157,8 +159,8 @@ def processing_state(model: HookedTransformer) -> dict[str, Any]:
     The record reads the same for a HookedTransformer and a TransformerBridge.
 
     Example:
-        >>> processing_state(zoo.load("char-mlp"))["fold_ln"]  # doctest: +SKIP
-        True
+        >>> processing_state(zoo.load("char-mlp"))["fold_ln"]  # stored unfolded
+        False
     """
     from lensworks.model import _compat
 

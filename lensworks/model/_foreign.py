@@ -58,7 +58,7 @@ def layout_of(obj: Any) -> str | None:
     """``"nanogpt"``, ``"lbg"`` ("Let's build GPT") or None for an object read from a ``.pt`` file.
 
     Example:
-        >>> layout_of({"model_args": {...}, "model": {...}})  # doctest: +SKIP
+        >>> layout_of({"model_args": {}, "model": {}})
         'nanogpt'
     """
     if not isinstance(obj, dict):
@@ -106,6 +106,7 @@ def nanogpt_checkpoint(obj: dict[str, Any], *, where: str) -> tuple[dict[str, An
     """A nanoGPT ``ckpt.pt`` dict -> (TransformerLens config, state dict, the run's ``config``).
 
     Example:
+        >>> # a nanoGPT run's out/ckpt.pt (none ships with lensworks, so this cannot run here)
         >>> cfg, sd, run = nanogpt_checkpoint(torch.load("out/ckpt.pt", weights_only=True), where="ckpt.pt")  # doctest: +SKIP
         >>> cfg["n_layers"], sorted(sd)[0]  # doctest: +SKIP
         (6, 'blocks.0.attn.W_K')
@@ -165,6 +166,7 @@ def lbg_state_dict(sd: dict[str, Any], *, where: str) -> tuple[dict[str, Any], d
     from the stored shapes (the layout stores no config), checked for consistency.
 
     Example:
+        >>> # a "Let's build GPT" torch.save(model.state_dict(), "model.pt") (none ships with lensworks)
         >>> cfg, sd = lbg_state_dict(torch.load("model.pt", weights_only=True), where="model.pt")  # doctest: +SKIP
         >>> cfg["d_head"]  # doctest: +SKIP
         64

@@ -160,9 +160,14 @@ def convert_weights(spec: FamilySpec, raw_cfg: dict[str, Any], sd: dict[str, Ten
     a tied output head at the embedding. Shape disagreements with config.json raise naming both.
 
     Example:
-        >>> converted = convert_weights(spec, raw, read_state_dict(path), cfg, where=str(path))  # doctest: +SKIP
-        >>> converted["embed.W_E"].shape  # doctest: +SKIP
-        torch.Size([300, 64])
+        >>> from lensworks.model._files import read_state_dict
+        >>> from lensworks.model._tlconfig import make_cfg
+        >>> path = zoo.path("bpe-llama")
+        >>> spec, raw = read_config(path)
+        >>> cfg = make_cfg({**config_fields(spec, raw, where="config.json"), "init_weights": False}, where=str(path))
+        >>> converted = convert_weights(spec, raw, read_state_dict(path), cfg, where=str(path))
+        >>> converted["embed.W_E"].shape
+        torch.Size([2048, 128])
     """
     sd = spec.with_base_prefix(sd)
     if spec.head not in sd:

@@ -103,11 +103,19 @@ def load_model(
         TransformerLens 3.x, a ``TransformerBridge`` in compatibility mode under 4.x.
 
     Example:
-        >>> model = load_model("path/to/hf_checkpoint_dir")          # doctest: +SKIP
-        >>> processing_state(model)["fold_ln"]                        # doctest: +SKIP
-        True
+        >>> from lensworks import zoo
+        >>> from lensworks.model import processing_state
+        >>> llama = load_model(zoo.path("bpe-llama"))  # a Hugging Face LlamaForCausalLM directory
+        >>> processing_state(llama)["fold_ln"], processing_state(llama)["architecture"]
+        (True, 'LlamaForCausalLM')
+        >>> load_model(zoo.path("char-mlp")).cfg.d_vocab  # a directory written by save_model
+        97
+
+        The next three need files or a network this example does not have:
+
         >>> shakespeare = load_model("nanoGPT/out-shakespeare-char/ckpt.pt")  # doctest: +SKIP
-        >>> lbg = load_model("gpt_state.pt", vocab="input.txt")      # doctest: +SKIP
+        >>> lbg = load_model("gpt_state.pt", vocab="input.txt")  # doctest: +SKIP
+        >>> gpt2 = load_model("gpt2")  # downloads from the Hugging Face hub  # doctest: +SKIP
     """
     flags = _Processing(fold_ln, center_writing_weights, center_unembed)
     if is_model(source):

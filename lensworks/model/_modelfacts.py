@@ -51,8 +51,8 @@ class ModelFacts:
         attn_scores_soft_cap, output_logits_soft_cap: Gemma-2-style soft-caps (None when absent).
 
     Example:
-        >>> facts = model_facts(zoo.load("char-mlp"))  # doctest: +SKIP
-        >>> facts.streams, facts.bos_id, facts.prepend_bos  # doctest: +SKIP
+        >>> facts = model_facts(zoo.load("char-mlp"))
+        >>> facts.streams, facts.bos_id, facts.prepend_bos
         (('resid_pre', 'attn_out', 'resid_mid', 'mlp_out', 'resid_post'), 0, True)
     """
 
@@ -88,7 +88,7 @@ class ModelFacts:
         """Whether ``stream`` exists (raises for a name lensworks does not know).
 
         Example:
-            >>> model_facts(attn_only_model).has_stream("mlp_out")  # doctest: +SKIP
+            >>> model_facts(zoo.load("induction-2l")).has_stream("mlp_out")  # attention only
             False
         """
         if stream not in ALL_STREAMS:
@@ -99,7 +99,7 @@ class ModelFacts:
         """The hook name of ``stream`` (any short name :func:`hook_name` knows) in ``layer``.
 
         Example:
-            >>> model_facts(model).hook("resid_post", 1)  # doctest: +SKIP
+            >>> model_facts(model).hook("resid_post", 1)
             'blocks.1.hook_resid_post'
         """
         return hook_name(stream, layer)
@@ -109,7 +109,7 @@ class ModelFacts:
         on a model without one raises.
 
         Example:
-            >>> model_facts(model).uses_bos(False)  # doctest: +SKIP
+            >>> model_facts(model).uses_bos(False)
             False
         """
         if prepend_bos is None:
@@ -128,7 +128,7 @@ class ModelFacts:
         ``prepend_bos`` when given, else 1 exactly when every row starts with the model's BOS id.
 
         Example:
-            >>> model_facts(zoo.load("char-mlp")).leading_bos(torch.tensor([[0, 5, 6]]))  # doctest: +SKIP
+            >>> model_facts(zoo.load("char-mlp")).leading_bos(torch.tensor([[0, 5, 6]]))
             1
         """
         if prepend_bos is not None:
@@ -141,8 +141,12 @@ class ModelFacts:
         both afterwards (:func:`lensworks._rng.seeded_rng`).
 
         Example:
-            >>> with model_facts(model).seeded(0):  # doctest: +SKIP
-            ...     fresh = torch.randn(3)
+            >>> with model_facts(model).seeded(0):
+            ...     first = torch.randn(3)
+            >>> with model_facts(model).seeded(0):
+            ...     again = torch.randn(3)
+            >>> torch.equal(first, again)
+            True
         """
         from lensworks._rng import seeded_rng
 
@@ -159,7 +163,7 @@ class ModelFacts:
         so; unchanged otherwise. Same device and dtype as ``tokens``.
 
         Example:
-            >>> model_facts(zoo.load("char-mlp")).add_bos(torch.tensor([[5, 6]])).tolist()  # doctest: +SKIP
+            >>> model_facts(zoo.load("char-mlp")).add_bos(torch.tensor([[5, 6]])).tolist()
             [[0, 5, 6]]
         """
         if not self.uses_bos(prepend_bos):
@@ -214,7 +218,7 @@ def model_facts(model: Any) -> ModelFacts:
     dtype, got another tokenizer or another BOS default).
 
     Example:
-        >>> model_facts(zoo.load("induction-2l")).n_layers  # doctest: +SKIP
+        >>> model_facts(zoo.load("induction-2l")).n_layers
         2
     """
     from lensworks.model._compat import check_model

@@ -43,8 +43,10 @@ def save_model(model: HookedTransformer, path: str | Path, *, vocab: Sequence[st
         The directory.
 
     Example:
-        >>> save_model(model, "ckpt")  # doctest: +SKIP
-        >>> load_model("ckpt").cfg.d_model == model.cfg.d_model  # doctest: +SKIP
+        >>> from lensworks import load_model
+        >>> save_model(model, "ckpt")
+        PosixPath('ckpt')
+        >>> load_model("ckpt").cfg.d_model == model.cfg.d_model
         True
     """
     from safetensors.torch import save_file

@@ -240,7 +240,7 @@ def encodable_part(model: HookedTransformer, text: str, *, what: str = "text") -
     :func:`check_encodable`, which refuses instead.
 
     Example:
-        >>> encodable_part(zoo.load("char-mlp"), "naïve")  # doctest: +SKIP
+        >>> encodable_part(zoo.load("char-mlp"), "naïve")  # the text kept, characters dropped
         ('nave', 1)
     """
     bad = _unknown_spans(model, text, what)

@@ -47,7 +47,8 @@ def read_text(path: str | os.PathLike, what: str = "text") -> str:
     """The whole of a UTF-8 text file; a file in another encoding is refused naming the byte.
 
     Example:
-        >>> read_text("input.txt", "training corpus")[:5]  # doctest: +SKIP
+        >>> n_bytes = Path("input.txt").write_text("First Citizen:", encoding="utf-8")
+        >>> read_text("input.txt", "training corpus")[:5]
         'First'
     """
     path = Path(path)
@@ -59,8 +60,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     are refused in one line that names the file.
 
     Example:
-        >>> read_json("ckpt/config.json", "config")["n_layers"]  # doctest: +SKIP
-        2
+        >>> read_json(zoo.path("char-mlp") / "config.json", "config")["n_layers"]
+        4
     """
     path = Path(path)
     text = read_text(path, what)
@@ -105,7 +106,9 @@ def read_meta_pkl(path: str | os.PathLike) -> list[str]:
         Token strings in id order.
 
     Example:
-        >>> read_meta_pkl("data/shakespeare_char/meta.pkl")[:3]  # doctest: +SKIP
+        >>> meta = {"vocab_size": 3, "itos": {0: "\\n", 1: " ", 2: "!"}, "stoi": {"\\n": 0, " ": 1, "!": 2}}
+        >>> n_bytes = Path("meta.pkl").write_bytes(pickle.dumps(meta))
+        >>> read_meta_pkl("meta.pkl")
         ['\\n', ' ', '!']
     """
     path = Path(path)

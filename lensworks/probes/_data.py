@@ -35,7 +35,7 @@ def model_tokens(model: HookedTransformer, data: Data, *, what: str = "data") ->
     padded positions are masked out by their length.
 
     Example:
-        >>> toks, lengths = model_tokens(model, ["ab", "abc"])
+        >>> toks, lengths = model_tokens(zoo.load("char-mlp"), ["ab", "abc"])  # BOS first
         >>> lengths.tolist()
         [3, 4]
     """
@@ -166,6 +166,7 @@ def validation_rows(plan: Plan, seed: int, fraction: float = 0.2) -> list[Bool[T
     Whole training sequences when there are at least two of them, else random positions.
 
     Example:
+        >>> plan = make_plan(torch.randint(1, 9, (10, 6)), torch.full((10,), 6), (0, -1), None, 0.2, 0)
         >>> val = validation_rows(plan, seed=0)
         >>> all(bool((v & ~t).sum() == 0) for v, t in zip(val, plan.train))
         True
@@ -231,8 +232,10 @@ def run_batches(
         fn: Called once per batch, inside inference mode.
 
     Example:
+        >>> toks = torch.tensor([[0, 1, 2], [0, 3, 4]])
         >>> run_batches(model, toks, torch.arange(len(toks)), {"blocks.0.hook_resid_pre": (0, "resid_pre")},
-        ...             None, 8, "capture", False, lambda idx, store: print(store[(0, "resid_pre")].shape))  # doctest: +SKIP
+        ...             None, 8, "capture", False, lambda idx, store: print(store[(0, "resid_pre")].shape))
+        torch.Size([2, 3, 64])
     """
     require_finite_parameters(model)
     disable = None if progress is None else not progress

@@ -169,7 +169,12 @@ def fit_closed_form(job: ProbeJob, model: HookedTransformer, label: str, *, main
         A :class:`PassResult`.
 
     Example:
-        >>> out = fit_closed_form(job, model, "model", main=True)  # doctest: +SKIP
+        :func:`~lensworks.probes.probe_inputs` builds the job and calls this for the closed forms:
+
+        >>> from lensworks.probes import probe_inputs
+        >>> tokens = torch.randint(1, model.cfg.d_vocab, (16, 8))
+        >>> probe_inputs(model, tokens, offsets=(0,), method="ridge", controls=False).accuracy.shape
+        torch.Size([2, 2, 1])
     """
     plan = job.plan
     shuffled = plan.shuffled if job.controls and main else None
@@ -346,7 +351,12 @@ def fit_logistic_pass(job: ProbeJob, model: HookedTransformer, label: str, *, ma
         A :class:`PassResult` with held-out cross-entropy.
 
     Example:
-        >>> out = fit_logistic_pass(job, model, "model", main=True)  # doctest: +SKIP
+        :func:`~lensworks.probes.probe_inputs` builds the job and calls this for the logistic methods:
+
+        >>> from lensworks.probes import probe_inputs
+        >>> tokens = torch.randint(1, model.cfg.d_vocab, (16, 8))
+        >>> probe_inputs(model, tokens, offsets=(0,), method="fast-logistic", controls=False).accuracy.shape
+        torch.Size([2, 2, 1])
     """
     plan, C, device = job.plan, job.n_classes, job.tokens.device
     feats = {key: torch.zeros(*job.tokens.shape, job.d_model, device=device) for key in job.hooks.values()}

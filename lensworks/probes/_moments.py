@@ -160,8 +160,14 @@ def accumulate(
         device: Where new moments are kept.
 
     Example:
+        >>> from lensworks.probes._data import make_plan
+        >>> plan = make_plan(torch.randint(1, 9, (10, 6)), torch.full((10,), 6), (0,), None, 0.2, 0)
+        >>> store = {(0, "resid_pre"): torch.randn(10, 6, 4)}  # activations of all 10 sequences
         >>> moments = {}
-        >>> accumulate(moments, idx, store, plan.train, plan.target, None, lambda l, s, k: (l, s, k), 5, device)  # doctest: +SKIP
+        >>> accumulate(moments, torch.arange(10), store, plan.train, plan.target, None,
+        ...            lambda l, s, k: (l, s, k), 9, torch.device("cpu"))
+        >>> list(moments), moments[(0, "resid_pre", 0)].n == int(plan.train[0].sum())
+        ([(0, 'resid_pre', 0)], True)
     """
     for (layer, stream), act in store.items():
         for k in range(len(rows)):

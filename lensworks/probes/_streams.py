@@ -41,8 +41,10 @@ def resolve_streams(model: HookedTransformer, streams: Sequence[str] | str | Non
         ``(streams, skipped)``.
 
     Example:
-        >>> resolve_streams(model, None)  # doctest: +SKIP
+        >>> resolve_streams(zoo.load("char-mlp"), None)
         (('resid_pre', 'resid_mid', 'resid_post'), [])
+        >>> resolve_streams(zoo.load("induction-2l"), None)  # attention only: no resid_mid
+        (('resid_pre', 'resid_post'), ['resid_mid'])
     """
     skipped: list[str] = []
     if streams is None:

@@ -135,6 +135,8 @@ class ProbeResults(Result):
         """The probe matrix for one (layer, stream, offset); columns follow ``classes``.
 
         Example:
+            >>> tokens = torch.randint(1, model.cfg.d_vocab, (16, 8), generator=torch.Generator().manual_seed(0))
+            >>> res = probe_inputs(model, tokens, offsets=(0,), method="ridge", controls=False)
             >>> res.weights(0, "resid_pre", 0).shape[1] == len(res.classes)
             True
         """
@@ -145,6 +147,8 @@ class ProbeResults(Result):
         """The probe intercept for one (layer, stream, offset).
 
         Example:
+            >>> tokens = torch.randint(1, model.cfg.d_vocab, (16, 8), generator=torch.Generator().manual_seed(0))
+            >>> res = probe_inputs(model, tokens, offsets=(0,), method="ridge", controls=False)
             >>> res.bias(0, "resid_pre", 0).shape == res.classes.shape
             True
         """
@@ -155,6 +159,8 @@ class ProbeResults(Result):
         """One row per (layer, stream, offset) with accuracy, chance and the controls.
 
         Example:
+            >>> tokens = torch.randint(1, model.cfg.d_vocab, (16, 8), generator=torch.Generator().manual_seed(0))
+            >>> res = probe_inputs(model, tokens, offsets=(0,), method="ridge", controls=False)
             >>> list(res.to_frame().columns)[:4]
             ['layer', 'stream', 'offset', 'accuracy']
         """
@@ -182,6 +188,8 @@ class ProbeResults(Result):
         """JSON-ready dict; probe weights are left out unless ``include_weights``.
 
         Example:
+            >>> tokens = torch.randint(1, model.cfg.d_vocab, (16, 8), generator=torch.Generator().manual_seed(0))
+            >>> res = probe_inputs(model, tokens, offsets=(0,), method="ridge", controls=False)
             >>> "accuracy" in res.to_dict()
             True
         """
@@ -220,6 +228,8 @@ class ProbeResults(Result):
         """Held-out accuracy against depth: one line per offset, controls dashed/dotted.
 
         Example:
+            >>> tokens = torch.randint(1, model.cfg.d_vocab, (16, 8), generator=torch.Generator().manual_seed(0))
+            >>> res = probe_inputs(model, tokens, offsets=(0,), method="ridge", controls=False)
             >>> fig = res.figure()
         """
         from lensworks.probes._plots import probe_accuracy_figure
@@ -331,8 +341,20 @@ def probe_inputs(
         A :class:`ProbeResults`.
 
     Example:
-        >>> res = probe_inputs(model, tokens, offsets=(0, -1))
-        >>> res.to_frame().head()  # doctest: +SKIP
+        >>> tokens = torch.randint(1, model.cfg.d_vocab, (32, 16), generator=torch.Generator().manual_seed(0))
+        >>> res = probe_inputs(model, tokens, offsets=(0, -1), method="ridge")
+        >>> res.to_frame()[["layer", "stream", "offset", "accuracy"]].round(2)
+           layer      stream  offset  accuracy
+        0      0   resid_pre       0      0.85
+        1      0   resid_pre      -1      0.00
+        2      0  resid_post       0      0.72
+        3      0  resid_post      -1      0.10
+        4      1   resid_pre       0      0.72
+        5      1   resid_pre      -1      0.10
+        6      1  resid_post       0      0.14
+        7      1  resid_post      -1      0.01
+        >>> bool(res.to_frame()["control_random_model"].notna().all())  # the same probes on a random copy
+        True
     """
     if method not in METHODS:
         raise LensworksError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")

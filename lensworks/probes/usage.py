@@ -75,6 +75,7 @@ class UnlikelyTokenUsage(Result):
         """One row per depth.
 
         Example:
+            >>> usage = unlikely_token_usage(zoo.load("char-mlp"), ["def f(x):", "import os"], k=5)
             >>> list(usage.to_frame().columns)[:2]
             ['depth', 'share_unlikely']
         """
@@ -107,6 +108,7 @@ class UnlikelyTokenUsage(Result):
         """Share against depth, with the random-set band.
 
         Example:
+            >>> usage = unlikely_token_usage(zoo.load("char-mlp"), ["def f(x):", "import os"], k=5)
             >>> fig = usage.figure()
         """
         from lensworks.probes._plots import unlikely_usage_figure
@@ -161,8 +163,9 @@ def unlikely_token_usage(
         An :class:`UnlikelyTokenUsage`.
 
     Example:
-        >>> usage = unlikely_token_usage(model, ["def f(x):", "import os"], k=5)
-        >>> usage.share_unlikely.shape[0] == model.cfg.n_layers + 1
+        >>> char = zoo.load("char-mlp")
+        >>> usage = unlikely_token_usage(char, ["def f(x):", "import os"], k=5)
+        >>> usage.share_unlikely.shape[0] == char.cfg.n_layers + 1
         True
     """
     d, V = model.cfg.d_model, model.cfg.d_vocab_out

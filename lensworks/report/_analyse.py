@@ -32,9 +32,11 @@ class Analyses(dict):
     their reason (:class:`~lensworks.report.Skipped`; the page lists them).
 
     Example:
-        >>> results = analyse(model)  # doctest: +SKIP
-        >>> list(results), results.data[0].source  # doctest: +SKIP
-        (['circuits', 'geometry', 'probes'], 'random token sequences, each repeated once (seed 0)')
+        >>> from lensworks.report import Context, registry, run_sections
+        >>> sections = registry(names=["copying", "induction"])  # analyse(model) runs them all
+        >>> results = Analyses.of(run_sections(Context.of(model), sections), sections)
+        >>> list(results), results.data[0].source
+        (['circuits'], 'random token sequences, each repeated once (seed 0)')
     """
 
     def __init__(self, sections: Mapping[str, list[Any]], *, data: Sequence[DataRead] = (),
@@ -49,7 +51,10 @@ class Analyses(dict):
         """The dict view of a :func:`run_sections` run (``sections`` are the sections it ran).
 
         Example:
-            >>> Analyses.of(run_sections(ctx, registry()), registry())  # doctest: +SKIP
+            >>> from lensworks.report import Context, registry, run_sections
+            >>> sections = registry(names=["copying", "induction"])
+            >>> dict(Analyses.of(run_sections(Context.of(model), sections), sections)).keys()
+            dict_keys(['circuits'])
         """
         by_name = {s.name: s for s in sections}
         groups: dict[str, list[Any]] = {}
@@ -159,9 +164,12 @@ def analyse(
         :func:`build` shows it under "Data read", with a plain warning for fallback text).
 
     Example:
-        >>> from lensworks import zoo
-        >>> results = analyse(zoo.load("char-mlp"))  # doctest: +SKIP
-        >>> build(results, "report.html")  # doctest: +SKIP
+        >>> from lensworks.report import build
+        >>> results = analyse(model, n_prompts=2, prompt_len=8, progress=False)  # small, for speed
+        >>> list(results)
+        ['circuits', 'geometry', 'probes']
+        >>> build(results, "report.html", model=model)
+        PosixPath('report.html')
     """
     from lensworks.report._registry import registry
 

@@ -90,9 +90,9 @@ class Context:
             a section reads its own with :meth:`option`.
 
     Example:
-        >>> ctx = Context.of(model, text="def f(x):\\n    return x\\n" * 40)  # doctest: +SKIP
-        >>> ctx.windows("geometry").shape  # doctest: +SKIP
-        torch.Size([32, 64])
+        >>> ctx = Context.of(zoo.load("char-mlp"), text="def f(x):\\n    return x\\n" * 40)
+        >>> ctx.windows("geometry").shape  # as many 64-token windows as the 880 characters hold
+        torch.Size([14, 64])
     """
 
     model: HookedTransformer
@@ -116,7 +116,7 @@ class Context:
         """A context for ``model`` (its facts looked up once); ``fields`` as in the class.
 
         Example:
-            >>> Context.of(model, seed=1).seed  # doctest: +SKIP
+            >>> Context.of(model, seed=1).seed
             1
         """
         from lensworks.model import model_facts
@@ -146,7 +146,10 @@ class Context:
         """``compute()`` once per context: a value several sections read (e.g. the induction verdict).
 
         Example:
-            >>> ctx.shared("answer", lambda: 42)  # doctest: +SKIP
+            >>> ctx = Context.of(model)
+            >>> ctx.shared("answer", lambda: 42)
+            42
+            >>> ctx.shared("answer", lambda: 0)  # computed once per context
             42
         """
         if key not in self._memo:

@@ -256,7 +256,7 @@ def build(
 
     Example:
         >>> from lensworks.circuits import copying_scores
-        >>> build([copying_scores(model)], "out/report.html", model=model)  # doctest: +SKIP
+        >>> build([copying_scores(model)], "out/report.html", model=model)
         PosixPath('out/report.html')
     """
     import plotly.offline

@@ -37,7 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; ``argv`` defaults to ``sys.argv[1:]``.
 
     Example:
-        >>> main(["list"])  # doctest: +SKIP
+        >>> main(["list"])  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+        induction-2l   2-layer attention-only transformer ...
+        char-mlp       4-layer character-level transformer ...
+        bpe-llama      2-layer Llama-style transformer ...
         0
     """
     from lensworks.zoo import names

@@ -33,9 +33,15 @@ def optimise(
         ``(losses, wall_seconds)``: the training loss of every step and the time taken.
 
     Example:
-        >>> losses, wall = optimise(model, steps=10, lr=1e-3, lr_at=lambda s: 1e-3, weight_decay=0.0,
-        ...                         betas=(0.9, 0.99), make_batch=batch, loss_of=loss, desc="train",
-        ...                         progress=False, log=None)  # doctest: +SKIP
+        >>> net = torch.nn.Linear(4, 3)
+        >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        >>> def loss(batch):
+        ...     return torch.nn.functional.cross_entropy(net(batch), y)
+        >>> losses, wall = optimise(net, steps=10, lr=1e-2, lr_at=lambda s: 1e-2, weight_decay=0.0,
+        ...                         betas=(0.9, 0.99), make_batch=lambda: x, loss_of=loss, desc="train",
+        ...                         progress=False, log=None)
+        >>> len(losses), losses[-1] < losses[0]
+        (10, True)
     """
     from tqdm.auto import tqdm
 
@@ -66,7 +72,8 @@ def training_info(name: str, recipe: Any, steps: int, losses: list[float], wall:
     """The JSON-ready record of a run: settings, final loss, loss curve (means over 50 steps), time.
 
     Example:
-        >>> training_info("x", recipe, 2, [2.0, 1.0], 0.5)["final_loss"]  # doctest: +SKIP
+        >>> from lensworks.zoo.recipes import RECIPES
+        >>> training_info("x", RECIPES["induction-2l"], 2, [2.0, 1.0], 0.5)["final_loss"]
         1.5
     """
     tail = losses[-50:]
