@@ -48,6 +48,7 @@ def add_reference(
     color: str = "grey",
     dash: str = "dash",
     fmt: str = ".3f",
+    hover_text: Sequence[str] | None = None,
     row: int | None = None,
     col: int | None = None,
 ) -> go.Figure:
@@ -69,6 +70,8 @@ def add_reference(
         color: Line colour.
         dash: Line style (plotly's ``line.dash``); "dash" unless two references share a plot.
         fmt: Number format of the description.
+        hover_text: Hover text per position of ``x`` (HTML-escaped already), instead of the default
+            ``"<x><br><name>: <value>"``.
         row, col: Subplot of a ``make_subplots`` figure.
 
     Example:
@@ -102,13 +105,18 @@ def add_reference(
         raise ValueError(f"x has {len(xs)} positions for a reference with {len(means)} entries")
     hover = f"%{{x}}<br>{name}: %{{y:{fmt}}}"
     custom = None
-    if ref.has_interval:
-        lo = [float(ref.lo)] * len(xs) if ref.is_scalar else ref.lo.tolist()
-        hi = [float(ref.hi)] * len(xs) if ref.is_scalar else ref.hi.tolist()
+    lo = [float(ref.lo)] * len(xs) if ref.is_scalar else ref.lo.tolist()
+    hi = [float(ref.hi)] * len(xs) if ref.is_scalar else ref.hi.tolist()
+    if ref.has_interval and lo != hi:  # an exact level has no band
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], name=band_name, **band), **where)
         custom = list(zip(lo, hi))
         hover += f" [%{{customdata[0]:{fmt}}}, %{{customdata[1]:{fmt}}}]"
+    if hover_text is not None:
+        if len(hover_text) != len(xs):
+            raise ValueError(f"hover_text has {len(hover_text)} entries for {len(xs)} positions")
+        hover = "%{text}"
     fig.add_trace(go.Scatter(x=xs, y=means, mode="lines", name=name, line=line, customdata=custom,
+                             text=list(hover_text) if hover_text is not None else None,
                              hovertemplate=hover + "<extra></extra>"), **where)
     return fig
 

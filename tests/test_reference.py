@@ -235,7 +235,12 @@ def test_headlines_and_figures_show_references_the_same_way(instances):
     k = pr.offsets.index(0)
     chance = pr.references()["chance"].at(k)
     assert f"({chance.describe('.0%')})" in pr.headline() and f"(chance {float(pr.chance[k]):.0%})" in pr.headline()
-    assert any(t.name == f"offset 0: chance (majority token)" and t.line.dash == "longdashdot" for t in pr.figure().data)
+    fig = pr.figure()
+    assert any(t.name == "offset 0: chance (majority token)" and t.line.dash == "longdashdot" for t in fig.data)
+    assert not any(t.name.endswith("chance (majority token): interval") for t in fig.data)  # exact: no band
+    shuffled = next(t for t in fig.data if t.name == "offset 0: shuffled-label control")
+    assert shuffled.line.dash == "dot" and "layer" in shuffled.text[0]
+    assert sorted(shuffled.y) == pytest.approx(sorted(pr.control_shuffled[:, :, k].flatten().tolist()))
     cmp = by_name["Comparison"]
     assert cmp.references()["overlap_embed"].describe() in cmp.headline()
     usage = by_name["UnlikelyTokenUsage"]
@@ -281,6 +286,10 @@ def test_add_reference_draws_a_line_and_a_band():
     assert line.line.dash == "dash" and list(line.y) == pytest.approx([0.1, 0.2, 0.3]) and line.name == "random sets"
     with pytest.raises(ValueError, match="positions"):
         add_reference(go.Figure(), per_entry, x=[0, 1])
+    with pytest.raises(ValueError, match="hover_text"):
+        add_reference(go.Figure(), per_entry, x=["a", "b", "c"], hover_text=["only one"])
+    fig = add_reference(go.Figure(), Reference.exact(torch.tensor([0.1, 0.2])), x=[0, 1], hover_text=["a", "b"])
+    assert len(fig.data) == 1 and list(fig.data[0].text) == ["a", "b"]  # an exact level: the line, no band
     assert reference_title("t", [Reference.exact(0.5), ref]) == f"t (chance 0.500; {ref.describe()})"
     assert reference_title("t", []) == "t"
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
 
+from lensworks._results import Reference
 from lensworks.plotting import add_reference, escape_label
 from lensworks.probes._streams import STREAM_DEPTH
 
@@ -24,38 +26,41 @@ def probe_accuracy_figure(res: Any) -> go.Figure:
     shuffled-label control; grey: majority-class chance.
     """
     fig = go.Figure()
+    refs = res.references()
     points = sorted(
         ((layer + STREAM_DEPTH[s], i, j, layer, s) for i, layer in enumerate(res.layers) for j, s in enumerate(res.streams)),
         key=lambda t: t[0],
     )
     xs = [p[0] for p in points]
+    order = torch.tensor([[i, j] for _, i, j, _, _ in points]).reshape(-1, 2)
+
+    def hover(name: str, ys: list[float], offset: int) -> list[str]:
+        return [f"layer {layer}, {escape_label(s)}<br>offset {offset}<br>{name}: {y:.3f}"
+                for (_, _, _, layer, s), y in zip(points, ys)]
+
     for k, offset in enumerate(res.offsets):
         color = _COLORS[k % len(_COLORS)]
-        for name, values, dash, show in (
-            ("probe", res.accuracy, "solid", True),
-            ("random-model control", res.control_random_model, "dash", True),
-            ("shuffled-label control", res.control_shuffled, "dot", True),
-        ):
-            ys = [float(values[i, j, k]) for _, i, j, _, _ in points]
-            if all(y != y for y in ys):  # controls off: all NaN
-                continue
-            hover = [
-                f"layer {layer}, {escape_label(s)}<br>offset {offset}<br>{name}: {y:.3f}"
-                for (_, _, _, layer, s), y in zip(points, ys)
-            ]
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="lines+markers" if dash == "solid" else "lines",
-                    name=f"offset {offset}: {name}",
-                    line=dict(color=color, dash=dash, width=2 if dash == "solid" else 1.5),
-                    marker=dict(symbol=[_SYMBOLS.get(p[4], "circle") for p in points], size=8),
-                    text=hover,
-                    hovertemplate="%{text}<extra></extra>",
-                    visible=True if show else "legendonly",
-                )
+        ys = [float(res.accuracy[i, j, k]) for _, i, j, _, _ in points]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines+markers",
+                name=f"offset {offset}: probe",
+                line=dict(color=color, width=2),
+                marker=dict(symbol=[_SYMBOLS.get(p[4], "circle") for p in points], size=8),
+                text=hover("probe", ys, offset),
+                hovertemplate="%{text}<extra></extra>",
             )
+        )
+        for key, dash in (("control_random_model", "dash"), ("control_shuffled", "dot")):
+            ref = refs.get(key)  # absent when the controls were off
+            if ref is None:
+                continue
+            # a control is one measurement per cell (no spread or interval): its values along the x axis
+            along = Reference(mean=ref.mean[order[:, 0], order[:, 1], k], n=ref.n, kind=ref.kind, label=ref.label)
+            add_reference(fig, along, x=xs, color=color, dash=dash, name=f"offset {offset}: {ref.label}",
+                          hover_text=hover(ref.label, along.mean.tolist(), offset))
         add_reference(fig, res.references()["chance"].at(k), x=[min(xs), max(xs)], dash="longdashdot",
                       name=f"offset {offset}: chance (majority token)")
     tickvals = sorted(set(xs))
