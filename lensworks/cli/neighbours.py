@@ -61,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     Example:
         >>> from lensworks.cli import main
-        >>> main(["neighbours", "--bytes", "2000", "--prompts", "10"])  # doctest: +ELLIPSIS
-        no --corpus: using lensworks.zoo.corpus(2000) (Python standard-library source)
-        model: char-mlp; corpus: 2,000 characters; window 10; hook mlp_out
-        indexed 1,748 unique windows x 4 blocks
+        >>> main(["neighbours", "--bytes", "1000", "--prompts", "5", "--window", "6"])  # doctest: +ELLIPSIS
+        no --corpus: using lensworks.zoo.corpus(1000) (Python standard-library source)
+        model: char-mlp; corpus: 1,000 characters; window 6; hook mlp_out
+        indexed 830 unique windows x 4 blocks
         ...
         0
     """
