@@ -177,6 +177,7 @@ EXPECTED = {
     "Comparison": {"overlap_embed", "overlap_unembed", "mass_position", "mass", "cosines_embed", "cosines_unembed"},
     "UnlikelyTokenUsage": {"random"},
     "NeighbourEvaluation": {"baseline"},
+    "CircuitGraph": {"K_composition"},
 }
 
 
@@ -220,6 +221,9 @@ def test_old_field_names_read_the_references(instances):
     torch.testing.assert_close(usage.references()["random"].hi, usage.random_hi)
     ev = by_name["NeighbourEvaluation"]
     assert ev.references()["baseline"].mean == pytest.approx(ev.baseline_mean)
+    graph = by_name["CircuitGraph"]
+    assert graph.references()["K_composition"] is graph.baselines["K"] and isinstance(graph.baselines["K"], Baseline)
+    assert graph.baselines["K"].describe() in graph.caption() and graph.baselines["K"].describe() in graph.figure().layout.title.text
 
 
 def test_headlines_and_figures_show_references_the_same_way(instances):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from lensworks._heads import HeadId
-from lensworks.plotting import escape_label
+from lensworks.plotting import escape_label, reference_title
 
 __all__ = ["induction_scatter", "attention_figure", "circuit_graph_figure", "skip_trigrams_figure",
            "term_importance_figure"]
@@ -104,7 +104,8 @@ def circuit_graph_figure(graph) -> go.Figure:
                              marker=dict(size=[16 if n["roles"] else 9 for n in graph.nodes],
                                          color=["#ff7f0e" if n["roles"] else "#bbb" for n in graph.nodes]),
                              hovertext=hover, hoverinfo="text", name="heads (orange: has a role)"))
-    fig.update_layout(title=f"Circuit graph: composition at least {graph.z_min:g} std above random factors",
+    fig.update_layout(title=reference_title(f"Circuit graph: composition at least {graph.z_min:g} std above random factors",
+                                            graph.references().values()),
                       xaxis=dict(title="layer", dtick=1), yaxis=dict(title="head", showticklabels=False),
                       template="plotly_white")
     return fig

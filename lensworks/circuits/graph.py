@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from lensworks._heads import HeadId
-from lensworks._results import Result
+from lensworks._results import Reference, Result
 from lensworks.circuits.composition import composition_scores
 from lensworks.circuits.eigen import copying_scores
 from lensworks.circuits.heads import behaviour_scores, repeated_tokens
@@ -38,6 +38,8 @@ class CircuitGraph(Result):
         z_min: The z threshold of an edge.
         thresholds: Role thresholds used.
         processing: The model's weight-processing state.
+        baselines: The random-factor baseline behind each mode's ``z`` (a
+            :class:`~lensworks._results.Reference`), by mode; empty for a one-layer model.
     """
 
     nodes: tuple[dict[str, Any], ...]
@@ -46,6 +48,11 @@ class CircuitGraph(Result):
     z_min: float
     thresholds: dict[str, float]
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    baselines: dict[str, Reference] = dataclasses.field(default_factory=dict)
+
+    def references(self) -> dict[str, Reference]:
+        """``{"<mode>_composition": ...}``: the baseline each mode's edges were measured against."""
+        return {**super().references(), **{f"{mode}_composition": ref for mode, ref in self.baselines.items()}}
 
     def to_frame(self):
         """One row per edge: ``from, to, mode, score, z``."""
@@ -65,7 +72,9 @@ class CircuitGraph(Result):
         return (f"Circuit graph: each head is a node, orange when its scores give it a role (previous-token, "
                 f"duplicate-token or induction score at least {t['behaviour']:g}, copying score at least "
                 f"{t['copying']:g}); each edge is a pair whose {'/'.join(self.modes)}-composition score is at least "
-                f"{self.z_min:g} standard deviations above random factors of the same shapes. Hover for the numbers.")
+                f"{self.z_min:g} standard deviations above random factors of the same shapes"
+                + "".join(f"; {mode}: {ref.describe()}" for mode, ref in self.baselines.items())
+                + ". Hover for the numbers.")
 
     def headline(self) -> str | None:
         """The strongest edge, if any."""
@@ -137,11 +146,13 @@ def circuit_graph(
         roles += ("copying",) if values["copying"] >= copying_threshold else ()
         nodes.append({"label": label, "layer": layer, "head": head, "roles": roles, **values})
     edges: list[Edge] = []
+    baselines: dict[str, Reference] = {}
     if model.cfg.n_layers > 1:
         for mode in modes:
             comp = given.get(mode)
             if comp is None or comp.baseline is None:
                 comp = composition_scores(model, mode, baseline_samples=baseline_samples, progress=False)
+            baselines[mode] = comp.baseline
             z = comp.z()
             hits = (comp.mask() & (z >= z_min)).nonzero().tolist()
             for la, ha, lb, hb in hits:
@@ -150,4 +161,4 @@ def circuit_graph(
     edges.sort(key=lambda e: -e[4])
     return CircuitGraph(nodes=tuple(nodes), edges=tuple(edges), modes=modes, z_min=float(z_min),
                         thresholds={"behaviour": float(behaviour_threshold), "copying": float(copying_threshold)},
-                        processing=processing_state(model))
+                        processing=processing_state(model), baselines=baselines)
