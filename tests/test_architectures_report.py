@@ -42,10 +42,12 @@ def test_every_cli_command(arch, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the cat sat on the mat.\nthe dog ran.\n")
     runs = [
-        ["heads", ckpt, "--n-seqs", "4", "--json", str(tmp_path / "h.json")],
-        ["geometry", ckpt, "--positive", str(pos), "--negative", str(neg), "--json", str(tmp_path / "g.json")],
-        ["neighbours", ckpt, "--corpus", str(text), "--window", "4", "--prompts", "8",
-         "--hook", "attn_out" if arch == "attn-only" else "mlp_out", "--json", str(tmp_path / "n.json")],
+        # only the required argument (and where to write): the defaults must work on every family,
+        # the built-in fallback texts included (they adapt to vocabularies that lack characters)
+        ["heads", ckpt, "--json", str(tmp_path / "h.json")],
+        ["geometry", ckpt, "--json", str(tmp_path / "g.json")],
+        ["neighbours", ckpt, "--json", str(tmp_path / "n.json")],
+        ["geometry", ckpt, "--positive", str(pos), "--negative", str(neg), "--json", str(tmp_path / "g2.json")],
         ["probes", ckpt, "--text", str(text), "--max-tokens", "300", "--offsets", "0,-1", "--json", str(tmp_path / "p.json")],
         ["report", ckpt, "--text", str(text), "--prompts", str(prompts), "--n-prompts", "2", "--prompt-len", "16",
          "--no-progress", "-o", str(tmp_path / "r.html")],
@@ -54,8 +56,23 @@ def test_every_cli_command(arch, tmp_path, capsys):
         code = main(argv + flags)
         captured = capsys.readouterr()
         assert code == 0, (argv[0], captured.err[-2000:])
-    for name in ("h", "g", "n", "p"):
+    for name in ("h", "g", "g2", "n", "p"):
         assert json.loads((tmp_path / f"{name}.json").read_text())
     assert (tmp_path / "r.html").stat().st_size > 10_000
     assert json.loads((tmp_path / "g.json").read_text())["effective_dimensionality"]
     assert "the prompts given (2)" in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("arch", ["attn-only", "char-nl", "neox"])
+def test_probes_and_report_commands_with_only_the_checkpoint(arch, tmp_path, capsys):
+    """The two costliest commands with their defaults (25,000 tokens of fallback text with both
+    controls; every report section) on three families: a vocabulary lacking most of the fallback
+    text's characters, a nanoGPT character vocabulary with '\\n' at id 0, parallel attention."""
+    ckpt, flags = arch_checkpoint(arch, tmp_path)
+    for argv in (["probes", str(ckpt), "--json", str(tmp_path / "p.json")],
+                 ["report", str(ckpt), "--no-progress", "-o", str(tmp_path / "r.html")]):
+        code = main(argv + flags)
+        captured = capsys.readouterr()
+        assert code == 0, (argv[0], captured.err[-2000:])
+    assert json.loads((tmp_path / "p.json").read_text())
+    assert (tmp_path / "r.html").stat().st_size > 10_000

@@ -301,6 +301,27 @@ def read_lines(path: str | None, what: str) -> list[str] | None:
     return lines
 
 
+def fit_fallback(model: Any, text: str | list[str], what: str) -> Any:
+    """Built-in fallback text (or lines) with the characters the model's vocabulary lacks
+    dropped, saying how many; lines left empty are dropped. A user's own text is never changed:
+    it goes through the analyses' own checks, which refuse unknown characters by name."""
+    from lensworks.model import LensworksError, encodable_part
+
+    lines = [text] if isinstance(text, str) else list(text)
+    kept, dropped = [], 0
+    for line in lines:
+        part, n = encodable_part(model, line, what=what)
+        dropped += n
+        if part.strip():
+            kept.append(part)
+    if dropped:
+        print(f"{what}: dropped {dropped:,} characters of the built-in fallback text that this model's vocabulary lacks")
+    if not kept:
+        raise LensworksError(f"{what}: this model's vocabulary encodes none of the built-in fallback text; "
+                             "pass your own text")
+    return kept[0] if isinstance(text, str) else kept
+
+
 def records(frame: Any) -> list[dict[str, Any]]:
     """A pandas frame's rows as JSON-ready dicts.
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from lensworks.cli._common import text_file
 from lensworks.cli._common import (
-    add_model_argument, add_option, add_outputs, format_table, model_from_args, read_lines, records, write_outputs,
+    add_model_argument, add_option, fit_fallback, add_outputs, format_table, model_from_args, read_lines, records, write_outputs,
 )
 
 __all__ = ["register", "run"]
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
               f"{len(neg)} lines of English prose)")
     model, name = model_from_args(args)
     print(f"model: {name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})")
+    if args.positive is None:
+        pos, neg = fit_fallback(model, pos, "positive"), fit_fallback(model, neg, "negative")
     both = pos + neg
     bs = args.batch_size
     # the report's geometry sections (and update alignment) on both prompt sets

@@ -8,7 +8,7 @@ from typing import Any
 
 from lensworks.cli._common import finite_float, non_negative_int, positive_int, text_file
 from lensworks.cli._common import (
-    add_model_argument, add_option, add_outputs, format_table, model_from_args, read_lines, read_text_file, records,
+    add_model_argument, add_option, fit_fallback, add_outputs, format_table, model_from_args, read_lines, read_text_file, records,
     write_outputs,
 )
 
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         from lensworks import zoo
 
         text = zoo.corpus(args.bytes)
+        text = fit_fallback(model, text, "corpus")
         source = f"lensworks.zoo.corpus({args.bytes}) (Python standard-library source)"
         print(f"no --corpus: using {source}")
     approx = NeighbourApproximation.fit(model, text, window=args.window, hook=args.hook, batch_size=args.batch_size,

@@ -8,7 +8,7 @@ from typing import Any
 from lensworks._constants import PROBE_METHODS as METHODS
 from lensworks.cli._common import positive_int, text_file
 from lensworks.cli._common import (
-    add_model_argument, add_option, add_outputs, format_table, model_from_args, read_text_file, records, write_outputs,
+    add_model_argument, add_option, fit_fallback, add_outputs, format_table, model_from_args, read_text_file, records, write_outputs,
 )
 
 __all__ = ["register", "run"]
@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     streams = None if not args.streams else tuple(s.strip() for s in args.streams.split(",") if s.strip())
     model, name = model_from_args(args)
     from lensworks.model import text_windows
+    if not args.text:
+        text = fit_fallback(model, text, "text")
 
     windows = text_windows(model, text, max_tokens=args.max_tokens, skip_unknown=args.skip_unknown)
     # the report's probe sections on these windows, with this command's options

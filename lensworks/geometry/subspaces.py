@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._threads import adaptive_threads
 from lensworks._results import Reference, Result
 from lensworks.geometry._common import progress_bar, softcap
 from lensworks.model._core import check_int
@@ -59,6 +60,10 @@ class TokenSubspaces(Result):
     target_prob: float
     steps_run: int
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Which tokens were analysed and why (the default picks at most ``n_tokens`` of the vocabulary).
+    token_choice: str = "given"
+    #: Why the optimisation stopped: "target reached", "stalled" or "steps ran out".
+    stopped: str = ""
 
     def caption(self) -> str:
         """What was learned and what the bars compare."""
@@ -91,6 +96,19 @@ class TokenSubspaces(Result):
         return subspaces_figure(self)
 
 
+def _default_tokens(model: HookedTransformer, d_vocab: int, n_tokens: int) -> tuple[Tensor, str]:
+    """The tokens ``token_subspaces`` analyses when none are given, and a sentence saying which."""
+    tok = model.tokenizer
+    special = {int(i) for i in getattr(tok, "all_special_ids", []) or [] if i is not None} if tok is not None else set()
+    ids = torch.tensor([i for i in range(d_vocab) if i not in special] or list(range(d_vocab)))
+    if len(ids) <= n_tokens:
+        return ids, f"every token of the vocabulary ({len(ids)}{', special tokens left out' if special else ''})"
+    pick = torch.linspace(0, len(ids) - 1, n_tokens).round().long()
+    return ids[pick], (f"{n_tokens} of the vocabulary's {len(ids)} tokens, evenly spaced ids (default; pass "
+                       "tokens= to choose)")
+
+
+@adaptive_threads
 def token_subspaces(
     model: HookedTransformer,
     tokens: Union[Sequence[int], Tensor, None] = None,
@@ -103,6 +121,8 @@ def token_subspaces(
     lr: float = 0.1,
     seed: int = 0,
     progress: bool | None = None,
+    n_tokens: int = 64,
+    stall_steps: int = 25,
 ) -> TokenSubspaces:
     """Learn, for each token, ``n_samples`` residual vectors that make the model predict it, then SVD.
 
@@ -115,7 +135,10 @@ def token_subspaces(
 
     Args:
         model: The model.
-        tokens: Token ids (default: the whole vocabulary).
+        tokens: Token ids (default: the whole vocabulary when it has at most ``n_tokens``
+            tokens, else ``n_tokens`` ids spread evenly over it, special tokens left out; the
+            result's ``token_choice`` says which). The cost grows with ``len(tokens) * n_samples
+            * d_vocab``, so the whole vocabulary of a real model would take hours.
         at: ``"ln_final"`` (vectors go into the final normalisation, the most linear place) or a
             block index ``b`` (vectors are ``resid_pre`` of block ``b``, one position).
         n_samples: Learned embeddings per token.
@@ -125,6 +148,10 @@ def token_subspaces(
         lr: Adam learning rate.
         seed: Seed of the random starting points (a local generator; global RNG untouched).
         progress: Progress bar (None: only on a terminal).
+        n_tokens: How many tokens the default (``tokens=None``) picks at most.
+        stall_steps: Stop when the mean log-probability of the target tokens has improved by
+            less than 1e-3 over this many steps (the model cannot give some tokens
+            ``target_prob``; 0 turns the check off). The result's ``stopped`` says which rule ended it.
 
     Example:
         >>> subs = token_subspaces(zoo.load("char-mlp"), tokens=[67, 68], at="ln_final", n_samples=8)  # 'a', 'b'
@@ -146,7 +173,12 @@ def token_subspaces(
         raise LensworksError(f"tokens: ids must lie in [0, {d_vocab}), got {[t for t in tokens if not 0 <= t < d_vocab][:5]}")
     if isinstance(tokens, Tensor) and (tokens.is_floating_point() or tokens.dtype == torch.bool):
         raise LensworksError(f"tokens: expected integer token ids, got a {tokens.dtype} tensor")
-    toks = torch.arange(d_vocab) if tokens is None else torch.as_tensor(tokens).flatten().long()
+    n_tokens = check_int(n_tokens, "n_tokens", low=1)
+    stall_steps = check_int(stall_steps, "stall_steps", low=0)
+    if tokens is None:
+        toks, token_choice = _default_tokens(model, d_vocab, n_tokens)
+    else:
+        toks, token_choice = torch.as_tensor(tokens).flatten().long(), "given"
     if toks.numel() == 0:
         raise LensworksError("tokens: expected at least one token id, got none")
     if int(toks.min()) < 0 or int(toks.max()) >= d_vocab:
@@ -167,11 +199,16 @@ def token_subspaces(
     emb.requires_grad_(True)
     opt = torch.optim.Adam([emb], lr=lr)
     log_target = math.log(target_prob)
-    steps_run = 0
+    steps_run, stopped, history = 0, "steps ran out", []
     with torch.inference_mode(False), torch.enable_grad():
         for _ in progress_bar(range(steps), desc="token_subspaces", progress=progress):
             logp = _tail_logits(model, emb, at).float().log_softmax(-1).gather(-1, target[:, None])[:, 0]
             if float(logp.detach().min()) >= log_target:
+                stopped = "target reached"
+                break
+            history.append(float(logp.detach().mean()))
+            if stall_steps and len(history) > stall_steps and history[-1] - history[-1 - stall_steps] < 1e-3:
+                stopped = "stalled"
                 break
             loss = -logp.sum()
             (grad,) = torch.autograd.grad(loss, [emb])  # never touches the model's .grad
@@ -196,6 +233,7 @@ def token_subspaces(
         tokens=toks, token_labels=labels, basis=basis.cpu(), singular_values=s.cpu(),
         final_prob=probs.view(n_t, n_samples).cpu(), basis_prob=basis_prob.cpu(), at=at,
         target_prob=target_prob, steps_run=steps_run, processing=processing_state(model),
+        token_choice=token_choice, stopped=stopped,
     )
 
 
