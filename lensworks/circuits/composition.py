@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lensworks._threads import adaptive_threads
 from lensworks._dist import rank0_only
 from lensworks._heads import HeadId
 from lensworks._results import Reference, Result, require_finite
@@ -368,6 +369,7 @@ def _gaussian_baseline(d_model: int, d_head: int, n_samples: int, seed: int, dev
 
 
 @rank0_only
+@adaptive_threads
 def composition_scores(
     model: HookedTransformer,
     mode: Mode,

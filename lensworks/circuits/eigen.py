@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
 
+from lensworks._threads import adaptive_threads
 from lensworks._dist import rank0_only
 from lensworks._results import Reference
 from lensworks.circuits.scores import HeadScores
@@ -138,6 +139,7 @@ def _eigvals_by_layer(mats: Sequence[Tensor]) -> list[Tensor]:
 
 
 @rank0_only
+@adaptive_threads
 def copying_scores(
     model: HookedTransformer,
     *,

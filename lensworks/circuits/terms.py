@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._threads import adaptive_threads
 from lensworks._dist import Shard, all_reduce_sum, gather_each
 from lensworks._heads import HeadId
 from lensworks._results import Result
@@ -362,6 +363,7 @@ def _next_token_loss(model: HookedTransformer, normalized: Tensor, toks: Tensor,
     return _nll_sum(softcap(model, model.unembed(normalized)), toks, valid)
 
 
+@adaptive_threads
 def term_importance(
     model: HookedTransformer,
     data: Data,

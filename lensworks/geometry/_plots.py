@@ -234,6 +234,7 @@ def neighbour_prediction_figure(pred: Any) -> go.Figure:
         xaxis_title="prompt (index)", yaxis_title="Hellinger distance (0 = same, 1 = disjoint)", yaxis_range=[0, 1])
     return fig
 
+
 def dimensionality_figure(dim: Any) -> go.Figure:
     """An :class:`~lensworks.geometry.EffectiveDimensionality`: participation ratio and components
     for 90% of the variance against depth, one line per stream, one colour per stream in both panels."""

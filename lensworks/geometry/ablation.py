@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lensworks._threads import adaptive_threads
 from lensworks._deprecation import renamed_arguments
 from lensworks._dist import Shard, gather_each, is_distributed
 from lensworks._results import Result
@@ -205,6 +206,7 @@ class AblationTable(Result):
 
 
 @renamed_arguments(prompts="data")
+@adaptive_threads
 def block_ablation(
     model: HookedTransformer,
     data: Data,
@@ -372,6 +374,7 @@ class BlockDecomposition(Result):
 
 
 @renamed_arguments(prompts="data")
+@adaptive_threads
 def block_decomposition(
     model: HookedTransformer,
     data: Data,

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lensworks._threads import adaptive_threads
 from lensworks._dist import Shard, all_reduce_sum
 from lensworks._results import Result
 from lensworks.geometry._common import Data, gather_at, iter_batches, progress_bar
@@ -102,6 +103,7 @@ def spectrum_summary(eigenvalues: Tensor, share: float = 0.9) -> tuple[Tensor, T
     return pr, torch.where(total > 0, k, torch.zeros_like(k)).double()
 
 
+@adaptive_threads
 def effective_dimensionality(
     model: HookedTransformer,
     data: Data,

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._threads import adaptive_threads
 from lensworks._deprecation import renamed_arguments
 from lensworks._dist import Shard, gather_each
 from lensworks._results import Result
@@ -109,6 +110,7 @@ class LogitLens(Result):
 
 
 @renamed_arguments(prompts="data")
+@adaptive_threads
 def logit_lens(
     model: HookedTransformer,
     data: Data,

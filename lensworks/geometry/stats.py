@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lensworks._threads import adaptive_threads
 from lensworks._deprecation import renamed_arguments
 from lensworks._dist import Shard, gather_each, is_distributed
 from lensworks._results import Result
@@ -229,6 +230,7 @@ def _check_streams(model: HookedTransformer, streams: Sequence[str]) -> tuple[st
 
 
 @renamed_arguments(datasets="data")
+@adaptive_threads
 def residual_stats(
     model: HookedTransformer,
     data: Mapping[str, Data],

@@ -136,10 +136,9 @@ def load_model(
     _check_device(device)
     path = Path(source).expanduser()
     if isinstance(source, str) and not path.exists():
-        from lensworks import zoo
+        from lensworks._zoo_index import zoo_checkpoint
 
-        if source in zoo.names():  # a bundled demo model by name
-            path = zoo.path(source)
+        path = zoo_checkpoint(source) or path  # a bundled demo model by name
     if n_ctx is not None:
         n_ctx = check_size(n_ctx, "n_ctx", "load_model")
     user_vocab = vocab_from_source(vocab, where="vocab") if vocab is not None else None

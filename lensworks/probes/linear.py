@@ -41,6 +41,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensworks._threads import adaptive_threads
 from lensworks._constants import PROBE_METHODS
 from lensworks._results import Reference, Result, require_finite, to_jsonable
 from lensworks.model import (
@@ -256,6 +257,7 @@ def _check_cache(cache: Any, tokens: Tensor, names: Sequence[str]) -> None:
                                  "pass the very token tensor the cache was computed from")
 
 
+@adaptive_threads
 def probe_inputs(
     model: HookedTransformer,
     data: Data,

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from lensworks._threads import adaptive_threads
 from lensworks.model import HookedTransformer, LensworksError, check_int, check_model, encode_text
 from lensworks.report._circuit_sections import (  # noqa: F401 - the term-importance limits, importable here as before
     TERMS_MAX, TERMS_MAX_HEADS, TERMS_TOKENS_LARGE, TERMS_WINDOWS, TERMS_WINDOWS_LARGE,
@@ -112,6 +113,7 @@ def _explorer_prompts(model: HookedTransformer, prompts: str | Sequence[str]) ->
     return [p for _, p in items]
 
 
+@adaptive_threads
 def analyse(
     model: HookedTransformer,
     *,
