@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import planted_induction_model, tiny_model
+from helpers import planted_induction_model, tiny_model, tl_state_dict
 from lensworks.circuits import (
     composition_scores,
     copying_scores,
@@ -30,6 +30,12 @@ def planted():
     return planted_induction_model()
 
 
+def _tl_composition(model, mode):
+    """TransformerLens's all_composition_scores as a tensor (TransformerLens 4 wraps it in CompositionScores)."""
+    ref = model.all_composition_scores(mode)
+    return getattr(ref, "scores", ref)
+
+
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -48,7 +54,7 @@ def test_composition_equals_transformer_lens(request, fixture, mode):
     model = request.getfixturevalue(fixture)
     before = _state(model)
     ours = composition_scores(model, mode)
-    ref = model.all_composition_scores(mode)
+    ref = _tl_composition(model, mode)
     assert ours.scores.shape == ref.shape
     torch.testing.assert_close(ours.scores, ref, atol=1e-5, rtol=1e-4)
     _assert_unchanged(model, before)
@@ -60,16 +66,15 @@ def test_composition_wide_heads_and_chunking():
     model = tiny_model(d_model=16, d_head=24, n_heads=3, n_layers=4)
     for mode in "QKV":
         ours = composition_scores(model, mode, chunk_heads=1, baseline=False, dtype=torch.float64, max_cache_bytes=0)
-        torch.testing.assert_close(ours.scores.float(), model.all_composition_scores(mode), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.scores.float(), _tl_composition(model, mode), atol=1e-5, rtol=1e-4)
 
 
 def test_composition_gqa_uses_shared_kv_heads(gqa_model):
     """Dense check with an explicit query-head -> kv-head map (h // 2)."""
-    attn = [b.attn for b in gqa_model.blocks]
-    W_Q = torch.stack([a.W_Q for a in attn]).detach()
-    W_K = torch.stack([a._W_K[torch.arange(4) // 2] for a in attn]).detach()
-    W_V = torch.stack([a._W_V[torch.arange(4) // 2] for a in attn]).detach()
-    W_O = torch.stack([a.W_O for a in attn]).detach()
+    sd = tl_state_dict(gqa_model)  # the stored layout: 2 kv heads per layer (blocks.L.attn._W_K)
+    W_Q, W_K, W_V, W_O = (torch.stack([sd[f"blocks.{l}.attn.{n}"] for l in range(3)]).detach()
+                          for n in ("W_Q", "_W_K", "_W_V", "W_O"))
+    W_K, W_V = W_K[:, torch.arange(4) // 2], W_V[:, torch.arange(4) // 2]
     ov = W_V @ W_O
     qk = W_Q @ W_K.transpose(-1, -2)
     ours = composition_scores(gqa_model, "K", baseline=False).scores

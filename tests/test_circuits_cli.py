@@ -7,13 +7,12 @@ import re
 
 import pytest
 
-from helpers import planted_induction_model
-from lensworks import save_model
+from helpers import planted_induction_model, save_checkpoint
 from lensworks.cli import main
 
 
 def test_heads_cli_on_planted_checkpoint(tmp_path, capsys):
-    ckpt = save_model(planted_induction_model(), tmp_path / "planted")
+    ckpt = save_checkpoint(planted_induction_model(), tmp_path / "planted")
     out_json, out_html = tmp_path / "h.json", tmp_path / "h.html"
     code = main(["heads", str(ckpt), "--seq-len", "15", "--n-seqs", "4", "--top", "2",
                  "--json", str(out_json), "--html", str(out_html)])
@@ -40,7 +39,7 @@ def test_heads_cli_errors(tmp_path, capsys):
 
 
 def test_heads_cli_graph_and_trigrams(tmp_path, capsys):
-    save_model(planted_induction_model(), tmp_path / "planted")
+    save_checkpoint(planted_induction_model(), tmp_path / "planted")
     out_json = tmp_path / "heads.json"
     assert main(["heads", str(tmp_path / "planted"), "--graph", "--trigrams", "L1H0", "--json", str(out_json)]) == 0
     text = capsys.readouterr().out
@@ -59,7 +58,7 @@ def test_heads_cli_terms(tmp_path, capsys):
     from lensworks import load_model
     from lensworks.circuits import find_induction_heads, repeated_tokens, term_importance
 
-    save_model(planted_induction_model(), tmp_path / "planted")
+    save_checkpoint(planted_induction_model(), tmp_path / "planted")
     out_json = tmp_path / "heads.json"
     assert main(["heads", str(tmp_path / "planted"), "--terms", "--n-seqs", "4", "--json", str(out_json)]) == 0
     text = capsys.readouterr().out

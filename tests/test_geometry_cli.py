@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_model
-from lensworks import save_model
+from helpers import save_checkpoint, tiny_model
 from lensworks.cli import main
 from lensworks.geometry import block_ablation, effective_dimensionality, residual_stats
 from lensworks.zoo.recipes import CHAR_VOCAB as ZOO_VOCAB
@@ -18,7 +17,7 @@ from lensworks.zoo.recipes import CHAR_VOCAB as ZOO_VOCAB
 def ckpt(tmp_path_factory):
     model = tiny_model(seed=11, n_layers=2, attn_only=False, d_mlp=32, vocab=ZOO_VOCAB)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_model(model, path)
+    save_checkpoint(model, path)
     return path, model
 
 

@@ -6,15 +6,14 @@ import json
 
 import pytest
 
-from helpers import CHAR_VOCAB, tiny_model
+from helpers import CHAR_VOCAB, save_checkpoint, tiny_model
 
 from lensworks.cli import main
-from lensworks.model import save_model
 
 
 def test_probes_cli(tmp_path, capsys):
     model = tiny_model(seed=7, n_layers=2, attn_only=False, d_mlp=32, vocab=CHAR_VOCAB)
-    ckpt = save_model(model, tmp_path / "ckpt")
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
     text = tmp_path / "text.txt"
     # upper-case letters and "!" are not in the vocabulary: refused, unless --skip-unknown
     text.write_text("the quick brown fox jumps over the lazy dog. Hello!\n" * 40)
@@ -40,7 +39,7 @@ def test_probes_cli(tmp_path, capsys):
 
 def test_probes_cli_bad_input(tmp_path, capsys):
     model = tiny_model(seed=7, n_layers=1, attn_only=False, d_mlp=32, vocab=CHAR_VOCAB)
-    ckpt = save_model(model, tmp_path / "ckpt")
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
     short = tmp_path / "short.txt"
     short.write_text("abc")
     assert main(["probes", str(ckpt), "--text", str(short)]) == 2

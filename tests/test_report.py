@@ -10,13 +10,13 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-from helpers import CHAR_VOCAB, tiny_model
+from helpers import CHAR_VOCAB, save_checkpoint, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lensworks import report
 from lensworks.cli import main
-from lensworks.model import LensworksError, save_model
+from lensworks.model import LensworksError
 
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
 HOSTILE_VOCAB = CHAR_VOCAB + HOSTILE
@@ -284,7 +284,7 @@ def test_contrastive_datasets(hostile):
 
 def test_cli_writes_report(tmp_path, capsys):
     model = hostile_model()
-    ckpt = save_model(model, tmp_path / "ckpt", vocab=HOSTILE_VOCAB)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt", vocab=HOSTILE_VOCAB)
     text = tmp_path / "t.txt"
     text.write_text(HOSTILE_TEXT)
     out = tmp_path / "out" / "report.html"
@@ -354,7 +354,7 @@ def test_cli_prompts_in_the_attention_explorer(tmp_path, capsys):
     from lensworks.plotting import escape_label
 
     model = hostile_model()
-    ckpt = save_model(model, tmp_path / "ckpt", vocab=HOSTILE_VOCAB)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt", vocab=HOSTILE_VOCAB)
     text, prompts = tmp_path / "t.txt", tmp_path / "prompts.txt"
     text.write_text(HOSTILE_TEXT)
     prompts.write_text(PROMPTS[0] + "\n\n" + PROMPTS[1] + "\r\n" + PROMPTS[2] + "\n")
@@ -409,7 +409,7 @@ def test_analyse_prompts_limits_and_errors(attn_model, tmp_path, monkeypatch):
 
 def test_cli_prompts_bad_files(tmp_path, capsys):
     model = hostile_model()
-    ckpt = save_model(model, tmp_path / "ckpt", vocab=HOSTILE_VOCAB)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt", vocab=HOSTILE_VOCAB)
     out = str(tmp_path / "r.html")
     empty, blank, latin1, unknown = (tmp_path / n for n in ("empty.txt", "blank.txt", "latin1.txt", "unknown.txt"))
     empty.write_text("")
@@ -430,7 +430,7 @@ def test_cli_prompts_bad_files(tmp_path, capsys):
 def test_term_importance_in_the_report_reads_less_on_models_with_many_heads():
     """Above 300 terms the report lists single heads only, on 2 windows of 32 tokens (each term is a
     copy of the batch), and says so."""
-    from helpers import CHAR_VOCAB, tiny_model
+    from helpers import CHAR_VOCAB, save_checkpoint, tiny_model
     from lensworks.circuits import term_importance
     from lensworks.model import text_windows
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lensworks import zoo
-from lensworks.model import LensworksError, encode_text, load_model, save_model
+from lensworks.model import TL_MAJOR, LensworksError, encode_text, load_model, save_model
 from lensworks.zoo import bpe, recipes
 
 
@@ -172,6 +172,8 @@ def test_char_mlp_learned_the_corpus(char_mlp):
 # --------------------------------------------------------------------------- recipes
 
 
+@pytest.mark.skipif(TL_MAJOR >= 4, reason="training a zoo model builds a HookedTransformer, which TransformerLens 4 "
+                    "removed (recipes.train refuses it there by design)")
 def test_recipe_is_reproducible_in_short_form(tmp_path):
     a, info_a = recipes.train("induction-2l", steps=15, progress=False)
     b, _ = recipes.train("induction-2l", steps=15, progress=False)

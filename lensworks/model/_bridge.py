@@ -115,7 +115,10 @@ def boot_tl_state_dict(cfg_dict: dict[str, Any], state_dict: dict[str, Tensor], 
     target = dtype or (torch.float32 if stored in (torch.float16,) else stored)
     raw["dtype"] = target
     # from_dict drops fields TransformerBridgeConfig does not know (yarn_*, rotary_base_local, ...)
-    cfg = TransformerBridgeConfig.from_dict({**raw, "architecture": "TransformerLensNative"})
+    try:
+        cfg = TransformerBridgeConfig.from_dict({**raw, "architecture": "TransformerLensNative"})
+    except (ValueError, TypeError, KeyError, AssertionError) as exc:
+        raise _config_error(where, exc) from exc
     gated = bool(raw.get("gated_mlp"))
     sd: dict[str, Tensor] = {}
     for k, v in state_dict.items():
@@ -132,8 +135,14 @@ def boot_tl_state_dict(cfg_dict: dict[str, Any], state_dict: dict[str, Tensor], 
             if k.endswith((".W_Q", ".W_K", "._W_K", ".b_Q", ".b_K", "._b_K")):
                 sd[k] = _rotate_half_to_adjacent(sd[k], rd)
     with quiet():
-        bridge = TransformerBridge.boot_native(cfg, device=device, dtype=target)
-        converted = convert_tl_checkpoint(sd, bridge.cfg)
+        try:  # a missing size (d_vocab=None, n_heads=None) fails deep inside TransformerLens
+            bridge = TransformerBridge.boot_native(cfg, device=device, dtype=target)
+        except (ValueError, TypeError, KeyError, AssertionError, NotImplementedError, ZeroDivisionError) as exc:
+            raise _config_error(where, exc) from exc
+        try:
+            converted = convert_tl_checkpoint(sd, bridge.cfg)
+        except (ValueError, KeyError) as exc:  # a key of no TransformerLens layout
+            raise LensworksError(f"{where}: state_dict does not match the config: {str(exc)[:300]}") from exc
         if "unembed.bias" not in converted:  # as tl_legacy.py does
             converted["unembed.bias"] = torch.zeros(bridge.cfg.d_vocab_out, dtype=target)
         try:
@@ -146,6 +155,14 @@ def boot_tl_state_dict(cfg_dict: dict[str, Any], state_dict: dict[str, Tensor], 
         bridge.cfg.default_prepend_bos = bool(raw["default_prepend_bos"])
     return compat(bridge, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                    center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+
+
+def _config_error(where: str, exc: BaseException) -> LensworksError:
+    """TransformerLens 4's own config checks as one LensworksError (what lensworks' TL3 loader says)."""
+    from lensworks.model._files import plain_reason
+
+    return LensworksError(f"{where}: TransformerLens cannot build a model from this config: "
+                          f"{type(exc).__name__}: {plain_reason(exc)}")
 
 
 def attach_tokenizer(bridge: Any, tokenizer: Any) -> None:
