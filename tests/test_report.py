@@ -376,11 +376,11 @@ def test_cli_prompts_in_the_attention_explorer(tmp_path, capsys):
 
 
 def test_analyse_prompts_limits_and_errors(attn_model, tmp_path, monkeypatch):
-    from lensworks.report import _analyse
+    from lensworks.report import _analyse, _context
 
     model = hostile_model()
     # checked before any analysis runs: each refusal names the prompt
-    monkeypatch.setattr(_analyse, "_text_windows", lambda *a, **k: pytest.fail("analyses ran before the check"))
+    monkeypatch.setattr(_context, "text_windows_of", lambda *a, **k: pytest.fail("analyses ran before the check"))
     for prompts, match in [
         ("fine\nnot fine {}\n", r"prompts line 2: 2 characters the vocabulary lacks: '\{' at 9"),
         ("\n  \n", "no non-empty prompt"),
@@ -430,7 +430,7 @@ def test_cli_prompts_bad_files(tmp_path, capsys):
 def test_term_importance_in_the_report_reads_less_on_models_with_many_heads():
     """Above 300 terms the report lists single heads only, on 2 windows of 32 tokens (each term is a
     copy of the batch), and says so."""
-    from helpers import CHAR_VOCAB, save_checkpoint, tiny_model
+    from helpers import CHAR_VOCAB, tiny_model
     from lensworks.circuits import term_importance
     from lensworks.model import text_windows
 

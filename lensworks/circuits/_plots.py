@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from lensworks._heads import HeadId
-from lensworks.plotting import escape_label, reference_title
+from lensworks._figures import escape_label, reference_title
 
 __all__ = ["induction_scatter", "attention_figure", "circuit_graph_figure", "skip_trigrams_figure",
            "term_importance_figure"]

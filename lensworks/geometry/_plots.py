@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lensworks.plotting import add_reference, escape_label
+from lensworks._figures import add_reference, escape_label
 
 __all__ = [
     "residual_stats_figure",

@@ -9,7 +9,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from lensworks._results import Reference
-from lensworks.plotting import add_reference, escape_label
+from lensworks._figures import add_reference, escape_label
 from lensworks.probes._streams import STREAM_DEPTH
 
 __all__ = ["probe_accuracy_figure", "comparison_figure", "basis_figure", "unlikely_usage_figure"]

@@ -73,9 +73,7 @@ EXPLORER_MAX_TOKENS = 48
 EXPLORER_MAX_VIEWS = 256
 
 
-def _text_windows(model: HookedTransformer, text: str, n_windows: int, width: int | None = None,
-                  skip_unknown: bool = False) -> torch.Tensor:
-    return text_windows_of(model, text, n_windows, width, skip_unknown=skip_unknown)
+_text_windows = text_windows_of  # the old private name
 
 
 _read_prompts = read_prompts

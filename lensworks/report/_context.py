@@ -182,8 +182,6 @@ class Context:
         return w
 
     def _choose(self, n: int) -> tuple[torch.Tensor, str, str]:
-        from lensworks.report import _analyse  # its _text_windows is the one tests may replace
-
         model, prompt_len = self.model, self.prompt_len
         given = self.text if self.text is not None else self.corpus
         if given is not None:
@@ -191,7 +189,7 @@ class Context:
                 raise LensworksError("the model has no tokenizer, so it cannot read text; leave text/corpus out")
             name = "text" if self.text is not None else "corpus"
             skipped = " (characters the vocabulary lacks were skipped, as asked)" if self.skip_unknown else ""
-            return (_analyse._text_windows(model, given, n, prompt_len, skip_unknown=self.skip_unknown),
+            return (text_windows_of(model, given, n, prompt_len, skip_unknown=self.skip_unknown),
                     f"the {name} given ({len(given):,} characters)", f"consecutive windows from its start{skipped}")
         if model.tokenizer is not None:
             from lensworks import zoo
@@ -203,7 +201,7 @@ class Context:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # lensworks' own fallback text: skipping is expected
-                    return _analyse._text_windows(model, source, n, prompt_len, skip_unknown=True), what, FALLBACK_NOTE
+                    return text_windows_of(model, source, n, prompt_len, skip_unknown=True), what, FALLBACK_NOTE
             except LensworksError:  # a vocabulary that cannot spell Python source: random tokens instead
                 pass
         from lensworks.circuits.heads import repeated_tokens
