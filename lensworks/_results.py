@@ -21,7 +21,7 @@ from torch import Tensor
 from lensworks.errors import LensworksError, NonFiniteError
 
 __all__ = [
-    "Result", "ResultMixin", "Reference", "REFERENCE_KINDS", "PROCESSING_KEYS", "check_processing", "to_jsonable",
+    "Result", "ResultMixin", "Reference", "REFERENCE_KINDS", "PROCESSING_KEYS", "OPTIONAL_PROCESSING_KEYS", "check_processing", "to_jsonable",
     "require_finite",
 ]
 
@@ -336,10 +336,15 @@ PROCESSING_KEYS: frozenset[str] = frozenset({
 })
 
 
+#: Keys a record may carry beyond :data:`PROCESSING_KEYS`: ``model``, the identity of the weights
+#: (``ModelFacts.identity``), which ``report.build`` compares with the model it is given.
+OPTIONAL_PROCESSING_KEYS: frozenset[str] = frozenset({"model"})
+
+
 def check_processing(processing: Any, owner: str = "a result") -> dict[str, Any]:
     """Refuse a ``processing`` record that is not what ``processing_state(model)`` returns.
 
-    It must be a dict with exactly :data:`PROCESSING_KEYS`. An empty dict (a result built
+    It must be a dict with exactly :data:`PROCESSING_KEYS` (plus, optionally, :data:`OPTIONAL_PROCESSING_KEYS`). An empty dict (a result built
     positionally by old code, without the record) is still accepted, with a
     ``DeprecationWarning``: its numbers cannot be compared with another result's.
 
@@ -359,7 +364,7 @@ def check_processing(processing: Any, owner: str = "a result") -> dict[str, Any]
         warnings.warn(f"{owner} was built without processing (processing_state(model)); it cannot be checked "
                       "against other results", DeprecationWarning, stacklevel=4)
         return processing
-    keys = set(processing)
+    keys = set(processing) - OPTIONAL_PROCESSING_KEYS
     if keys != PROCESSING_KEYS:
         missing, unknown = sorted(PROCESSING_KEYS - keys), sorted(map(str, keys - PROCESSING_KEYS))
         raise LensworksError(f"{owner}: processing must be the dict processing_state(model) returns; "
@@ -387,9 +392,69 @@ class Result(ResultMixin):
     #: every subclass, checked when the result is built (:func:`check_processing`).
     processing: dict[str, Any]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep the short :meth:`__repr__` on subclasses: ``@dataclass`` would otherwise write one that
+        dumps every tensor. A subclass whose body defines ``__repr__`` (or inherits one so defined)
+        keeps its own."""
+        super().__init_subclass__(**kwargs)
+        cls._own_repr = "__repr__" in cls.__dict__
+        if not cls._own_repr:
+            owner = next((k for k in cls.__mro__[1:] if k.__dict__.get("_own_repr")), Result)
+            cls.__repr__ = owner.__dict__["__repr__"]
+
     def __post_init__(self) -> None:
         """Check ``processing``; a subclass with its own ``__post_init__`` calls this one first."""
         check_processing(self.processing, type(self).__name__)
+
+    def _safe_headline(self) -> str:
+        try:
+            return self.headline() or ""
+        except Exception as exc:  # a display must not fail: say why there is no headline
+            return f"(no headline: {type(exc).__name__})"
+
+    def __repr__(self) -> str:
+        """The class name, the headline and the shape of each tensor field; never tensor contents.
+
+        Example:
+            >>> from lensworks.circuits import copying_scores
+            >>> repr(copying_scores(model))[:60]
+            "CopyingScores('Most copying head: L1H3 (score 0.999; the hea"
+        """
+        head = self._safe_headline()
+        if len(head) > 160:
+            head = head[:157] + "..."
+        parts = [repr(head)] if head else []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name, None)
+            if isinstance(value, Tensor):
+                parts.append(f"{f.name}=Tensor{list(value.shape)}")
+            elif isinstance(value, dict) and value and all(isinstance(v, Tensor) for v in value.values()):
+                inner = ", ".join(f"{k}: Tensor{list(v.shape)}" for k, v in list(value.items())[:6])
+                parts.append(f"{f.name}={{{inner}{', ...' if len(value) > 6 else ''}}}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _repr_html_(self, rows: int = 8) -> str:
+        """A notebook's view: the class name and headline, then the first ``rows`` rows of
+        :meth:`to_frame` as an HTML table (every string escaped).
+
+        Example:
+            >>> from lensworks.circuits import copying_scores
+            >>> copying_scores(model)._repr_html_().startswith("<div><p><b>CopyingScores</b>")
+            True
+        """
+        import html
+
+        out = f"<div><p><b>{html.escape(type(self).__name__)}</b>: {html.escape(self._safe_headline())}</p>"
+        try:
+            frame = self.to_frame()
+        except Exception:  # a display must not fail; the headline is still shown
+            frame = None
+        if frame is not None and hasattr(frame, "to_html"):
+            more = len(frame) - rows
+            out += frame.head(rows).to_html(index=False, escape=True, float_format=lambda v: f"{v:.4g}")
+            if more > 0:
+                out += f"<p>... {more} more rows (to_frame())</p>"
+        return out + "</div>"
 
     def references(self) -> dict[str, Reference]:
         """Every baseline, null, chance level and control of the result, by name, as :class:`Reference`.

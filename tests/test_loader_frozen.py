@@ -106,7 +106,7 @@ def record(entry: str, mode: str) -> dict[str, Any]:
     return {
         "kwargs": {k: _plain(v) for k, v in kwargs.items()},
         "cfg": cfg,
-        "processing": {k: _plain(v) for k, v in processing_state(model).items()},
+        "processing": {k: _plain(v) for k, v in processing_state(model).items() if k != "model"},  # identity: newer than the copy
         "state_dict": sd,
         "bos": {"bos_token_id": bos_token_id(model), "uses_bos": uses_bos(model),
                 "tokenizer_bos_token_id": getattr(tok, "bos_token_id", None) if tok is not None else None},

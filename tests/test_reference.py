@@ -15,9 +15,9 @@ import torch
 
 import lensworks
 from lensworks import circuits, geometry, probes
-from lensworks._results import PROCESSING_KEYS, REFERENCE_KINDS, Reference, Result, check_processing
+from lensworks._results import OPTIONAL_PROCESSING_KEYS, PROCESSING_KEYS, REFERENCE_KINDS, Reference, Result, check_processing
 from lensworks.circuits.composition import Baseline, random_composition_baseline
-from lensworks.model import LensworksError, NonFiniteError, processing_state
+from lensworks.model import LensworksError, NonFiniteError, model_facts, processing_state
 from lensworks.plotting import add_reference, reference_title
 
 # ------------------------------------------------------------------ the value itself
@@ -119,7 +119,8 @@ def test_composition_baseline_is_a_reference():
 
 def test_processing_keys_are_what_processing_state_returns(attn_model, mlp_model, gqa_model):
     for model in (attn_model, mlp_model, gqa_model):
-        assert set(processing_state(model)) == PROCESSING_KEYS
+        assert set(processing_state(model)) == PROCESSING_KEYS | OPTIONAL_PROCESSING_KEYS
+        assert processing_state(model)["model"] == model_facts(model).identity
 
 
 def test_check_processing():

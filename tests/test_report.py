@@ -516,3 +516,21 @@ def test_attention_patterns_result(mlp_model):
     assert [b.label for b in res.figure().layout.updatemenus[0].buttons] == list(res.labels)
     with pytest.raises(LensworksError, match="not among the heads"):
         res.pattern(0, 1, 1)
+
+
+def test_build_refuses_results_of_another_model(tmp_path):
+    """docs/getting-started.md once passed char-mlp as the model of induction-2l's results: the page
+    showed one model's card beside another's numbers."""
+    from lensworks import zoo
+    from lensworks.circuits import copying_scores
+    from lensworks.errors import LensworksError
+
+    ind, char = zoo.load("induction-2l"), zoo.load("char-mlp")
+    a, b = copying_scores(ind, baseline=False), copying_scores(char, baseline=False)
+    assert a.processing["model"] != b.processing["model"]
+    with pytest.raises(LensworksError, match="model= is not the model these results were computed on"):
+        report.build([a], tmp_path / "x.html", model=char)
+    with pytest.raises(LensworksError, match="come from 2 different models"):
+        report.build([a, b], tmp_path / "y.html")
+    assert report.build([a], tmp_path / "ok.html", model=ind).is_file()
+    assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()

@@ -176,6 +176,7 @@ def processing_state(model: HookedTransformer) -> dict[str, Any]:
         "n_key_value_heads": cfg.n_key_value_heads,
         "dtype": str(cfg.dtype).replace("torch.", ""),
         "architecture": _compat.architecture(model),
+        "model": model_facts(model).identity,
     }
 
 

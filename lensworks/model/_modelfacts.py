@@ -78,6 +78,9 @@ class ModelFacts:
     working_dtype: torch.dtype
     attn_scores_soft_cap: float | None
     output_logits_soft_cap: float | None
+    #: A short identity of the weights (sizes plus a strided sample of W_E and W_U, 4 significant
+    #: digits): two results whose records carry different identities come from different models.
+    identity: str = ""
 
     @property
     def has_resid_mid(self) -> bool:
@@ -271,4 +274,23 @@ def _read_facts(model: Any, sig: tuple[Any, ...]) -> ModelFacts:
         working_dtype=torch.float64 if dtype == torch.float64 else torch.float32,
         attn_scores_soft_cap=caps["attn_scores_soft_cap"] if caps["attn_scores_soft_cap"] > 0 else None,
         output_logits_soft_cap=caps["output_logits_soft_cap"] if caps["output_logits_soft_cap"] > 0 else None,
+        identity=_identity(model),
     )
+
+
+def _identity(model: Any) -> str:
+    """Sizes and a strided sample of the embedding and unembedding (at most 512 values each),
+    rounded so that the same weights read the same on both TransformerLens lines."""
+    import hashlib
+
+    cfg = model.cfg
+    parts = [f"L{cfg.n_layers}d{cfg.d_model}h{cfg.n_heads}v{cfg.d_vocab}"]
+    for name in ("W_E", "W_U"):
+        try:
+            w = getattr(model, name).detach().reshape(-1)
+        except (AttributeError, RuntimeError):  # pragma: no cover - a model without the matrix
+            continue
+        step = max(1, w.numel() // 512)
+        sample = w[::step][:512].double().cpu()
+        parts.append(",".join(f"{v:.4g}" for v in sample.tolist()))
+    return parts[0] + "-" + hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]

@@ -103,6 +103,30 @@ def _normalise(results: Results) -> dict[str, list[tuple[Any, str | None]]]:
     return {s: sections[s] for s in order}
 
 
+def _check_same_model(sections: Mapping[str, list[tuple[Any, str | None]]], model: Any) -> None:
+    """Refuse results computed on different models, or on another model than ``model``: the
+    page's model card would describe weights the numbers never came from."""
+    from lensworks.model import model_facts
+
+    seen: dict[str, str] = {}
+    for items in sections.values():
+        for item, _ in items:
+            processing = getattr(item, "processing", None)
+            ident = processing.get("model") if isinstance(processing, dict) else None
+            if ident:
+                seen.setdefault(ident, type(item).__name__)
+    if len(seen) > 1:
+        names = "; ".join(f"{who} on {ident}" for ident, who in seen.items())
+        raise LensworksError(f"these results come from {len(seen)} different models ({names}); "
+                             "build one page per model")
+    if model is not None and seen:
+        ident, who = next(iter(seen.items()))
+        mine = model_facts(model).identity
+        if ident != mine:
+            raise LensworksError(f"model= is not the model these results were computed on ({who} on {ident}, "
+                                 f"model= is {mine}); pass the model the results came from")
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -263,6 +287,7 @@ def build(
 
     data_read: Sequence[DataRead] = list(getattr(results, "data", ()))
     sections = _normalise(results)
+    _check_same_model(sections, model)
     specs: list[dict[str, Any]] = []
     body: list[str] = []
     toc: list[str] = []
