@@ -534,3 +534,13 @@ def test_build_refuses_results_of_another_model(tmp_path):
         report.build([a, b], tmp_path / "y.html")
     assert report.build([a], tmp_path / "ok.html", model=ind).is_file()
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
+
+
+def test_model_card_names_the_layout_instead_of_none(tmp_path):
+    from lensworks import zoo
+    from lensworks.circuits import copying_scores
+
+    model = zoo.load("induction-2l")  # a TransformerLens-format checkpoint: no Hugging Face class name
+    page = report.build([copying_scores(model, baseline=False)], tmp_path / "p.html", model=model).read_text()
+    card = page[page.index("id='model'"):]
+    assert "<th>architecture</th><td>TransformerLens layout" in card and "<td>None</td>" not in card.split("</table>")[0]

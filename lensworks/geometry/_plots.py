@@ -60,6 +60,7 @@ def residual_stats_figure(stats: Any, a: str | None, b: str | None) -> go.Figure
     fig.update_yaxes(title_text="variance (activation units²)", type="log" if positive else "linear", row=2, col=1)
     fig.update_yaxes(title_text="variance (activation units²)", type="log" if positive else "linear", row=3, col=1)
     fig.update_xaxes(title_text="layer (block index)", row=3, col=1)
+    fig.update_xaxes(tickmode="linear", dtick=1)  # layers are whole numbers
     fig.update_layout(title=f"Residual-stream statistics at position {stats.position}", height=900)
     return fig
 
@@ -78,24 +79,33 @@ def ablation_figure(table: Any) -> go.Figure:
     title = "Block ablation: Hellinger distance to the normal next-token distribution"
     if not table.decomposition_ok:
         title += " (warning: the residual decomposition does not add up)"
-    fig.update_layout(title=title, barmode="group", xaxis_title="block (0-based)",
+    fig.update_layout(title=title, barmode="group", xaxis_title="block (0-based)", xaxis_dtick=1,
                       yaxis_title="Hellinger distance (0 = same, 1 = disjoint)", yaxis_range=[0, 1])
     return fig
+
+
+def _one_line(text: str, limit: int = 40) -> str:
+    """A prompt as one escaped line for a title or hover: whitespace shown as ⏎ / → / a space,
+    cut to ``limit`` characters."""
+    flat = text.replace("\r\n", "⏎").replace("\n", "⏎").replace("\r", "⏎").replace("\t", "→")
+    flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return escape_label(flat)
 
 
 def logit_lens_figure(lens: Any) -> go.Figure:
     """Heatmap of KL(final || layer) per layer and prompt, hover shows each layer's top token."""
     kl = lens.kl.tolist()
     labels = list(lens.layer_labels)
-    prompts = [f"{i}: {escape_label(p)}" for i, p in enumerate(lens.prompt_labels)]
-    top = [[escape_label(t) for t in row] for row in lens.top_token_strings()]
+    texts = [_one_line(p) for p in lens.prompt_labels]
+    top = [[[escape_label(t), texts[j]] for j, t in enumerate(row)] for row in lens.top_token_strings()]
     fig = go.Figure(go.Heatmap(
-        z=kl, x=prompts, y=labels, customdata=top, colorscale="Viridis",
+        z=kl, x=list(range(len(texts))), y=labels, customdata=top, colorscale="Viridis",
         colorbar=dict(title="KL (nats)"),
-        hovertemplate="%{y}<br>prompt %{x}<br>KL(final ‖ layer) %{z:.4f} nats<br>top token %{customdata}<extra></extra>"))
+        hovertemplate="%{y}<br>prompt %{x}: %{customdata[1]}<br>KL(final ‖ layer) %{z:.4f} nats"
+                      "<br>top token %{customdata[0]}<extra></extra>"))
     fig.update_layout(title="Logit lens: KL divergence of each layer's prediction from the final one",
-                      xaxis_title="prompt (index: text)", yaxis_title="residual stream read (layer)",
-                      yaxis_autorange="reversed")
+                      xaxis_title="prompt (index; hover for its text)", yaxis_title="residual stream read (layer)",
+                      yaxis_autorange="reversed", xaxis_dtick=1 if len(texts) <= 40 else None)
     return fig
 
 
@@ -134,7 +144,7 @@ def decomposition_figure(dec: Any, prompt: int) -> go.Figure:
                                  line=dict(color="gray", dash="dash"),
                                  hovertemplate=f"final sum, norm {math.hypot(xs[-1], ys[-1]):.3f}<extra></extra>"))
     fig.update_layout(
-        title=f"Block outputs tip to tail (prompt {prompt}: {escape_label(dec.prompt_labels[prompt])}); "
+        title=f"Block outputs tip to tail (prompt {prompt}: {_one_line(dec.prompt_labels[prompt])}); "
               f"cos(final, embed + MLP only) = {float(dec.ffn_only_cosine[prompt]):.3f}",
         xaxis_title="2-D layout (activation units)", yaxis_title="2-D layout (activation units)",
         yaxis_scaleanchor="x")
@@ -249,7 +259,7 @@ def dimensionality_figure(dim: Any) -> go.Figure:
                                      legendgroup=s, showlegend=col == 1, line={"color": colour},
                                      hovertemplate=f"{s}<br>layer %{{x}}<br>%{{y:.2f}}<extra></extra>"),
                           row=1, col=col)
-    fig.update_xaxes(title_text="layer")
+    fig.update_xaxes(title_text="layer", tickmode="linear", dtick=1)
     fig.update_layout(title=f"Effective dimensionality of the residual stream ({dim.n_samples} samples)",
                       template="plotly_white")
     return fig

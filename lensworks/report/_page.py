@@ -227,10 +227,18 @@ def _model_html(model: Any, name: str | None) -> str:
     cfg = model.cfg
     rows = [("model", name or getattr(cfg, "model_name", "")),
             ("layers", cfg.n_layers), ("heads per layer", cfg.n_heads), ("d_model", cfg.d_model),
-            ("d_head", cfg.d_head), ("d_mlp", None if cfg.attn_only else cfg.d_mlp), ("n_ctx", cfg.n_ctx),
+            ("d_head", cfg.d_head), ("d_mlp", "none (attention only)" if cfg.attn_only else cfg.d_mlp), ("n_ctx", cfg.n_ctx),
             ("d_vocab", cfg.d_vocab),
             ("parameters", sum(p.numel() for p in model.parameters()))]
     for k, v in processing_state(model).items():
+        if k == "architecture" and v is None:  # a TransformerLens-format or nanoGPT checkpoint: no HF class name
+            v = "TransformerLens layout (no Hugging Face architecture recorded)"
+        elif k == "model":
+            k = "weights identity"
+        elif k == "normalization_type" and v is None:
+            v = "none"
+        elif k == "n_key_value_heads" and v is None:
+            v = f"{cfg.n_heads} (no grouped-query attention)"
         rows.append((k.replace("_", " "), v))
     body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
     vocab = model_vocab(model)
