@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 __all__ = ["load_model", "save_model", "write", "HeadId", "LensworksError", "NonFiniteError", "__version__"]
 
 
-_SUBPACKAGES = ("model", "circuits", "geometry", "probes", "report", "zoo", "plotting", "cli")
+_SUBPACKAGES = ("model", "circuits", "geometry", "probes", "causal", "report", "zoo", "plotting", "cli")
 
 #: Public names defined in a private module: name -> module.
 _LAZY = {"write": "lensworks._output", "HeadId": "lensworks._heads"}
