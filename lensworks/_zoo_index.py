@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ZOO_NAMES", "ZOO_CHECKPOINTS", "zoo_checkpoint"]
+__all__ = ["ZOO_NAMES", "ZOO_CHECKPOINTS", "ZOO_TRAINED_ON_CORPUS", "zoo_checkpoint"]
 
 #: The bundled demo models, in the order the docs list them.
 ZOO_NAMES = ("induction-2l", "char-mlp", "bpe-llama")
+#: The demo models trained on the first 1,000,000 characters of ``lensworks.zoo.corpus()``: the text
+#: after those is held-out text of their own kind, not a fallback.
+ZOO_TRAINED_ON_CORPUS = ("char-mlp", "bpe-llama")
 #: The directory holding one sub-directory per bundled checkpoint.
 ZOO_CHECKPOINTS = Path(__file__).resolve().parent / "zoo" / "checkpoints"
 

@@ -544,3 +544,17 @@ def test_model_card_names_the_layout_instead_of_none(tmp_path):
     page = report.build([copying_scores(model, baseline=False)], tmp_path / "p.html", model=model).read_text()
     card = page[page.index("id='model'"):]
     assert "<th>architecture</th><td>TransformerLens layout" in card and "<td>None</td>" not in card.split("</table>")[0]
+
+
+def test_a_demo_models_own_held_out_text_is_not_called_a_fallback():
+    from lensworks import zoo
+    from lensworks.report import Context
+
+    own = Context.of(zoo.load("char-mlp"))
+    own.windows("geometry")
+    (read,) = own.data_read
+    assert not read.fallback and "held-out text of the corpus char-mlp was trained on" in read.note
+    other = Context.of(zoo.load("induction-2l"))
+    other.windows("geometry")
+    (read,) = other.data_read
+    assert read.fallback  # trained on synthetic syllables: the corpus is a fallback for it

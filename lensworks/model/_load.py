@@ -147,11 +147,11 @@ def load_model(
             if user_vocab is not None:
                 raise LensworksError(f"{path}: a Hugging Face directory carries its own tokenizer; vocab= is for "
                                      "checkpoints that store none")
-            return _load_hf_dir(path, device=device, dtype=dtype, flags=flags, n_ctx=n_ctx)
+            return _zoo_named(_load_hf_dir(path, device=device, dtype=dtype, flags=flags, n_ctx=n_ctx), path)
         if not (path / _CFG_FILE).exists() and (path / _NANOGPT_FILE).is_file():
             path = path / _NANOGPT_FILE  # nanoGPT's out_dir
         else:
-            return _load_tl_dir(path, device=device, dtype=dtype, flags=flags, vocab=user_vocab)
+            return _zoo_named(_load_tl_dir(path, device=device, dtype=dtype, flags=flags, vocab=user_vocab), path)
     if path.is_file():
         return _load_file(path, device=device, dtype=dtype, flags=flags, vocab=user_vocab)
     text = str(source)
@@ -238,6 +238,19 @@ def _build(
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
     return backend().build_from_tl(raw_cfg, sd, tokenizer=tokenizer, dtype=target, device=device, processing=resolved,
                                    process=process, where=where)
+
+
+def _zoo_named(model: Any, path: Path) -> Any:
+    """A bundled demo model keeps its zoo name as ``cfg.model_name`` (the report's model card and
+    its choice of text read it); any other checkpoint is left as loaded."""
+    from lensworks._zoo_index import ZOO_CHECKPOINTS
+
+    try:
+        if path.resolve().parent == ZOO_CHECKPOINTS.resolve():
+            model.cfg.model_name = path.name
+    except (OSError, AttributeError):  # pragma: no cover - an unusual filesystem or config
+        pass
+    return model
 
 
 def _check_device(device: Any) -> None:

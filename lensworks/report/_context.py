@@ -201,7 +201,13 @@ class Context:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # lensworks' own fallback text: skipping is expected
-                    return text_windows_of(model, source, n, prompt_len, skip_unknown=True), what, FALLBACK_NOTE
+                    windows = text_windows_of(model, source, n, prompt_len, skip_unknown=True)
+                from lensworks._zoo_index import ZOO_TRAINED_ON_CORPUS
+
+                if getattr(model.cfg, "model_name", None) in ZOO_TRAINED_ON_CORPUS:  # the demo model's own kind of text
+                    return windows, what, (f"held-out text of the corpus {model.cfg.model_name} was trained on "
+                                           "(never seen in training)")
+                return windows, what, FALLBACK_NOTE
             except LensworksError:  # a vocabulary that cannot spell Python source: random tokens instead
                 pass
         from lensworks.circuits.heads import repeated_tokens
