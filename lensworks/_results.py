@@ -417,8 +417,9 @@ class Result(ResultMixin):
 
         Example:
             >>> from lensworks.circuits import copying_scores
-            >>> repr(copying_scores(model))[:60]
-            "CopyingScores('Most copying head: L1H3 (score 0.999; the hea"
+            >>> text = repr(copying_scores(model))
+            >>> text.startswith("CopyingScores('Most copying head: L1H3"), "scores=Tensor[2, 4]" in text, "tensor(" in text
+            (True, True, False)
         """
         head = self._safe_headline()
         if len(head) > 160:
