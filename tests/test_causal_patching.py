@@ -218,3 +218,32 @@ def test_refusals(attn_model):
         attribution_patching(attn_model, clean, corrupted, "loss", direction="sideways")
     with pytest.raises(LensworksError, match="answer_tokens"):
         activation_patching(attn_model, clean, corrupted, "prob", answer_tokens=[1, 2, 3])
+
+
+def test_strings_of_different_lengths(mlp_model):
+    """Strings are encoded one by one and right-padded; each prompt is read at its own last token."""
+    clean, corrupted = ["abcab", "xyzxyzx"], ["abdab", "xyqxyzx"]
+    res = activation_patching(mlp_model, clean, corrupted, "prob", answer_tokens=[3, 5], what=("resid_pre", "head_z"))
+    rows = []
+    with torch.inference_mode():
+        for text, answer in zip(clean, [3, 5]):
+            toks = torch.tensor([[0] + [mlp_model.tokenizer.convert_tokens_to_ids(c) for c in text]])
+            rows.append(float(mlp_model(toks)[0, -1].softmax(-1)[answer]))
+    assert res.clean_metric == pytest.approx(sum(rows) / 2, abs=1e-5)
+    assert res["resid_pre"].shape == (3, 8) and res.tokens[0] == "<bos>"
+    with pytest.raises(LensworksError, match="line up"):
+        activation_patching(mlp_model, ["abc"], ["abcd"], "loss")
+
+
+@pytest.mark.parametrize("bad", [dict(batch_size=2.5), dict(batch_size=True), dict(position=10**9),
+                                 dict(position=float("nan")), dict(positions=[100]), dict(positions=[]),
+                                 dict(positions="all"), dict(answer_tokens=10**6), dict(answer_tokens=1.5)])
+def test_hostile_arguments_are_refused_by_name(attn_model, bad):
+    clean, corrupted = _pair(attn_model)
+    args = dict(answer_tokens=3, wrong_tokens=5)
+    args.update(bad)
+    with pytest.raises(LensworksError):
+        activation_patching(attn_model, clean, corrupted, "logit_diff", what="head_z", **args)
+    if "batch_size" not in bad:
+        with pytest.raises(LensworksError):
+            attribution_patching(attn_model, clean, corrupted, "logit_diff", what="head_z", **args)
