@@ -153,3 +153,28 @@ def test_refusals(attn_model):
         path_patching(attn_model, clean, torch.tensor([[1, 4]]), [(0, 0)], "logits", "prob", answer_tokens=1)
     with pytest.raises(LensworksError, match="upstream"):
         path_patching(attn_model, clean, corrupted, "each", (0, 0, "k"), "prob", answer_tokens=1)
+
+
+def test_zoo_induction_circuit_goes_through_the_previous_token_heads():
+    """induction-2l's documented circuit (docs/circuits.md): layer-0 previous-token heads feed the
+    induction head L1H3's key (K-composition). On repeated sequences whose first half is corrupted,
+    the two strongest senders into L1H3.k are the two strongest previous-token heads, and through its
+    query or value those heads do a tenth of that at most."""
+    from lensworks import zoo
+    from lensworks.circuits import head_scores, repeated_tokens
+
+    model = zoo.load("induction-2l")
+    clean = repeated_tokens(model, seq_len=10, n_seqs=4, seed=0)
+    other = repeated_tokens(model, seq_len=10, n_seqs=4, seed=1)
+    corrupted = torch.cat([other[:, :11], clean[:, 11:]], 1)  # BOS + a different first half
+
+    def second_half(logits):  # mean log-probability of the repeated half's next tokens
+        lp = logits[:, 11:-1].log_softmax(-1)
+        return lp.gather(-1, clean[:, 12:, None].to(lp.device))[..., 0].mean(1)
+
+    effect = {r: path_patching(model, clean, corrupted, "each", (1, 3, r), second_half).effect_grid()[0].abs()
+              for r in "qkv"}
+    prev = head_scores(model, "previous_token").scores[0]
+    top = prev.topk(2).indices
+    assert set(effect["k"].topk(2).indices.tolist()) == set(top.tolist())
+    assert float(effect["k"][top].min()) > 10 * max(float(effect["q"][top].max()), float(effect["v"][top].max()))

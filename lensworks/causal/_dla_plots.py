@@ -36,7 +36,7 @@ def path_figure(res: Any) -> go.Figure:
     if res.sweep:
         grid = res.effect_grid()
         return head_heatmap(grid, title=f"Path patching into {escape_label(res.receiver)}: change of the "
-                            f"{res.metric} when one sender head's path is patched",
+                            f"{res.metric_words} when one sender head's path is patched",
                             x_labels=[f"H{h}" for h in range(grid.shape[1])],
                             y_labels=[f"L{l}" for l in range(grid.shape[0])], x_title="sender head",
                             y_title="sender layer", colorbar_title="patched - clean", colorscale="RdBu",
@@ -44,5 +44,5 @@ def path_figure(res: Any) -> go.Figure:
     names = ["clean", "corrupted"] + [escape_label(s) for s in res.sender_labels]
     values = [res.clean_metric, res.corrupted_metric] + [float(v) for v in res.patched]
     fig = go.Figure(go.Bar(x=names, y=values, hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
-    fig.update_layout(title=f"Path patching into {escape_label(res.receiver)}", yaxis_title=res.metric)
+    fig.update_layout(title=f"Path patching into {escape_label(res.receiver)}", yaxis_title=res.metric_words)
     return fig

@@ -38,6 +38,7 @@ from lensworks.model._compat import require_finite_parameters
 __all__ = ["PathPatching", "path_patching", "parse_receiver"]
 
 HeadLike = Union[HeadId, tuple[int, int], str]
+_WORDS = {"logit_diff": "logit difference", "prob": "answer probability", "loss": "loss", "callable": "metric"}
 Receiver = Union[str, tuple[int, int, str]]
 
 
@@ -202,6 +203,11 @@ class PathPatching(Result):
         return tuple("+".join(g) for g in self.sender_groups)
 
     @property
+    def metric_words(self) -> str:
+        """The metric in words, for headlines and titles."""
+        return _WORDS.get(self.metric, self.metric)
+
+    @property
     def change(self) -> Float[Tensor, " n_groups"]:
         """``patched - clean``: how far each group's path moves the metric."""
         return self.patched - self.clean_metric
@@ -234,7 +240,7 @@ class PathPatching(Result):
                 f"from the corrupted prompts and every other head's output frozen at its clean value (MLPs recompute); "
                 + ("the logits are read from that run. " if self.receiver == "logits" else
                    "only the receiver's input recomputes from that residual and its new output goes into a clean run. ")
-                + f"Values are the {self.metric} (mean over {self.n_prompts} prompts; clean {self.clean_metric:.4g}, "
+                + f"Values are the {self.metric_words} (mean over {self.n_prompts} prompts; clean {self.clean_metric:.4g}, "
                 f"corrupted {self.corrupted_metric:.4g}); a sender whose value stays at the clean one does not act "
                 "on the receiver through this path.")
 
@@ -244,8 +250,8 @@ class PathPatching(Result):
             return None
         i = int(self.change.abs().argmax())
         norm = self.normalised()[i]
-        share = "" if torch.isnan(norm) else f", {float(norm):.0%} of the corrupted run's change"
-        return (f"Patching {self.sender_labels[i]} -> {self.receiver} moves the {self.metric} by "
+        share = "" if torch.isnan(norm) else f", {round(float(norm), 2) + 0.0:.0%} of the corrupted run's change"
+        return (f"Patching {self.sender_labels[i]} -> {self.receiver} moves the {self.metric_words} by "
                 f"{float(self.change[i]):+.3f}{share}.")
 
     def to_frame(self):
