@@ -171,9 +171,25 @@ def attribution_patching(
         >>> approx["head_z"].shape, -1 <= approx.correlation["head_z"] <= 1
         (torch.Size([2, 4]), True)
     """
+    with torch.inference_mode(False):  # the gradient is taken also when called under inference_mode
+        return _attribution(model, clean, corrupted, metric, what=what, positions=positions,
+                            answer_tokens=answer_tokens, wrong_tokens=wrong_tokens, position=position,
+                            direction=direction, exact=exact, prepend_bos=prepend_bos)
+
+
+def _normal(t: Any) -> Any:
+    """A normal tensor (an inference-mode tensor cannot be saved for backward)."""
+    return t.clone() if isinstance(t, Tensor) else t
+
+
+def _attribution(model: Any, clean: Any, corrupted: Any, metric: MetricLike, *, what: Any, positions: Positions,
+                 answer_tokens: TokenIds, wrong_tokens: TokenIds, position: int, direction: str,
+                 exact: ActivationPatching | None, prepend_bos: bool | None) -> AttributionPatching:
     clean_t, corr_t, base, source, m = prepare(
         model, clean, corrupted, metric, answer_tokens=answer_tokens, wrong_tokens=wrong_tokens,
         position=position, prepend_bos=prepend_bos, direction=direction)
+    clean_t, corr_t, base, source = (_normal(t) for t in (clean_t, corr_t, base, source))
+    m = dataclasses.replace(m, **{f.name: _normal(getattr(m, f.name)) for f in dataclasses.fields(m) if f.name != "fn"})
     targets = default_targets(model, what)
     n_pos = clean_t.shape[1]
     all_sites = [build_sites(model, t, n_pos, positions) for t in targets]  # checks targets, gives shapes
