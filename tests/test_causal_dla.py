@@ -107,6 +107,11 @@ def test_reuses_an_activation_cache(mlp_model):
     reused = direct_logit_attribution(mlp_model, cache, 3, wrong_tokens=4, position=-2)
     torch.testing.assert_close(reused.attributions, direct.attributions)
     assert reused.labels == direct.labels
+    one_by_one = direct_logit_attribution(mlp_model, toks, 3, wrong_tokens=4, position=-2, batch_size=1)
+    torch.testing.assert_close(one_by_one.attributions, direct.attributions, atol=1e-5, rtol=1e-5)
+    strings = direct_logit_attribution(mlp_model, ["ab cd", "xyz"], 3)  # each read at its own last token
+    alone = direct_logit_attribution(mlp_model, ["xyz"], 3)
+    torch.testing.assert_close(strings.attributions[:, 1], alone.attributions[:, 0], atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         _, partial = mlp_model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_z"))
     with pytest.raises(LensworksError, match="lacks"):
@@ -125,6 +130,17 @@ def test_refusals(attn_model):
         direct_logit_attribution(attn_model, toks, 1, position=2.5)
     with pytest.raises(LensworksError, match="answer_tokens"):
         direct_logit_attribution(attn_model, toks, None)
+    for bad in (dict(batch_size=0), dict(position=10**12), dict(position=float("inf"))):
+        with pytest.raises(LensworksError):
+            direct_logit_attribution(attn_model, toks, 1, **bad)
+    with torch.no_grad():
+        _, cache = attn_model.run_with_cache(toks)
+    as_dict = {k: v.clone() for k, v in cache.items()}
+    torch.testing.assert_close(direct_logit_attribution(attn_model, as_dict, 1).attributions,
+                               direct_logit_attribution(attn_model, toks, 1).attributions)
+    as_dict["blocks.1.attn.hook_z"][0, 2, 1, 0] = float("nan")
+    with pytest.raises(LensworksError, match="hook_z"):
+        direct_logit_attribution(attn_model, as_dict, 1)
 
 
 def test_result_contract(attn_model):

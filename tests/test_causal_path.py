@@ -153,6 +153,11 @@ def test_refusals(attn_model):
         path_patching(attn_model, clean, torch.tensor([[1, 4]]), [(0, 0)], "logits", "prob", answer_tokens=1)
     with pytest.raises(LensworksError, match="upstream"):
         path_patching(attn_model, clean, corrupted, "each", (0, 0, "k"), "prob", answer_tokens=1)
+    for bad in (dict(batch_size=0), dict(batch_size=2.0), dict(position=10**12), dict(position=float("nan"))):
+        with pytest.raises(LensworksError):
+            path_patching(attn_model, clean, corrupted, [(0, 0)], "logits", "prob", answer_tokens=1, **bad)
+    with pytest.raises(LensworksError, match="receiver layer"):
+        path_patching(attn_model, clean, corrupted, [(0, 0)], (True, 0, "q"), "prob", answer_tokens=1)
 
 
 def test_zoo_induction_circuit_goes_through_the_previous_token_heads():

@@ -27,7 +27,13 @@ from lensworks._heads import HeadId
 from lensworks._results import Result
 from lensworks._threads import adaptive_threads
 from lensworks.model import LensworksError, capture_hooks, check_int, model_facts, processing_state
-from lensworks.model._compat import has_hook, normalization_type, require_finite_parameters, stacked
+from lensworks.model._compat import (
+    has_hook,
+    normalization_type,
+    require_finite_activation,
+    require_finite_parameters,
+    stacked,
+)
 
 __all__ = ["DirectLogitAttribution", "direct_logit_attribution"]
 
@@ -152,7 +158,6 @@ def _attribute(model: Any, store: dict[str, Tensor], rows: Tensor, idx: Tensor, 
     b_U = getattr(model, "b_U", None)
     b_U = b_U.detach().to(wd) if b_U is not None else torch.zeros(W_U.shape[1], dtype=wd, device=W_U.device)
     unembed_bias = b_U[answer.to(b_U.device)] - (b_U[wrong.to(b_U.device)] if wrong is not None else 0.0)
-    final = stack.sum(0)
     nt = normalization_type(model)
     if nt is not None:
         if nt in ("LN", "LNPre"):
@@ -176,7 +181,6 @@ def _attribute(model: Any, store: dict[str, Tensor], rows: Tensor, idx: Tensor, 
         resid = store[facts.hook("resid_post", facts.n_layers - 1)][rows, idx]
         normed = model.ln_final(resid[:, None])[:, 0] if nt is not None else resid
         logit = (normed.to(wd) * direction).sum(-1) + unembed_bias
-    del final
     return attrs, labels, kinds, logit, err
 
 
@@ -297,7 +301,7 @@ def _store_from_cache(model: Any, cache: Any, names: Sequence[str]) -> dict[str,
     if missing:
         raise LensworksError(f"the activation cache lacks {missing}; run the model with run_with_cache and no "
                              f"names_filter (or one that keeps these hooks)")
-    out = {n: cache[n] for n in names}
+    out = {n: require_finite_activation(cache[n], n) for n in names}
     bad = [n for n, v in out.items() if v.ndim < 2]
     if bad:
         raise LensworksError(f"the activation cache must keep the batch axis ([batch, pos, ...]); {bad} do not")
@@ -347,7 +351,9 @@ def direct_logit_attribution(
     batch_size = check_int(batch_size, "batch_size", low=1)
     names = _hook_names(model)
     batches: list[tuple[dict[str, Tensor], Tensor]] = []
-    if is_activation_cache(data):
+    as_dict = isinstance(data, dict) and bool(data) and all(isinstance(k, str) and isinstance(v, Tensor)
+                                                            for k, v in data.items())
+    if is_activation_cache(data) or as_dict:
         store = _store_from_cache(model, data, names)
         n_pos = store[names[0]].shape[1]
         pos = check_int(position, "position", low=-n_pos, high=n_pos)
