@@ -19,17 +19,19 @@ from torch import Tensor
 
 from lensworks.model import LensworksError, as_tokens, check_int, encode_batch, model_facts
 
-__all__ = ["Metric", "METRIC_NAMES", "resolve_metric", "paired_tokens"]
+__all__ = ["Metric", "METRIC_NAMES", "resolve_metric", "paired_tokens", "Prompts"]
 
 #: The metrics known by name.
 METRIC_NAMES: tuple[str, ...] = ("logit_diff", "loss", "prob")
 
 MetricLike = Union[str, "Metric", Callable[[Tensor], Tensor]]
-TokenIds = Union[int, Sequence[int], Tensor, None]
+TokenIds = Union[int, Sequence[int], Int[Tensor, " batch"], None]
+#: Clean or corrupted prompts: strings, or token ids ``[batch, pos]``.
+Prompts = Union[str, Sequence[str], Int[Tensor, "batch pos"]]
 
 
 def paired_tokens(
-    model: Any, clean: Any, corrupted: Any, *, prepend_bos: bool | None = None
+    model: Any, clean: Prompts, corrupted: Prompts, *, prepend_bos: bool | None = None
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
     """Clean and corrupted inputs as two token tensors of one shape on the model's device.
 

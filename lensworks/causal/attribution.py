@@ -25,7 +25,7 @@ from torch import Tensor
 
 from lensworks._results import Result
 from lensworks._threads import adaptive_threads
-from lensworks.causal._metrics import MetricLike, TokenIds
+from lensworks.causal._metrics import MetricLike, Prompts, TokenIds
 from lensworks.causal.patching import (
     PATCH_TARGETS, ActivationPatching, Positions, _position_list, best_site_sentence, build_sites, default_targets,
     prepare, sites_frame, source_cache, token_labels,
@@ -140,8 +140,8 @@ def _pearson(a: Tensor, b: Tensor) -> float:
 @adaptive_threads
 def attribution_patching(
     model: Any,
-    clean: Any,
-    corrupted: Any,
+    clean: Prompts,
+    corrupted: Prompts,
     metric: MetricLike,
     *,
     what: Union[str, Sequence[str], None] = None,

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from lensworks._results import Result
 from lensworks._threads import adaptive_threads
-from lensworks.causal._metrics import Metric, MetricLike, TokenIds, paired_tokens, resolve_metric
+from lensworks.causal._metrics import Metric, MetricLike, Prompts, TokenIds, paired_tokens, resolve_metric
 from lensworks.model import LensworksError, capture_hooks, check_int, is_bridge, logits_from_block, model_facts
 from lensworks.model import processing_state
 from lensworks.model._compat import require_finite_parameters
@@ -345,8 +345,8 @@ def token_labels(model: Any, tokens: Tensor) -> tuple[str, ...]:
 @adaptive_threads
 def activation_patching(
     model: Any,
-    clean: Any,
-    corrupted: Any,
+    clean: Prompts,
+    corrupted: Prompts,
     metric: MetricLike,
     *,
     what: Union[str, Sequence[str], None] = None,
