@@ -10,7 +10,7 @@ from archs import ARCHS, arch_model, float_tol
 from helpers import tiny_model
 from lensworks.causal import ActivationPatching, AttributionPatching, activation_patching, attribution_patching
 from lensworks.causal.patching import PATCH_TARGETS, build_sites
-from lensworks.model import TL_MAJOR, LensworksError, hook_name, model_facts, processing_state
+from lensworks.model import TL_MAJOR, LensworksError, hook_name, processing_state
 
 N_POS = 6
 
