@@ -32,7 +32,7 @@ from lensworks._heads import HeadId
 from lensworks._results import Result
 from lensworks._threads import adaptive_threads
 from lensworks.causal._metrics import Metric, MetricLike, TokenIds, paired_tokens, resolve_metric
-from lensworks.model import LensworksError, capture_hooks, check_int, logits_from_block, model_facts, processing_state
+from lensworks.model import LensworksError, capture_hooks, check_int, model_facts, processing_state
 from lensworks.model._compat import require_finite_parameters
 
 __all__ = ["PathPatching", "path_patching", "parse_receiver"]
