@@ -156,6 +156,11 @@ def test_refusals(attn_model):
     for bad in (dict(batch_size=0), dict(batch_size=2.0), dict(position=10**12), dict(position=float("nan"))):
         with pytest.raises(LensworksError):
             path_patching(attn_model, clean, corrupted, [(0, 0)], "logits", "prob", answer_tokens=1, **bad)
+    by_label = path_patching(attn_model, clean, corrupted, [(0, 0)], "L1H2.k", "prob", answer_tokens=1)
+    assert by_label.receiver == "L1H2.k"
+    for bad in ("L1H2.z", "L1H2", "H2.k", "logits.k"):
+        with pytest.raises(LensworksError, match="receiver"):
+            path_patching(attn_model, clean, corrupted, [(0, 0)], bad, "prob", answer_tokens=1)
     with pytest.raises(LensworksError, match="receiver layer"):
         path_patching(attn_model, clean, corrupted, [(0, 0)], (True, 0, "q"), "prob", answer_tokens=1)
 

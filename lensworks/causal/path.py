@@ -45,15 +45,27 @@ Receiver = Union[str, tuple[int, int, str]]
 def parse_receiver(model: Any, receiver: Any) -> tuple[int, int, str] | None:
     """``None`` for ``"logits"``, else ``(layer, head, "q"|"k"|"v")`` checked against the model.
 
+    A head's input is ``(layer, head, "q"|"k"|"v")`` or its label, ``"L1H2.k"`` (what
+    :attr:`PathPatching.receiver` shows).
+
     Example:
-        >>> parse_receiver(model, (1, 2, "k")), parse_receiver(model, "logits")
-        ((1, 2, 'k'), None)
+        >>> parse_receiver(model, (1, 2, "k")), parse_receiver(model, "L1H2.q"), parse_receiver(model, "logits")
+        ((1, 2, 'k'), (1, 2, 'q'), None)
     """
     facts = model_facts(model)
     if isinstance(receiver, str) and receiver == "logits":
         return None
+    if isinstance(receiver, str) and receiver.count(".") == 1:
+        label, which = receiver.split(".")
+        try:
+            hid = HeadId.parse(label)
+        except LensworksError:
+            hid = None
+        if hid is not None:
+            receiver = (hid.layer, hid.head, which)
     if not (isinstance(receiver, (tuple, list)) and len(receiver) == 3 and receiver[2] in ("q", "k", "v")):
-        raise LensworksError(f"receiver must be 'logits' or (layer, head, 'q'|'k'|'v'), got {receiver!r}")
+        raise LensworksError(f"receiver must be 'logits', (layer, head, 'q'|'k'|'v') or a label like 'L1H2.k', "
+                             f"got {receiver!r}")
     layer = check_int(receiver[0], "receiver layer", low=0, high=facts.n_layers)
     head = check_int(receiver[1], "receiver head", low=0, high=facts.n_heads)
     return layer, head, str(receiver[2])
@@ -304,7 +316,7 @@ def path_patching(
         sender_heads: ``"each"`` (every head upstream of the receiver, one at a time), one head
             (``HeadId``, ``(layer, head)`` or ``"L0H1"``), a list of heads patched together, or a
             list of such lists (one run each).
-        receiver: ``"logits"`` or ``(layer, head, "q"|"k"|"v")``.
+        receiver: ``"logits"``, or one head's input: ``(layer, head, "q"|"k"|"v")`` or ``"L1H2.k"``.
         metric: The metric (see above).
         answer_tokens: Answer token(s) of a named metric.
         wrong_tokens: Wrong token(s) of ``"logit_diff"``.
