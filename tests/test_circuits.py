@@ -360,6 +360,9 @@ def test_copying_eigenvalues_solved_in_threads_equal_one_by_one():
 
     g = torch.Generator().manual_seed(0)
     mats = [torch.randn(4, 8, 8, dtype=torch.float64, generator=g) for _ in range(6)]
-    assert torch.get_num_threads() >= 2  # conftest: two threads, so the pool is used
-    got = _eigvals_by_layer(mats)
+    from lensworks._threads import using_threads
+
+    with using_threads(2):  # two threads, so the pool is used (pytest -n workers run on one)
+        assert torch.get_num_threads() >= 2
+        got = _eigvals_by_layer(mats)
     assert all(torch.equal(a, torch.linalg.eigvals(m)) for a, m in zip(got, mats))

@@ -3,21 +3,19 @@ and the result says what was chosen."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
+import crossline
 from archs import ARCHS, arch_model, float_tol
 from lensworks.geometry import NeighbourApproximation, residual_stats
 from lensworks.model import TL_MAJOR, LensworksError, model_facts
 
 #: Set by .ci/run: the TransformerLens 3 run writes the default calls' numbers there, the 4 run
 #: compares its own (see tests/test_tl_lines.py).
-DUMP = os.environ.get("LENSWORKS_CROSS_LINE")
+DUMP = crossline.DUMP
 #: Numbers that come from a freshly initialised model (random-model controls) or a sampled
 #: optimisation differ by line by design: each line initialises weights its own way.
 LINE_SPECIFIC_COLUMNS = ("random", "control", "shuffled")
@@ -121,13 +119,10 @@ def test_every_public_analysis_runs_with_only_its_required_arguments(arch):
     if not DUMP:
         return
     key = f"defaults/{arch}"
-    path = Path(DUMP)
     if TL_MAJOR < 4:
-        stored = json.loads(path.read_text()) if path.is_file() else {}
-        stored[key] = numbers
-        path.write_text(json.dumps(stored))
+        crossline.store(key, numbers)
         return
-    ref = json.loads(path.read_text())[key]
+    ref = crossline.load(key)
     tol = float_tol(model, 1e-4)
     for name, cols in numbers.items():
         assert set(cols) == set(ref[name]), (name, sorted(cols), sorted(ref[name]))

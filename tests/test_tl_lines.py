@@ -9,9 +9,6 @@ within 1e-4 (2e-2 for bf16, which keeps about three significant digits).
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +18,9 @@ from lensworks.circuits import composition_scores, copying_scores, head_scores, 
 from lensworks.geometry import residual_stats
 from lensworks.model import TL_MAJOR, default_seq_len, model_streams, processing_state, uses_bos
 
-DUMP = os.environ.get("LENSWORKS_CROSS_LINE")
+import crossline  # noqa: E402
+
+DUMP = crossline.DUMP
 
 
 def _numbers(model) -> dict[str, list]:
@@ -48,14 +47,10 @@ def test_same_numbers_on_both_lines(arch):
         pytest.skip("set LENSWORKS_CROSS_LINE=FILE: the TransformerLens 3 run writes it, the 4 run compares (.ci/run does)")
     model = arch_model(arch)
     ours = _numbers(model)
-    path = Path(DUMP)
     if TL_MAJOR < 4:
-        stored = json.loads(path.read_text()) if path.is_file() else {}
-        stored[arch] = ours
-        path.write_text(json.dumps(stored))
+        crossline.store(arch, ours)
         return
-    assert path.is_file(), f"{path} is missing: run the TransformerLens 3 tests first with the same LENSWORKS_CROSS_LINE"
-    ref = json.loads(path.read_text())[arch]
+    ref = crossline.load(arch)
     assert ours["processing"] == ref["processing"]
     tol = float_tol(model, 1e-4)
     for key, value in ours.items():

@@ -21,6 +21,16 @@ from lensworks.model import LensworksError, as_tokens, check_int, encode_batch, 
 
 __all__ = ["Metric", "METRIC_NAMES", "resolve_metric", "paired_tokens", "Prompts"]
 
+#: What can be patched: target -> (hook stream, kind of slice).
+PATCH_TARGETS: dict[str, tuple[str, str]] = {
+    "resid_pre": ("resid_pre", "pos"),
+    "attn_out": ("attn_out", "pos"),
+    "mlp_out": ("mlp_out", "pos"),
+    "head_z": ("z", "head"),
+    "head_pattern": ("pattern", "pattern"),
+}
+
+
 #: The metrics known by name.
 METRIC_NAMES: tuple[str, ...] = ("logit_diff", "loss", "prob")
 

@@ -8,14 +8,13 @@ import plotly.graph_objects as go
 
 from lensworks._heads import HeadId
 from lensworks._figures import escape_label
+from lensworks.causal._metrics import PATCH_TARGETS
 
 __all__ = ["patching_figure", "result_html"]
 
 
 def _axes(result, target: str, values) -> tuple[list[str], list[str], str, str]:
     """(x labels, y labels, x title, y title) of one target's heatmap."""
-    from lensworks.causal.patching import PATCH_TARGETS
-
     L = values.shape[0]
     layers = [f"L{l}" for l in range(L)]
     pos = list(result.positions) if result.positions is not None else None

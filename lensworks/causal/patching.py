@@ -29,21 +29,14 @@ from torch import Tensor
 
 from lensworks._results import Result
 from lensworks._threads import adaptive_threads
-from lensworks.causal._metrics import Metric, MetricLike, Prompts, TokenIds, paired_tokens, resolve_metric
+from lensworks.causal._metrics import (PATCH_TARGETS, Metric, MetricLike, Prompts, TokenIds, paired_tokens,
+                                      resolve_metric)
 from lensworks.model import LensworksError, capture_hooks, check_int, is_bridge, logits_from_block, model_facts
 from lensworks.model import processing_state
 from lensworks.model._compat import require_finite_parameters
 
 __all__ = ["ActivationPatching", "activation_patching", "PATCH_TARGETS"]
 
-#: What can be patched: target -> (hook stream, kind of slice).
-PATCH_TARGETS: dict[str, tuple[str, str]] = {
-    "resid_pre": ("resid_pre", "pos"),
-    "attn_out": ("attn_out", "pos"),
-    "mlp_out": ("mlp_out", "pos"),
-    "head_z": ("z", "head"),
-    "head_pattern": ("pattern", "pattern"),
-}
 
 Positions = Union[None, str, Sequence[int]]
 
