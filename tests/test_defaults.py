@@ -19,6 +19,9 @@ DUMP = crossline.DUMP
 #: Numbers that come from a freshly initialised model (random-model controls) or a sampled
 #: optimisation differ by line by design: each line initialises weights its own way.
 LINE_SPECIFIC_COLUMNS = ("random", "control", "shuffled")
+#: Numbers fit by an iterative solver amplify the ~1e-6 differences between the lines' activations:
+#: the probes' held-out cross-entropy agrees to about 0.2% (accuracies exactly).
+ITERATIVE_TOL = {("probe_inputs", "cross_entropy"): 1e-2}
 
 TEXTS = ["the cat sat on the mat.\nthe dog ran", "a bird flew over\nthe tree", "one two three\nfour five",
          "six seven\neight nine"]
@@ -129,7 +132,8 @@ def test_every_public_analysis_runs_with_only_its_required_arguments(arch):
         for col, values in cols.items():
             a = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
             b = torch.tensor([math.nan if v is None else v for v in ref[name][col]], dtype=torch.float64)
-            torch.testing.assert_close(a, b, atol=tol, rtol=tol, equal_nan=True, msg=f"{arch} {name} {col}")
+            t = max(tol, ITERATIVE_TOL.get((name, col), 0.0))
+            torch.testing.assert_close(a, b, atol=t, rtol=t, equal_nan=True, msg=f"{arch} {name} {col}")
 
 
 def test_token_subspaces_default_is_affordable_and_says_what_it_chose():
