@@ -31,7 +31,7 @@ demo: $(STAMP)
 	@echo "demo report: $(CURDIR)/out/report.html (open it in a browser; it works offline)"
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto tests    # one worker per core (pytest-xdist)
+	$(PY) -m pytest -q -n auto --dist loadfile tests    # one worker per core (pytest-xdist), a file per worker
 	$(PY) -m pytest -q --doctest-modules lensworks    # every docstring example (namespace: conftest.py)
 
 bench: $(STAMP)

@@ -23,8 +23,15 @@ from helpers import CHAR_VOCAB, tiny_model  # noqa: E402
 #: reason; under TransformerLens 4 they are not collected. Every other file runs on both lines: the
 #: tiny models of tests/helpers.py load as TransformerBridges there.
 NEEDS_TL3: dict[str, str] = {}
+#: Files that need nothing of TransformerLens 3 but run on that line only, to keep CI under 15
+#: minutes: what they check does not depend on the line (each reason says why).
+ONE_LINE_FOR_TIME: dict[str, str] = {
+    "test_notebooks.py": "the notebooks call the same public analyses the architecture tests check on both "
+                         "lines (about 100 s per run)",
+    "test_browser.py": "headless Chromium renders the same HTML page whatever line computed its numbers",
+}
 if TL_MAJOR >= 4:
-    collect_ignore = sorted(NEEDS_TL3)
+    collect_ignore = sorted(NEEDS_TL3) + sorted(ONE_LINE_FOR_TIME)
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,11 @@ def test_work_is_split_not_repeated(single, two_ranks, name):
     assert all(r["rows"] < alone["rows"] for r in ranks)
 
 
+_TL3_FOR_TIME = pytest.mark.skipif(TL_MAJOR >= 4, reason="error paths of lensworks._dist (collectives, fingerprints), "
+                                   "not of the model: checked on TransformerLens 3; two torchrun processes cost ~15 s")
+
+
+@_TL3_FOR_TIME
 def test_ranks_given_different_data_fail_together(tmp_path):
     outs = run_ranks(tmp_path, names=("residual_stats",), mode="differ")
     for out in outs:
@@ -116,6 +121,7 @@ def test_cli_under_torchrun_prints_and_writes_once(tmp_path):
         torch.testing.assert_close(torch.tensor(a["head_scores"][kind]["scores"]), torch.tensor(b["head_scores"][kind]["scores"]))
 
 
+@_TL3_FOR_TIME
 def test_a_failing_rank_does_not_leave_the_other_hanging(tmp_path):
     import time
 
@@ -126,6 +132,7 @@ def test_a_failing_rank_does_not_leave_the_other_hanging(tmp_path):
     assert time.perf_counter() - start < 120
 
 
+@_TL3_FOR_TIME
 def test_ranks_holding_different_weights_fail_together(tmp_path):
     names = ("residual_stats", "probes_ridge", "head_scores")
     outs = run_ranks(tmp_path, names=names, mode="weights")  # one pair of processes runs the three
@@ -134,6 +141,7 @@ def test_ranks_holding_different_weights_fail_together(tmp_path):
             assert "different weights" in out["errors"][name], (name, out["errors"])
 
 
+@_TL3_FOR_TIME
 def test_an_analysis_called_on_rank_0_only_says_so(tmp_path):
     outs = run_ranks(tmp_path, names=("residual_stats",), mode="rank0only")
     err = outs[0]["errors"]["residual_stats"]
