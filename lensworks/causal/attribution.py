@@ -27,16 +27,16 @@ from lensworks._results import Result
 from lensworks._threads import adaptive_threads
 from lensworks.causal._metrics import MetricLike, Prompts, TokenIds
 from lensworks.causal.patching import (
-    PATCH_TARGETS, ActivationPatching, Positions, _position_list, best_site_sentence, build_sites, default_targets,
+    PATCH_TARGETS, ActivationPatching, SweepMixin, Positions, _position_list, best_site_sentence, build_sites, default_targets,
     prepare, sites_frame, source_cache, token_labels,
 )
-from lensworks.model import LensworksError, capture_hooks, model_facts, processing_state
+from lensworks.model import capture_hooks, model_facts, processing_state
 
 __all__ = ["AttributionPatching", "attribution_patching"]
 
 
 @dataclass(frozen=True)
-class AttributionPatching(Result):
+class AttributionPatching(SweepMixin, Result):
     """The first-order estimate of each site's patched metric (same layout as :class:`ActivationPatching`).
 
     Attributes:
@@ -58,30 +58,11 @@ class AttributionPatching(Result):
     correlation: dict[str, float] = dataclasses.field(default_factory=dict)
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __getitem__(self, target: str) -> Tensor:
-        if target not in self.scores:
-            raise LensworksError(f"no scores for {target!r}; this result has {list(self.scores)}")
-        return self.scores[target]
-
-    def normalised(self, target: str | None = None) -> Any:
-        """``(estimate - corrupted) / (clean - corrupted)``, as :meth:`ActivationPatching.normalised`."""
-        gap = self.clean_metric - self.corrupted_metric
-        if gap == 0.0:
-            raise LensworksError("normalised(): the clean and corrupted metrics are equal, so there is nothing to normalise by")
-        if target is not None:
-            return (self[target] - self.corrupted_metric) / gap
-        return {k: (v - self.corrupted_metric) / gap for k, v in self.scores.items()}
-
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in self.scores.items())
         corr = "".join(f", r[{k}]={v:.3f}" for k, v in self.correlation.items())
         return (f"{type(self).__name__}({self.metric}, {self.direction}, clean {self.clean_metric:.4g}, "
                 f"corrupted {self.corrupted_metric:.4g}; {shapes}{corr})")
-
-    def _repr_html_(self) -> str:
-        from lensworks.causal._plots import result_html
-
-        return result_html(self)
 
     def caption(self) -> str:
         """How to read the heatmaps."""

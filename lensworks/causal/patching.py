@@ -35,7 +35,7 @@ from lensworks.model import LensworksError, capture_hooks, check_int, is_bridge,
 from lensworks.model import processing_state
 from lensworks.model._compat import require_finite_parameters
 
-__all__ = ["ActivationPatching", "activation_patching", "PATCH_TARGETS"]
+__all__ = ["ActivationPatching", "activation_patching", "PATCH_TARGETS", "SweepMixin"]
 
 
 Positions = Union[None, str, Sequence[int]]
@@ -156,8 +156,40 @@ def metric_of(model: Any, tokens: Tensor, metric: Metric) -> float:
         return float(metric.per_site(_final_logits(model, metric, tokens, 0, [], 1), 1)[0])
 
 
+class SweepMixin:
+    """What a patching sweep and its gradient estimate share: ``res[target]``, ``normalised()``
+    and the notebook view. Needs ``scores``, ``clean_metric`` and ``corrupted_metric``."""
+
+    def __getitem__(self, target: str) -> Tensor:
+        if target not in self.scores:
+            raise LensworksError(f"no scores for {target!r}; this result has {list(self.scores)}")
+        return self.scores[target]
+
+    def normalised(self, target: str | None = None) -> Any:
+        """``(patched - corrupted) / (clean - corrupted)``: 1 where patching changes nothing, 0 where
+        it gives the corrupted run's metric (noising); one tensor, or a dict when ``target`` is None.
+
+        Example:
+            >>> res = activation_patching(model, torch.tensor([[1, 2, 3, 1, 2]]), torch.tensor([[1, 5, 3, 1, 2]]),
+            ...                           "logit_diff", answer_tokens=3, wrong_tokens=5, what="resid_pre")
+            >>> [round(v, 2) for v in res.normalised("resid_pre")[0].tolist()]
+            [1.0, 0.0, 1.0, 1.0, 1.0]
+        """
+        gap = self.clean_metric - self.corrupted_metric
+        if gap == 0.0:
+            raise LensworksError("normalised(): the clean and corrupted metrics are equal, so there is nothing to normalise by")
+        if target is not None:
+            return (self[target] - self.corrupted_metric) / gap
+        return {k: (v - self.corrupted_metric) / gap for k, v in self.scores.items()}
+
+    def _repr_html_(self) -> str:
+        from lensworks.causal._plots import result_html
+
+        return result_html(self)
+
+
 @dataclass(frozen=True)
-class ActivationPatching(Result):
+class ActivationPatching(SweepMixin, Result):
     """The metric of the clean run with each site patched from the corrupted run.
 
     Attributes:
@@ -183,37 +215,10 @@ class ActivationPatching(Result):
     n_prompts: int
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __getitem__(self, target: str) -> Tensor:
-        if target not in self.scores:
-            raise LensworksError(f"no scores for {target!r}; this result has {list(self.scores)}")
-        return self.scores[target]
-
-    def normalised(self, target: str | None = None) -> Any:
-        """``(patched - corrupted) / (clean - corrupted)``: 1 where patching changes nothing, 0 where
-        it gives the corrupted run's metric (noising); one tensor, or a dict when ``target`` is None.
-
-        Example:
-            >>> res = activation_patching(model, torch.tensor([[1, 2, 3, 1, 2]]), torch.tensor([[1, 5, 3, 1, 2]]),
-            ...                           "logit_diff", answer_tokens=3, wrong_tokens=5, what="resid_pre")
-            >>> [round(v, 2) for v in res.normalised("resid_pre")[0].tolist()]
-            [1.0, 0.0, 1.0, 1.0, 1.0]
-        """
-        gap = self.clean_metric - self.corrupted_metric
-        if gap == 0.0:
-            raise LensworksError("normalised(): the clean and corrupted metrics are equal, so there is nothing to normalise by")
-        if target is not None:
-            return (self[target] - self.corrupted_metric) / gap
-        return {k: (v - self.corrupted_metric) / gap for k, v in self.scores.items()}
-
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in self.scores.items())
         return (f"{type(self).__name__}({self.metric}, {self.direction}, clean {self.clean_metric:.4g}, "
                 f"corrupted {self.corrupted_metric:.4g}; {shapes})")
-
-    def _repr_html_(self) -> str:
-        from lensworks.causal._plots import result_html
-
-        return result_html(self)
 
     def caption(self) -> str:
         """How to read the heatmaps."""

@@ -79,17 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted.
 
     Example:
-        >>> main(["heads", "--top", "3"])  # doctest: +ELLIPSIS
-        model: induction-2l (2 layers x 4 heads, d_model 64, d_vocab 151)
-        <BLANKLINE>
-        strongest heads per score
-        score            head  value
-        ---------------  ----  -----
-        previous_token   L0H1  0.640
-        ...
-        induction heads: L1H3, L1H0, L1H1, L1H2
-        ...
-        0
+        >>> main(["heads", "--top", "x"])  # an argument error: one line on stderr, exit code 2
+        2
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("LENSWORKS_DEBUG", "") not in ("", "0")
