@@ -35,8 +35,6 @@ from lensworks.model import Model, load_model
 #: A character vocabulary with a BOS token (the attention-only entry's).
 CHAR_VOCAB = ["<bos>"] + list("abcdefghijklmnopqrstuvwxyz .,\n") + list("0123456789")
 
-ARCHS: tuple[str, ...] = ("attn-only", "ln-mlp", "gqa", "llama", "neox", "gemma2", "folded-ln", "bf16", "char-nl")
-
 #: The char-nl entry's vocabulary as nanoGPT's char prepare.py builds it, ``sorted(set(text))``
 #: of printable text: '\n' is id 0, ' ' id 1, and there is no BOS.
 NL_CHARS = sorted(set(string.ascii_letters + string.digits + string.punctuation + " \n"))
@@ -51,6 +49,10 @@ _HF = {
     "folded-ln": ("gpt2", {}),
     "bf16": ("llama", dict(dtype=torch.bfloat16)),
 }
+
+#: Every entry: the native attention-only model, one line per Hugging Face entry above (adding a
+#: family to the list is one line there), and the nanoGPT character checkpoint.
+ARCHS: tuple[str, ...] = ("attn-only", *_HF, "char-nl")
 
 _ROOT = Path(tempfile.mkdtemp(prefix="lensworks-archs-"))
 _MODELS: dict[str, Model] = {}

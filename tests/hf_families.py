@@ -15,7 +15,9 @@ import functools
 import inspect
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -27,24 +29,76 @@ from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # "Writing model shards" / "Loading weights" bars on every save and load
 
-FAMILIES: tuple[str, ...] = ("gpt2", "neox", "llama", "mistral", "gemma", "gemma2", "qwen2")
-
 #: Special tokens shared by every family's tokenizer (ids 0..6, in this order).
 SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<s>", "</s>", "<unk>", "<bos>", "<eos>", "<pad>")
-#: Per family: (bos, eos, pad or None, whether the tokenizer prepends BOS).
-FAMILY_SPECIALS: dict[str, tuple[str, str, str | None, bool]] = {
-    "gpt2": ("<|endoftext|>", "<|endoftext|>", None, False),
-    "neox": ("<|endoftext|>", "<|endoftext|>", None, False),
-    "qwen2": ("<|endoftext|>", "<|endoftext|>", "<|endoftext|>", False),
-    "llama": ("<s>", "</s>", None, True),
-    "mistral": ("<s>", "</s>", None, True),
-    "gemma": ("<bos>", "<eos>", "<pad>", True),
-    "gemma2": ("<bos>", "<eos>", "<pad>", True),
-}
 GEMMA2_SLIDING_WINDOW = 8  # a query attends to itself and the 7 tokens before it
 MISTRAL_SLIDING_WINDOW = 16
 INIT_RANGE = 0.1  # std of the normal init of weight matrices and embeddings
 PERTURB = 0.05  # std of noise added to every parameter, so biases and norm weights are not 0 / 1
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    """Everything the tests need to build one Hugging Face family: adding a family is one entry
+    of :data:`FAMILY_CASES` (plus its ``FamilySpec`` in lensworks and, to run every analysis on it,
+    one line of tests/archs.py).
+
+    Attributes:
+        config: Builds the tiny config from the shared sizes (``vocab_size``, ``hidden_size``,
+            ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``,
+            ``max_position_embeddings``, ``initializer_range`` and the special-token ids).
+        bos, eos, pad: The tokenizer's special tokens (names from :data:`SPECIAL_TOKENS`).
+        add_bos: Whether the tokenizer prepends BOS (Llama, Mistral and Gemma style).
+    """
+
+    config: Callable[[dict[str, Any]], PreTrainedConfig]
+    bos: str = "<|endoftext|>"
+    eos: str = "<|endoftext|>"
+    pad: str | None = None
+    add_bos: bool = False
+
+
+def _gpt2(c: dict[str, Any]) -> PreTrainedConfig:
+    return GPT2Config(vocab_size=c["vocab_size"], n_embd=c["hidden_size"], n_layer=c["num_hidden_layers"],
+                      n_head=c["num_attention_heads"], n_inner=c["intermediate_size"],
+                      n_positions=c["max_position_embeddings"], initializer_range=c["initializer_range"],
+                      bos_token_id=c["bos_token_id"], eos_token_id=c["eos_token_id"], pad_token_id=c["pad_token_id"])
+
+
+def _rope(theta: float, **extra: float) -> dict[str, Any]:
+    return {"rope_type": "default", "rope_theta": theta, **extra}
+
+
+_LLAMA_TOKENS = dict(bos="<s>", eos="</s>", add_bos=True)
+_GEMMA_TOKENS = dict(bos="<bos>", eos="<eos>", pad="<pad>", add_bos=True)
+
+#: family -> how to build it. The order is the order of :data:`FAMILIES`.
+FAMILY_CASES: dict[str, FamilyCase] = {
+    "gpt2": FamilyCase(_gpt2),
+    # rotary on the first quarter of each head (4 of 16 dims), parallel attention + MLP
+    "neox": FamilyCase(lambda c: GPTNeoXConfig(**c, use_parallel_residual=True, hidden_act="gelu",
+                                               rope_parameters=_rope(10000.0, partial_rotary_factor=0.25))),
+    "llama": FamilyCase(lambda c: LlamaConfig(**c, num_key_value_heads=2, rope_parameters=_rope(500000.0)),
+                        **_LLAMA_TOKENS),
+    "mistral": FamilyCase(lambda c: MistralConfig(**c, num_key_value_heads=2, sliding_window=MISTRAL_SLIDING_WINDOW,
+                                                  rope_parameters=_rope(1000000.0)), **_LLAMA_TOKENS),
+    # multi-query attention, explicit head_dim, embeddings scaled by sqrt(d_model)
+    "gemma": FamilyCase(lambda c: GemmaConfig(**c, num_key_value_heads=1, head_dim=16), **_GEMMA_TOKENS),
+    # soft caps small enough to bend these tiny logits
+    "gemma2": FamilyCase(lambda c: Gemma2Config(**c, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=32,
+                                                sliding_window=GEMMA2_SLIDING_WINDOW,
+                                                layer_types=["sliding_attention", "full_attention"],
+                                                attn_logit_softcapping=1.0, final_logit_softcapping=4.0),
+                         **_GEMMA_TOKENS),
+    # q/k/v projections carry biases
+    "qwen2": FamilyCase(lambda c: Qwen2Config(**c, num_key_value_heads=2, rope_parameters=_rope(1000000.0)),
+                        pad="<|endoftext|>"),
+}
+
+FAMILIES: tuple[str, ...] = tuple(FAMILY_CASES)
+#: Per family: (bos, eos, pad or None, whether the tokenizer prepends BOS).
+FAMILY_SPECIALS: dict[str, tuple[str, str, str | None, bool]] = {
+    name: (case.bos, case.eos, case.pad, case.add_bos) for name, case in FAMILY_CASES.items()}
 
 #: Fixed English-ish strings for :func:`sample_tokens`.
 SAMPLE_TEXTS: tuple[str, ...] = (
@@ -118,37 +172,15 @@ def make_config(family: str, vocab_size: int = 300) -> PreTrainedConfig:
     Returns:
         The config, with special-token ids matching :func:`train_bpe_tokenizer`'s tokenizer.
     """
+    if family not in FAMILY_CASES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    case = FAMILY_CASES[family]
     tok = Tokenizer.from_str(_trained_tokenizer_json(vocab_size))
-    bos, eos, pad, _ = FAMILY_SPECIALS[family]
-    ids = dict(bos_token_id=tok.token_to_id(bos), eos_token_id=tok.token_to_id(eos),
-               pad_token_id=None if pad is None else tok.token_to_id(pad))
-    v = tok.get_vocab_size()
-    if family == "gpt2":
-        return GPT2Config(vocab_size=v, n_embd=64, n_layer=2, n_head=4, n_inner=128, n_positions=128,
-                          initializer_range=INIT_RANGE, **ids)
-    common = dict(vocab_size=v, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                  max_position_embeddings=128, initializer_range=INIT_RANGE, **ids)
-    if family == "neox":  # rotary on the first quarter of each head (4 of 16 dims), parallel attn + MLP
-        return GPTNeoXConfig(**common, use_parallel_residual=True, hidden_act="gelu",
-                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                              "partial_rotary_factor": 0.25})
-    if family == "llama":
-        return LlamaConfig(**common, num_key_value_heads=2,
-                           rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
-    if family == "mistral":
-        return MistralConfig(**common, num_key_value_heads=2, sliding_window=MISTRAL_SLIDING_WINDOW,
-                             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
-    if family == "gemma":  # multi-query attention, explicit head_dim, embeddings scaled by sqrt(d_model)
-        return GemmaConfig(**common, num_key_value_heads=1, head_dim=16)
-    if family == "gemma2":  # soft caps small enough to bend these tiny logits
-        return Gemma2Config(**common, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=32,
-                            sliding_window=GEMMA2_SLIDING_WINDOW,
-                            layer_types=["sliding_attention", "full_attention"],
-                            attn_logit_softcapping=1.0, final_logit_softcapping=4.0)
-    if family == "qwen2":  # q/k/v projections carry biases
-        return Qwen2Config(**common, num_key_value_heads=2,
-                           rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
-    raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    ids = dict(bos_token_id=tok.token_to_id(case.bos), eos_token_id=tok.token_to_id(case.eos),
+               pad_token_id=None if case.pad is None else tok.token_to_id(case.pad))
+    common = dict(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=128, max_position_embeddings=128, initializer_range=INIT_RANGE, **ids)
+    return case.config(common)
 
 
 def build_hf_checkpoint(family: str, out_dir: Path, *, seed: int = 0, dtype: torch.dtype = torch.float32,
