@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ZOO_NAMES", "ZOO_CHECKPOINTS", "ZOO_TRAINED_ON_CORPUS", "zoo_checkpoint"]
+__all__ = ["ZOO_NAMES", "ZOO_CHECKPOINTS", "ZOO_TRAINED_ON_CORPUS", "zoo_checkpoint", "name_hint"]
 
 #: The bundled demo models, in the order the docs list them.
 ZOO_NAMES = ("induction-2l", "char-mlp", "bpe-llama")
@@ -24,3 +24,16 @@ def zoo_checkpoint(name: str) -> Path | None:
         ('char-mlp', None)
     """
     return ZOO_CHECKPOINTS / name if isinstance(name, str) and name in ZOO_NAMES else None
+
+
+def name_hint(name: str, known: "list[str] | tuple[str, ...]" = ()) -> str:
+    """``"; did you mean 'x'?"`` for a mistyped model name (the zoo's names and ``known``), or "".
+
+    Example:
+        >>> name_hint("induction2l"), name_hint("pythia-70m")
+        ("; did you mean 'induction-2l'?", '')
+    """
+    import difflib
+
+    close = difflib.get_close_matches(name, [*ZOO_NAMES, *known], n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

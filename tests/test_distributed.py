@@ -68,9 +68,6 @@ def test_every_rank_returns_the_single_process_result(single, two_ranks, name):
             _close(value, out["results"][name][key], f"{name}.{key} on rank {rank}")
 
 
-@pytest.mark.xfail(TL_MAJOR >= 4, strict=False, reason="under TransformerLens 4 the two ranks' hook_embed rows sum to one "
-                   "more per rank than the single process reads (13 vs 12); the results are equal (the test above); "
-                   "not yet explained: an extra forward per process on the bridge, or the hook counting")
 @pytest.mark.parametrize("name", NAMES)
 def test_work_is_split_not_repeated(single, two_ranks, name):
     alone = single["_work"][name]

@@ -121,9 +121,6 @@ def test_config_is_validated_before_allocation(tmp_path, attn_model, field, valu
     assert peak < 200e6  # nothing sized by the bogus config was allocated
 
 
-@pytest.mark.xfail(TL_MAJOR >= 4, strict=True, reason="lensworks bug under TransformerLens 4: load_model boots an "
-                   "unknown name from the hub (a network error) without suggesting close zoo names "
-                   "(model/_load.py _load_pretrained; _check_pretrained_name runs under TransformerLens 3 only)")
 def test_mistyped_name_gets_close_matches_not_every_model():
     with pytest.raises(LensworksError) as err:
         load_model("induction2l")

@@ -262,6 +262,9 @@ class BridgeBackend:
         try:
             return boot_hf_dir(name, dtype=dtype or torch.float32, device=device or "cpu", **processing)
         except Exception as exc:
-            first = str(exc).splitlines()[0][:300] if str(exc) else ""
-            raise LensworksError(f"could not load {name!r}: not a local checkpoint, and booting it by name failed: "
-                                 f"{first}") from exc
+            from lensworks._zoo_index import ZOO_NAMES, name_hint
+
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise LensworksError(f"could not load {name!r}: not a local checkpoint, and booting it by name failed "
+                                 f"({type(exc).__name__}: {first}){name_hint(name)} (bundled demo models: "
+                                 f"{', '.join(ZOO_NAMES)})") from exc

@@ -184,8 +184,16 @@ def token_embedding(model: Any) -> Tensor:
     if not is_bridge(model):
         return require_finite_weight(model.W_E.detach(), "W_E of the embedding")
     ids = torch.arange(model.cfg.d_vocab, device=model.W_E.device)[None]
+    inner = getattr(model.embed, "original_component", None)
     with torch.no_grad():
-        return require_finite_weight(model.embed(ids)[0].detach(), "W_E of the embedding")
+        if inner is None:  # pragma: no cover - other bridge layouts
+            return require_finite_weight(model.embed(ids)[0].detach(), "W_E of the embedding")
+        # the Hugging Face module itself, as the bridge's embedding runs it (its scale included), but
+        # without the bridge's hook points: reading a weight must not fire a user's hook_embed hooks
+        # (nor count as a forward pass over one row of every token)
+        out = inner(ids)
+        out = out[0] if isinstance(out, tuple) else out
+        return require_finite_weight(out[0].to(model.W_E.dtype).detach(), "W_E of the embedding")
 
 
 def writing_weights(model: Any) -> list[Tensor]:

@@ -41,19 +41,17 @@ class HookedBackend:
         cfg = make_cfg({**fields, "dtype": dtype, "device": "cpu", "init_weights": False}, where=where)
         if tokenizer is not None:
             cfg.tokenizer_name = str(path)
-        sd = _files.read_state_dict(path)
-        _hf.check_layer_count(sd, fields["n_layers"], f"{path / 'config.json'}")
-        _files.check_floating(sd, where)
-        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-        converted = _hf.convert_weights(spec, raw, sd, cfg, where=where)
+        converted = _hf.read_converted(path, spec, raw, cfg, dtype=dtype)  # tensor by tensor, cast as read
         with quiet():
             model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
         _hf.check_shapes(converted, {k: tuple(v.shape) for k, v in model.state_dict().items()}, where=where)
         process = dict(processing)
         if cfg.output_logits_soft_cap and cfg.output_logits_soft_cap > 0:
             process["center_unembed"] = False  # a soft-cap is not invariant to a shift of the logits
+        handed = [converted]
+        del converted  # TransformerLens's dict is the only one left: what it replaces is freed
         with quiet():
-            model.load_and_process_state_dict(converted, fold_value_biases=True, **process)
+            model.load_and_process_state_dict(handed.pop(), fold_value_biases=True, **process)
         if tokenizer is not None:
             with quiet():
                 model.set_tokenizer(tokenizer)
@@ -131,8 +129,6 @@ def check_pretrained_name(name: str) -> None:
     Example:
         >>> check_pretrained_name("gpt2")
     """
-    import difflib
-
     try:
         from transformer_lens.loading_from_pretrained import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
     except ImportError:  # pragma: no cover - layout of other TransformerLens versions
@@ -140,10 +136,9 @@ def check_pretrained_name(name: str) -> None:
     known = list(OFFICIAL_MODEL_NAMES) + [a for aliases in MODEL_ALIASES.values() for a in aliases]
     if name in known or name.lower() in {k.lower() for k in known}:
         return
-    from lensworks._zoo_index import ZOO_NAMES
+    from lensworks._zoo_index import ZOO_NAMES, name_hint
 
-    close = difflib.get_close_matches(name, list(ZOO_NAMES) + known, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = name_hint(name, known)
     raise LensworksError(
         f"could not load {name!r}: no such file or directory, and not a TransformerLens pretrained name{hint} "
         f"(bundled demo models: {', '.join(ZOO_NAMES)})"
