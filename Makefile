@@ -14,7 +14,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lensworks-installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench docs clean
 
 venv: $(STAMP)
 
@@ -39,5 +39,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_geometry.py
 	$(PY) benchmarks/bench_probes.py
 
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict -d site    # docs/ and the API reference from the docstrings; open site/index.html
+
 clean:
-	rm -rf .venv .venv-tl4 out .pytest_cache
+	rm -rf .venv .venv-tl4 out site .pytest_cache

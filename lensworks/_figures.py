@@ -73,7 +73,8 @@ def add_reference(
         fmt: Number format of the description.
         hover_text: Hover text per position of ``x`` (HTML-escaped already), instead of the default
             ``"<x><br><name>: <value>"``.
-        row, col: Subplot of a ``make_subplots`` figure.
+        row: Subplot row of a ``make_subplots`` figure.
+        col: Subplot column of a ``make_subplots`` figure.
 
     Example:
         >>> from lensworks._results import Reference

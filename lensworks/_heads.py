@@ -49,7 +49,7 @@ class HeadId(_Pair):
     It unpacks and compares like the ``(layer, head)`` pairs it replaces, so
     ``layer, head = HeadId.parse("L1H3")`` and ``HeadId(1, 3) == (1, 3)`` both hold.
 
-    Args:
+    Attributes:
         layer: The layer, a non-negative integer.
         head: The head within the layer, a non-negative integer.
 

@@ -29,6 +29,8 @@ ONE_LINE_FOR_TIME: dict[str, str] = {
     "test_notebooks.py": "the notebooks call the same public analyses the architecture tests check on both "
                          "lines (about 100 s per run)",
     "test_browser.py": "headless Chromium renders the same HTML page whatever line computed its numbers",
+    "test_api_docs.py": "the API reference is read from the sources by static analysis (griffe), the same "
+                        "whatever TransformerLens is installed (about 12 s)",
 }
 if TL_MAJOR >= 4:
     collect_ignore = sorted(NEEDS_TL3) + sorted(ONE_LINE_FOR_TIME)

@@ -99,7 +99,8 @@ def skip_trigrams(model: HookedTransformer, layer: int, head: int, *, k: int = 2
 
     Args:
         model: The model.
-        layer, head: The head (grouped-query heads are mapped to their key/value heads).
+        layer: The head's layer.
+        head: The head (grouped-query heads are mapped to their key/value heads).
         k: How many (source, out) pairs.
         source_chunk: Sources multiplied at a time (memory ``source_chunk x d_vocab`` floats).
 

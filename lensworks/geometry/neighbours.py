@@ -378,7 +378,11 @@ class NeighbourApproximation(Estimator):
         Args:
             data: The prompts, as for :meth:`predict`; or a :class:`NeighbourPrediction` it
                 returned: then nothing is recomputed, and ``thresholds`` / ``weights`` must be None.
-            thresholds, weights, batch_size, chunk_size, progress: As for :meth:`predict`.
+            thresholds: As for :meth:`predict`.
+            weights: As for :meth:`predict`.
+            batch_size: As for :meth:`predict`.
+            chunk_size: As for :meth:`predict`.
+            progress: As for :meth:`predict`.
 
         Example:
             >>> text = "def f(x):\\n    return x + 1\\n\\ndef g(y):\\n    return y * 2\\n" * 4

@@ -38,7 +38,7 @@ def vocab_tokenizer(vocab: Sequence[str]):
         vocab: Token strings, unique, in id order (any order: ``sorted(set(text))`` too).
 
     Returns:
-        A ``transformers.PreTrainedTokenizerFast``.
+        tokenizer (transformers.PreTrainedTokenizerFast): The tokenizer.
 
     Example:
         >>> tok = vocab_tokenizer(["<bos>", "a", "b", "ab"])

@@ -284,7 +284,7 @@ def probe_inputs(
     sequence are left out, and so are targets that are the BOS token. Sequences (or, for a
     single sequence, positions) are split at random into training and held-out parts.
 
-    Methods:
+    Fitting methods:
         ``"ridge"`` fits ``min ||Y - XW - b||^2 + lam ||W||^2`` onto one-hot targets in closed
         form from moments accumulated in one streaming pass (see :func:`ridge_from_moments`);
         the penalty is chosen per probe by generalised cross-validation unless ``alpha``
