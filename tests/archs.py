@@ -16,6 +16,13 @@ random checkpoints written to disk by ``transformers`` (tests/hf_families.py) an
 | bf16       | Llama loaded in bfloat16                                                     |
 | char-nl    | nanoGPT char checkpoint (ckpt.pt + meta.pkl): sorted characters, '\\n' is id 0, |
 |            | no BOS, no biases, tied head; loaded from nanoGPT's own file layout          |
+
+Under TransformerLens 4 only (its bridge reads them; lensworks registers no spec for them):
+
+| gemma3     | q/k RMSNorms, local/global layers, pre+post norms, scaled embeddings         |
+| qwen3      | q/k RMSNorms, grouped-query attention                                        |
+| moe        | Mixtral: a sparse mixture of 4 experts (2 per token) in place of the MLP     |
+| gptj       | GPT-J: parallel attention + MLP on one LayerNorm, partial interleaved rotary |
 """
 
 from __future__ import annotations
@@ -28,9 +35,9 @@ import string
 import torch
 
 from foreign import write_nanogpt
-from hf_families import build_hf_checkpoint
+from hf_families import FAMILY_CASES, build_hf_checkpoint
 
-from lensworks.model import Model, load_model
+from lensworks.model import TL_MAJOR, Model, load_model
 
 #: A character vocabulary with a BOS token (the attention-only entry's).
 CHAR_VOCAB = ["<bos>"] + list("abcdefghijklmnopqrstuvwxyz .,\n") + list("0123456789")
@@ -48,11 +55,33 @@ _HF = {
     "gemma2": ("gemma2", {}),
     "folded-ln": ("gpt2", {}),
     "bf16": ("llama", dict(dtype=torch.bfloat16)),
+    # read by TransformerLens 4's bridge only (no lensworks FamilySpec): on that line's list only
+    "gemma3": ("gemma3", {}),
+    "qwen3": ("qwen3", {}),
+    "moe": ("mixtral", {}),
+    "gptj": ("gptj", {}),
 }
 
 #: Every entry: the native attention-only model, one line per Hugging Face entry above (adding a
 #: family to the list is one line there), and the nanoGPT character checkpoint.
-ARCHS: tuple[str, ...] = ("attn-only", *_HF, "char-nl")
+ARCHS: tuple[str, ...] = ("attn-only", *(n for n, (f, _) in _HF.items() if TL_MAJOR >= 4 or not FAMILY_CASES[f].bridge_only),
+                          "char-nl")
+#: The entries only TransformerLens 4 reads (through its bridge; TransformerLens 3 refuses them).
+BRIDGE_ONLY_ARCHS: tuple[str, ...] = tuple(n for n, (f, _) in _HF.items() if FAMILY_CASES[f].bridge_only)
+
+#: (entry, analysis) -> the message of lensworks' refusal: analyses that cannot be defined on a
+#: family refuse clearly instead of returning a wrong number. Every other pair must run.
+REFUSALS: dict[tuple[str, str], str] = {
+    ("moe", "term_importance"): "cannot linearise this MLP",  # a routed mixture of experts is not one MLP
+    ("gptj", "term_importance"): "needs to edit attention patterns",  # the bridge's GPT-J attention ...
+    ("gptj", "head_pattern"): "needs to edit attention patterns",  # ... fires hook_pattern after using it
+}
+
+
+def refusal(name: str, analysis: str) -> str | None:
+    """The message lensworks refuses ``analysis`` on entry ``name`` with, or None when it must run."""
+    return REFUSALS.get((name, analysis))
+
 
 _ROOT = Path(tempfile.mkdtemp(prefix="lensworks-archs-"))
 _MODELS: dict[str, Model] = {}

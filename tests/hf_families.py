@@ -23,8 +23,9 @@ import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (AutoModelForCausalLM, AutoTokenizer, Gemma2Config, GemmaConfig, GPT2Config,
-                          GPTNeoXConfig, LlamaConfig, MistralConfig, PreTrainedConfig, Qwen2Config)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config,
+                          GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, MixtralConfig, PreTrainedConfig,
+                          Qwen2Config, Qwen3Config)
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # "Writing model shards" / "Loading weights" bars on every save and load
@@ -49,6 +50,7 @@ class FamilyCase:
             ``max_position_embeddings``, ``initializer_range`` and the special-token ids).
         bos, eos, pad: The tokenizer's special tokens (names from :data:`SPECIAL_TOKENS`).
         add_bos: Whether the tokenizer prepends BOS (Llama, Mistral and Gemma style).
+        bridge_only: Whether only TransformerLens 4 reads the family (no lensworks spec).
     """
 
     config: Callable[[dict[str, Any]], PreTrainedConfig]
@@ -56,6 +58,9 @@ class FamilyCase:
     eos: str = "<|endoftext|>"
     pad: str | None = None
     add_bos: bool = False
+    #: No ``FamilySpec`` in lensworks: read under TransformerLens 4 only (by its bridge), refused
+    #: under TransformerLens 3.
+    bridge_only: bool = False
 
 
 def _gpt2(c: dict[str, Any]) -> PreTrainedConfig:
@@ -93,12 +98,32 @@ FAMILY_CASES: dict[str, FamilyCase] = {
     # q/k/v projections carry biases
     "qwen2": FamilyCase(lambda c: Qwen2Config(**c, num_key_value_heads=2, rope_parameters=_rope(1000000.0)),
                         pad="<|endoftext|>"),
+    # --- families read through TransformerLens 4's bridge only (no lensworks FamilySpec)
+    # q/k RMSNorms, local/global layers, pre+post norms, embeddings scaled by sqrt(d_model)
+    "gemma3": FamilyCase(lambda c: Gemma3TextConfig(**c, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                                                    sliding_window=GEMMA2_SLIDING_WINDOW,
+                                                    layer_types=["sliding_attention", "full_attention"]),
+                         bridge_only=True, **_GEMMA_TOKENS),
+    # q/k RMSNorms, grouped-query attention
+    "qwen3": FamilyCase(lambda c: Qwen3Config(**c, num_key_value_heads=2, head_dim=16, rope_parameters=_rope(1000000.0)),
+                        bridge_only=True),
+    # a sparse mixture of 4 experts, 2 per token
+    "mixtral": FamilyCase(lambda c: MixtralConfig(**c, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                                                  rope_parameters=_rope(1000000.0)),
+                          bridge_only=True, **_LLAMA_TOKENS),
+    # parallel attention + MLP sharing one LayerNorm, rotary on 8 of 16 dims with interleaved pairs
+    "gptj": FamilyCase(lambda c: GPTJConfig(vocab_size=c["vocab_size"], n_embd=c["hidden_size"],
+                                            n_layer=c["num_hidden_layers"], n_head=c["num_attention_heads"],
+                                            n_inner=c["intermediate_size"], n_positions=c["max_position_embeddings"],
+                                            rotary_dim=8, initializer_range=c["initializer_range"],
+                                            bos_token_id=c["bos_token_id"], eos_token_id=c["eos_token_id"]),
+                       bridge_only=True),
 }
 
 FAMILIES: tuple[str, ...] = tuple(FAMILY_CASES)
-#: Per family: (bos, eos, pad or None, whether the tokenizer prepends BOS).
-FAMILY_SPECIALS: dict[str, tuple[str, str, str | None, bool]] = {
-    name: (case.bos, case.eos, case.pad, case.add_bos) for name, case in FAMILY_CASES.items()}
+#: The families lensworks registers a ``FamilySpec`` for (read on both TransformerLens lines).
+REGISTERED_FAMILIES: tuple[str, ...] = tuple(n for n, c in FAMILY_CASES.items() if not c.bridge_only)
+
 
 #: Fixed English-ish strings for :func:`sample_tokens`.
 SAMPLE_TEXTS: tuple[str, ...] = (
@@ -139,7 +164,8 @@ def train_bpe_tokenizer(out_dir: Path, *, vocab_size: int = 300, family: str = "
         vocab_size: Target vocabulary size, special tokens and the 256 byte symbols included.
         family: One of :data:`FAMILIES`.
     """
-    bos, eos, pad, add_bos = FAMILY_SPECIALS[family]
+    case = FAMILY_CASES[family]
+    bos, eos, pad, add_bos = case.bos, case.eos, case.pad, case.add_bos
     tok = Tokenizer.from_str(_trained_tokenizer_json(vocab_size))
     if add_bos:
         bos_id = tok.token_to_id(bos)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archs import ARCHS, arch_model, float_tol, hf_dir
+from archs import ARCHS, arch_model, float_tol, hf_dir, refusal
 from lensworks.circuits import composition_scores, copying_scores, find_induction_heads, head_scores, repeated_tokens
 from lensworks.geometry import (
     NeighbourApproximation,
@@ -416,6 +416,10 @@ def test_term_importance_sums_back_to_the_model(arch):
 
     model = arch_model(arch)
     toks = _tokens(model, n=4, pos=10)
+    if refusal(arch, "term_importance"):
+        with pytest.raises(LensworksError, match=refusal(arch, "term_importance")):
+            term_importance(model, toks, max_order=2)
+        return
     ti = term_importance(model, toks, max_order=2, batch_size=3, slots_per_pass=7)
     with torch.no_grad():
         own = float(model(toks, return_type="loss"))

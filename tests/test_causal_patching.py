@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archs import ARCHS, arch_model, float_tol
+from archs import ARCHS, arch_model, float_tol, refusal
 from helpers import tiny_model
 from lensworks.causal import ActivationPatching, AttributionPatching, activation_patching, attribution_patching
 from lensworks.causal.patching import PATCH_TARGETS, build_sites
@@ -97,8 +97,15 @@ def test_batched_sweep_equals_naive_loop_and_planted_cases(arch):
     tol = float_tol(model, 1e-5)
     chunks = 7 if arch == "attn-only" else 64  # chunks that cut across layers, on one entry
     res = activation_patching(model, clean, corrupted, metric, batch_size=chunks)
-    res_each = activation_patching(model, clean, corrupted, metric, what=("head_z", "head_pattern"), positions="each",
-                                   batch_size=chunks)
+    heads = ("head_z", "head_pattern")
+    if refusal(arch, "head_pattern"):  # asked for explicitly: refused; by default: left out
+        with pytest.raises(LensworksError, match=refusal(arch, "head_pattern")):
+            activation_patching(model, clean, corrupted, metric, what=heads)
+        with pytest.raises(LensworksError, match=refusal(arch, "head_pattern")):
+            attribution_patching(model, clean, corrupted, metric, what="head_pattern")
+        assert "head_pattern" not in res.scores
+        heads = ("head_z",)
+    res_each = activation_patching(model, clean, corrupted, metric, what=heads, positions="each", batch_size=chunks)
     _, cache = model.run_with_cache(corrupted)
     assert res.processing == processing_state(model)
     with torch.inference_mode():

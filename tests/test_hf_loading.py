@@ -12,11 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from archs import arch_model, hf_dir
-from hf_families import FAMILIES, build_hf_checkpoint, hf_log_probs, sample_tokens
+from hf_families import FAMILIES, FAMILY_CASES, build_hf_checkpoint, hf_log_probs, sample_tokens
 from lensworks import load_model, save_model
 from lensworks.model import TL_MAJOR, LensworksError, SUPPORTED_ARCHITECTURES, encode_text, processing_state, uses_bos
 
 tl3_only = pytest.mark.skipif(TL_MAJOR >= 4, reason="save_model writes TransformerLens 3 checkpoints")
+#: Every family this line reads: TransformerLens 3 reads the registered ones, 4 every one here.
+READ_HERE = tuple(f for f in FAMILIES if TL_MAJOR >= 4 or not FAMILY_CASES[f].bridge_only)
 
 _TEXT = "def parse(self, args):\n    return self._parse_known(args)  # ok"
 _RAW = dict(fold_ln=False, center_writing_weights=False, center_unembed=False)
@@ -27,7 +29,7 @@ def _log_probs(model, toks):
         return model(toks.to(model.cfg.device)).float().log_softmax(-1)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", READ_HERE)
 @pytest.mark.parametrize("processed", [True, False], ids=["processed", "raw"])
 def test_log_probs_equal_hugging_face(family, processed):
     path = hf_dir(family)
@@ -37,7 +39,7 @@ def test_log_probs_equal_hugging_face(family, processed):
     assert (_log_probs(model, toks) - ref).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", READ_HERE)
 def test_token_ids_equal_the_checkpoint_tokenizer(family):
     from transformers import AutoTokenizer
 
@@ -50,6 +52,38 @@ def test_token_ids_equal_the_checkpoint_tokenizer(family):
     assert ours == body
     with_bos = encode_text(model, _TEXT).tolist()
     assert with_bos == ([model.tokenizer.bos_token_id] + body if uses_bos(model) else body)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if FAMILY_CASES[f].bridge_only])
+def test_unregistered_families_are_read_by_the_bridge_and_refused_by_the_hooked_line(family, tmp_path):
+    """Under TransformerLens 4 a family lensworks has no spec for boots through the bridge (the
+    log-prob test above compares it with Hugging Face); under TransformerLens 3 it is refused
+    naming the architecture and the line that reads it. A config that lies about its layer count
+    is refused before booting on both."""
+    path = hf_dir(family)
+    arch = json.loads((path / "config.json").read_text())["architectures"][0]
+    if TL_MAJOR < 4:
+        with pytest.raises(LensworksError, match=f"unsupported architecture {arch}.*under TransformerLens 4"):
+            load_model(path)
+    else:
+        assert load_model(path).cfg.n_layers == 2
+    lie = tmp_path / "lie"
+    shutil.copytree(path, lie)
+    cfg = json.loads((lie / "config.json").read_text())
+    cfg["n_layer" if "n_layer" in cfg else "num_hidden_layers"] = 3
+    (lie / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LensworksError, match="3 layers" if TL_MAJOR >= 4 else "unsupported architecture"):
+        load_model(lie)
+
+
+def test_an_architecture_the_bridge_cannot_boot_is_refused_naming_it(tmp_path):
+    bad = tmp_path / "mamba"
+    shutil.copytree(hf_dir("llama"), bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["architectures"], cfg["model_type"] = ["NoSuchForCausalLM"], "no-such"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LensworksError, match="NoSuchForCausalLM"):
+        load_model(bad)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])

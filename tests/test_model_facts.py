@@ -107,3 +107,19 @@ def test_facts_do_not_keep_a_model_alive():
     del model
     gc.collect()
     assert len(_CACHE) == n - 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pattern_editable_says_whether_a_pattern_edit_changes_the_output(arch):
+    """The fact is read from the attention modules' code (no forward pass); checked here by
+    behaviour: zeroing block 0's pattern through hook_pattern changes the logits exactly when the
+    fact says edits apply (under TransformerLens 4, GPT-J's attention discards them)."""
+    import warnings
+
+    model = arch_model(arch)
+    toks = torch.arange(1, 8)[None].to(model_facts(model).device)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bridge warns that the edit was discarded
+        plain = model(toks)
+        edited = model.run_with_hooks(toks, fwd_hooks=[(model_facts(model).hook("pattern", 0), lambda x, hook: x * 0)])
+    assert model_facts(model).pattern_editable == (not torch.equal(plain, edited))

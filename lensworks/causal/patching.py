@@ -33,7 +33,7 @@ from lensworks.causal._metrics import (PATCH_TARGETS, Metric, MetricLike, Prompt
                                       resolve_metric)
 from lensworks.model import LensworksError, capture_hooks, check_int, is_bridge, logits_from_block, model_facts
 from lensworks.model import processing_state
-from lensworks.model._compat import require_finite_parameters
+from lensworks.model._compat import PATTERN_NOT_EDITABLE, require_finite_parameters
 
 __all__ = ["ActivationPatching", "activation_patching", "PATCH_TARGETS", "SweepMixin"]
 
@@ -306,14 +306,18 @@ def sites_frame(scores: dict[str, Tensor], positions: tuple[int, ...] | None, no
 
 def default_targets(model: Any, what: Any) -> tuple[str, ...]:
     """The targets asked for (None: every target the model has)."""
-    if what is None:
+    editable = model_facts(model).pattern_editable
+    if what is None:  # every target the model has, and can patch
         facts = model_facts(model)
-        return tuple(t for t in PATCH_TARGETS if PATCH_TARGETS[t][0] not in ("mlp_out",) or facts.has_stream("mlp_out"))
+        return tuple(t for t in PATCH_TARGETS if (PATCH_TARGETS[t][0] not in ("mlp_out",) or facts.has_stream("mlp_out"))
+                     and (t != "head_pattern" or editable))
     if isinstance(what, str):
         what = (what,)
     what = tuple(what)
     if not what:
         raise LensworksError(f"what: expected at least one of {list(PATCH_TARGETS)}, got nothing")
+    if "head_pattern" in what and not editable:
+        raise LensworksError(PATTERN_NOT_EDITABLE.format(what="patching head_pattern"))
     return what
 
 

@@ -44,7 +44,7 @@ from lensworks._dist import Shard, all_reduce_sum, gather_each
 from lensworks._heads import HeadId
 from lensworks._results import Result
 from lensworks.geometry._common import Data, iter_batches, progress_bar, softcap
-from lensworks.model import HookedTransformer, LensworksError, check_model, has_resid_mid, processing_state
+from lensworks.model import HookedTransformer, LensworksError, check_model, has_resid_mid, model_facts, processing_state
 from lensworks.model._compat import capture_hooks
 from lensworks.model._core import check_int
 
@@ -364,6 +364,28 @@ def _next_token_loss(model: HookedTransformer, normalized: Tensor, toks: Tensor,
 
 
 @adaptive_threads
+def unsupported(model: HookedTransformer) -> str | None:
+    """Why :func:`term_importance` is not defined on ``model``, or None when it is: the
+    expansion linearises each MLP at its real input (impossible for SoLU's normalisation across
+    neurons and for a routed mixture of experts) and freezes every attention pattern through
+    ``hook_pattern`` (impossible where the model discards pattern edits).
+
+    Example:
+        >>> unsupported(model) is None
+        True
+    """
+    from lensworks.model._compat import PATTERN_NOT_EDITABLE
+
+    cfg = model.cfg
+    act_fn = str(getattr(cfg, "act_fn", "") or "")
+    if not cfg.attn_only and (act_fn.startswith("solu") or getattr(cfg, "num_experts", None)):
+        return (f"term_importance cannot linearise this MLP (act_fn={act_fn!r}, num_experts="
+                f"{getattr(cfg, 'num_experts', None)}); SoLU and mixture-of-experts MLPs are not supported")
+    if not model_facts(model).pattern_editable:  # the frozen expansion fixes every pattern through hook_pattern
+        return PATTERN_NOT_EDITABLE.format(what="term_importance")
+    return None
+
+
 def term_importance(
     model: HookedTransformer,
     data: Data,
@@ -409,11 +431,9 @@ def term_importance(
     check_int(max_terms, "max_terms", low=1)
     if slots_per_pass is not None:
         slots_per_pass = check_int(slots_per_pass, "slots_per_pass", low=1)
-    act_fn = str(getattr(cfg, "act_fn", "") or "")
-    if not cfg.attn_only and (act_fn.startswith("solu") or getattr(cfg, "num_experts", None)):
-        raise LensworksError(f"term_importance cannot linearise this MLP (act_fn={act_fn!r}, "
-                             f"num_experts={getattr(cfg, 'num_experts', None)}); SoLU and mixture-of-experts MLPs are "
-                             "not supported")
+    why = unsupported(model)
+    if why is not None:
+        raise LensworksError(why)
     n_terms = count_terms(cfg.n_layers, cfg.n_heads, max_order)
     if n_terms > max_terms:
         raise LensworksError(f"the table up to order {max_order} has {n_terms} terms (more than max_terms={max_terms}); "

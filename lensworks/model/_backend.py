@@ -32,12 +32,17 @@ class Backend(Protocol):
 
     #: The TransformerLens major version this backend serves.
     line: int
+    #: Whether Hugging Face directories of unregistered architectures are handed to the line's own
+    #: loader (TransformerLens 4's bridge boots many more families than lensworks registers).
+    reads_unregistered: bool
 
-    def build_from_hf(self, path: Path, spec: FamilySpec, raw: dict[str, Any], fields: dict[str, Any], *,
+    def build_from_hf(self, path: Path, spec: FamilySpec | None, raw: dict[str, Any], fields: dict[str, Any], *,
                       tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool]) -> Any:
         """A model from a local Hugging Face directory whose config.json (``raw``, of family
         ``spec``) lensworks mapped to HookedTransformerConfig ``fields``; ``tokenizer`` is the
-        directory's (already checked against the vocabulary) or None."""
+        directory's (already checked against the vocabulary) or None. ``spec`` is None for an
+        unregistered architecture (only when :attr:`reads_unregistered`); ``fields`` then holds
+        only ``n_layers``, ``d_vocab`` and ``n_ctx``."""
         ...
 
     def build_from_tl(self, cfg: dict[str, Any], state_dict: dict[str, Tensor], *, tokenizer: Any, dtype: torch.dtype,

@@ -236,18 +236,23 @@ class BridgeBackend:
     """
 
     line = 4
+    reads_unregistered = True
 
-    def build_from_hf(self, path: Path, spec: FamilySpec, raw: dict[str, Any], fields: dict[str, Any], *,
+    def build_from_hf(self, path: Path, spec: FamilySpec | None, raw: dict[str, Any], fields: dict[str, Any], *,
                       tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool]) -> Any:
         """See :meth:`lensworks.model._backend.Backend.build_from_hf` (the bridge reads the
         directory's tokenizer itself)."""
         from lensworks.model import _hf
 
-        _hf.check_hf_shapes(path, spec, raw)
+        if spec is not None:
+            _hf.check_hf_shapes(path, spec, raw)
         try:
             return boot_hf_dir(path, dtype=dtype, device=device or "cpu", n_ctx=fields["n_ctx"], **processing)
         except Exception as exc:
-            raise LensworksError(f"{path}: TransformerBridge.boot_transformers failed: {type(exc).__name__}: "
+            what = "" if spec is not None else (
+                f" (architecture {(raw.get('architectures') or [raw.get('model_type')])[0]}: not one of lensworks' "
+                "registered families, and TransformerLens 4's bridge could not boot it either)")
+            raise LensworksError(f"{path}: TransformerBridge.boot_transformers failed{what}: {type(exc).__name__}: "
                                  f"{str(exc)[:300]}") from exc
 
     def build_from_tl(self, cfg: dict[str, Any], state_dict: dict[str, Tensor], *, tokenizer: Any, dtype: torch.dtype,

@@ -205,8 +205,59 @@ def writing_weights(model: Any) -> list[Tensor]:
     for b in model.blocks:
         out += [b.attn.W_O.detach()] + ([b.attn.b_O.detach()] if b.attn.b_O is not None else [])
         if not cfg.attn_only:
-            out += [b.mlp.W_out.detach()] + ([b.mlp.b_out.detach()] if getattr(b.mlp, "b_out", None) is not None else [])
+            out += mlp_output_weights(b.mlp)
     return out
+
+
+def mlp_output_weights(mlp: Any) -> list[Tensor]:
+    """What an MLP writes to the residual stream with, as ``[..., d_mlp, d_model]`` tensors:
+    ``W_out`` (and ``b_out``), or, for a mixture of experts under TransformerLens 4 (Mixtral), every
+    expert's down projection stacked ``[n_experts, d_mlp, d_model]``."""
+    try:
+        w_out = mlp.W_out
+    except AttributeError:
+        w_out = None
+    if w_out is not None:
+        b_out = getattr(mlp, "b_out", None)
+        return [w_out.detach()] + ([b_out.detach()] if b_out is not None else [])
+    experts = getattr(getattr(mlp, "original_component", None), "experts", None)
+    down = getattr(experts, "down_proj", None)
+    if isinstance(down, Tensor) and down.ndim == 3:  # transformers' fused experts: [E, d_model, d_mlp]
+        return [down.detach().transpose(-1, -2)]
+    if isinstance(experts, torch.nn.ModuleList):  # one module per expert (older layouts)
+        mats = [getattr(e, name).weight for e in experts for name in ("down_proj", "w2") if hasattr(e, name)]
+        if len(mats) == len(experts):
+            return [torch.stack([m.detach().T for m in mats])]
+    raise LensworksError(f"cannot read the output weights of this MLP ({type(mlp).__name__}): neither W_out "
+                         "nor a mixture of experts' down projections")
+
+
+#: The refusal of an analysis that edits attention patterns on a model where edits are discarded.
+PATTERN_NOT_EDITABLE = ("{what} needs to edit attention patterns, but this model's attention (run whole by the "
+                        "Hugging Face module under TransformerLens 4's bridge, as GPT-J's is) fires hook_pattern only "
+                        "after using the pattern, so an edit would be silently discarded")
+
+
+def pattern_edits_apply(model: Any) -> bool:
+    """Whether a hook on ``hook_pattern`` that returns an edited pattern changes the model's
+    output. Always under TransformerLens 3; under TransformerLens 4 not for attention the bridge
+    hands whole to the Hugging Face module (GPT-J's, for one), which fires ``hook_pattern``
+    after the pattern was used and discards the edit.
+
+    Example:
+        >>> pattern_edits_apply(model)
+        True
+    """
+    if not is_bridge(model):
+        return True
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    for block in model.blocks:
+        attn = block.attn
+        inner = getattr(attn, "original_component", None)
+        if type(attn).forward is AttentionBridge.forward and not getattr(inner, "accepts_pattern_fn", False):
+            return False
+    return True
 
 
 def folded(model: Any) -> bool:

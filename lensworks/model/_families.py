@@ -162,6 +162,11 @@ def supported_text() -> str:
     return ", ".join(f"{s.architecture} ({s.family})" for s in _REGISTRY.values())
 
 
+class UnsupportedArchitecture(LensworksError):
+    """A config.json whose architecture no registered :class:`FamilySpec` reads. Under
+    TransformerLens 4 the loader then hands the directory to the bridge, which reads many more."""
+
+
 def family_for(architecture: str | None, *, where: str = "config.json", model_type: Any = None) -> FamilySpec:
     """The spec of ``architecture`` (``architectures[0]`` in config.json), or an error naming
     what came and every architecture lensworks reads.
@@ -178,7 +183,7 @@ def family_for(architecture: str | None, *, where: str = "config.json", model_ty
     spec = _REGISTRY.get(architecture) if isinstance(architecture, str) else None
     if spec is None:
         got = architecture if architecture else f"no 'architectures' entry (model_type {model_type!r})"
-        raise LensworksError(f"{where}: unsupported architecture {got}; lensworks reads {supported_text()}")
+        raise UnsupportedArchitecture(f"{where}: unsupported architecture {got}; lensworks reads {supported_text()}")
     return spec
 
 

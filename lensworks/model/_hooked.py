@@ -33,6 +33,7 @@ class HookedBackend:
     """
 
     line = 3
+    reads_unregistered = False
 
     def build_from_hf(self, path: Path, spec: FamilySpec, raw: dict[str, Any], fields: dict[str, Any], *,
                       tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool]) -> Any:

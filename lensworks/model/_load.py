@@ -20,6 +20,7 @@ from lensworks.model import _files, _foreign, _hf, _vocabfile
 from lensworks.model._backend import backend
 from lensworks.model._compat import check_model, is_model, quiet
 from lensworks.model._core import HookedTransformer, LensworksError, Model
+from lensworks.model._families import UnsupportedArchitecture
 from lensworks.model._tlconfig import cfg_from_dict, check_declared_shapes
 from lensworks.model._foreign import check_size
 from lensworks.model._tokens import BOS_NAMES, vocab_tokenizer
@@ -167,9 +168,18 @@ def load_model(
 
 
 def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_ctx: int | None) -> Model:
-    spec, raw = _hf.read_config(path)
     where = str(path)
-    fields = _hf.config_fields(spec, raw, where=f"{path / _CFG_FILE}", n_ctx=n_ctx)
+    try:
+        spec, raw = _hf.read_config(path)
+    except UnsupportedArchitecture as exc:
+        if not backend().reads_unregistered:
+            raise UnsupportedArchitecture(f"{exc} (under TransformerLens 3; under TransformerLens 4 lensworks reads "
+                                          "any architecture its TransformerBridge boots)") from None
+        spec, raw = None, read_json(path / _CFG_FILE, "config")
+    if spec is None:
+        fields = _unregistered_fields(path, raw, n_ctx=n_ctx)
+    else:
+        fields = _hf.config_fields(spec, raw, where=f"{path / _CFG_FILE}", n_ctx=n_ctx)
     tokenizer = _hf_tokenizer(path) if any((path / f).is_file() for f in _TOKENIZER_FILES) else None
     if tokenizer is not None:
         top = max(tokenizer.get_vocab().values(), default=-1)
@@ -180,6 +190,22 @@ def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_c
             )
     return backend().build_from_hf(path, spec, raw, fields, tokenizer=tokenizer, dtype=dtype or torch.float32,
                                    device=device, processing=flags.resolved(True))
+
+
+def _unregistered_fields(path: Path, raw: dict[str, Any], *, n_ctx: int | None) -> dict[str, Any]:
+    """The sizes lensworks checks before handing an unregistered architecture to the bridge:
+    the layer count (against the blocks the weight files hold), the vocabulary and the context."""
+    from lensworks.model._specs import config_size
+
+    where = f"{path / _CFG_FILE}"
+    n_layers = config_size(raw, "num_hidden_layers", "n_layer", "num_layers", "n_layers", where=where)
+    stored = _files.stored_shapes(path)
+    if any(_hf._LAYER_KEY.search(k) for k in stored):  # a layout of "h.N." / "layers.N." blocks
+        _hf.check_layer_count(stored, n_layers, where)
+    ctx = n_ctx if n_ctx is not None else min(
+        config_size(raw, "max_position_embeddings", "n_positions", "n_ctx", "seq_length", where=where),
+        _hf.MAX_DEFAULT_N_CTX)
+    return {"n_layers": n_layers, "d_vocab": config_size(raw, "vocab_size", where=where), "n_ctx": int(ctx)}
 
 
 def _hf_tokenizer(path: Path):

@@ -81,6 +81,9 @@ class ModelFacts:
     #: A short identity of the weights (sizes plus a strided sample of W_E and W_U, 4 significant
     #: digits): two results whose records carry different identities come from different models.
     identity: str = ""
+    #: Whether an edit of ``hook_pattern`` changes the output (see
+    #: :func:`lensworks.model._compat.pattern_edits_apply`); analyses that edit patterns refuse otherwise.
+    pattern_editable: bool = True
 
     @property
     def has_resid_mid(self) -> bool:
@@ -238,6 +241,7 @@ def model_facts(model: Any) -> ModelFacts:
 
 
 def _read_facts(model: Any, sig: tuple[Any, ...]) -> ModelFacts:
+    from lensworks.model import _compat
     from lensworks.model._compat import TL_MAJOR, architecture
 
     cfg = model.cfg
@@ -275,6 +279,7 @@ def _read_facts(model: Any, sig: tuple[Any, ...]) -> ModelFacts:
         attn_scores_soft_cap=caps["attn_scores_soft_cap"] if caps["attn_scores_soft_cap"] > 0 else None,
         output_logits_soft_cap=caps["output_logits_soft_cap"] if caps["output_logits_soft_cap"] > 0 else None,
         identity=_identity(model),
+        pattern_editable=_compat.pattern_edits_apply(model),
     )
 
 

@@ -169,6 +169,12 @@ def _layers(n: int):
 
 _TWO_LAYERS = _layers(2)
 
+
+def _terms_apply(model: Any) -> bool | str:
+    from lensworks.circuits.terms import unsupported
+
+    return unsupported(model) or True
+
 SECTIONS: tuple[Section, ...] = (
     Section("verdict", "circuits", induction),
     Section("induction", "circuits", lambda ctx: induction(ctx).induction),
@@ -178,7 +184,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("K composition", "circuits", lambda ctx: composition(ctx, "K"), applies=_TWO_LAYERS),
     Section("V composition", "circuits", lambda ctx: composition(ctx, "V"), applies=_TWO_LAYERS),
     Section("circuit graph", "circuits", _graph, applies=_TWO_LAYERS),
-    Section("term importance", "circuits", _terms, pair=True),
+    Section("term importance", "circuits", _terms, pair=True, applies=_terms_apply),
     Section("skip-trigrams", "circuits", _trigrams, pair=True),
     Section("copying", "circuits", lambda ctx: induction(ctx).copying),
     Section("attention explorer", "circuits", _explorer, pair=True, drawn=True),
