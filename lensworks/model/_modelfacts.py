@@ -49,6 +49,10 @@ class ModelFacts:
         dtype: The weights' dtype.
         working_dtype: The dtype analyses accumulate in: float64 for a float64 model, else float32.
         attn_scores_soft_cap, output_logits_soft_cap: Gemma-2-style soft-caps (None when absent).
+        identity: A short fingerprint of the weights, recorded in every result's ``processing``.
+        pattern_editable: Whether editing ``hook_pattern`` changes the output (False where
+            TransformerLens 4's bridge runs attention whole in the Hugging Face module, as for
+            GPT-J): analyses that edit patterns refuse otherwise.
 
     Example:
         >>> facts = model_facts(zoo.load("char-mlp"))
