@@ -36,6 +36,9 @@ TL3_ONLY = {
                                             "removed",
     "lensworks.model._hf.convert_weights": "TransformerLens 3's weight converters and HookedTransformerConfig; "
                                            "under 4 a Hugging Face directory loads through TransformerBridge",
+    "lensworks.model._hf.read_converted": "TransformerLens 3's weight converters and HookedTransformerConfig; "
+                                          "under 4 transformers reads a Hugging Face directory",
+    "lensworks.model._process.load_and_process": "TransformerLens 3's weight processing of a HookedTransformer",
     "lensworks.model._save.save_model": "save_model writes TransformerLens 3 checkpoints (a TransformerBridge is "
                                         "saved with its Hugging Face model's save_pretrained)",
     "lensworks.geometry._window_forward.prefix_sharing_supported": "prefix sharing runs on HookedTransformer's "

@@ -185,6 +185,9 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
                         help="the vocabulary, for checkpoints that store none (\"Let's build GPT\" state dicts) or to "
                              "override the stored one: the training text (its sorted characters), a nanoGPT meta.pkl, "
                              "a vocab.json or a tokenizer directory")
+    parser.add_argument("--revision", default=None, metavar="NAME",
+                        help="one of several checkpoints in the CHECKPOINT directory: its subfolder NAME "
+                             "(e.g. step1000), or a Hugging Face cache folder's refs/NAME")
 
 
 def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
@@ -216,6 +219,8 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
         kwargs.update(fold_ln=False, center_writing_weights=False, center_unembed=False)
     if getattr(args, "vocab", None):
         kwargs["vocab"] = args.vocab
+    if getattr(args, "revision", None):
+        kwargs["revision"] = args.revision
     model = load_model(source, device=args.device, **kwargs)
     from lensworks._dist import is_main
 

@@ -17,11 +17,11 @@ from torch import Tensor
 
 from lensworks.model._core import LensworksError
 from lensworks.model._families import SUPPORTED_ARCHITECTURES, FamilySpec, family_for
-from lensworks.model._files import stored_shapes
+from lensworks.model._files import LazyWeights, check_floating, stored_shapes
 from lensworks.model._specs import config_size
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "MAX_DEFAULT_N_CTX", "is_hf_dir", "read_config", "config_fields",
-           "check_layer_count", "convert_weights", "check_shapes", "check_hf_shapes"]
+           "check_layer_count", "convert_weights", "read_converted", "check_shapes", "check_hf_shapes"]
 
 #: Longest context lensworks builds by default: TransformerLens 3.x allocates an n_ctx x n_ctx
 #: mask per layer, so a 128k-token context would not fit in memory. Pass ``n_ctx`` for more.
@@ -152,12 +152,14 @@ class _WeightTree:
         return self.__getattr__(str(index))
 
 
-def convert_weights(spec: FamilySpec, raw_cfg: dict[str, Any], sd: dict[str, Tensor], cfg: Any, *,
+def convert_weights(spec: FamilySpec, raw_cfg: dict[str, Any], sd: dict[str, Tensor] | LazyWeights, cfg: Any, *,
                     where: str) -> dict[str, Tensor]:
     """Hugging Face tensors -> a TransformerLens state dict, with the family's converter.
 
     Adds the ``*ForCausalLM`` prefix to checkpoints saved from the bare base model, and points
     a tied output head at the embedding. Shape disagreements with config.json raise naming both.
+    ``sd`` may be a :class:`~lensworks.model._files.LazyWeights`: each tensor is then read when
+    the converter asks for it (most converted tensors are views of the ones read).
 
     Example:
         >>> from lensworks.model._files import read_state_dict
@@ -169,13 +171,14 @@ def convert_weights(spec: FamilySpec, raw_cfg: dict[str, Any], sd: dict[str, Ten
         >>> converted["embed.W_E"].shape
         torch.Size([2048, 128])
     """
-    sd = spec.with_base_prefix(sd)
+    lazy = isinstance(sd, LazyWeights)
+    sd = sd.renamed(spec.with_base_prefix) if lazy else spec.with_base_prefix(sd)
     if spec.head not in sd:
         if not spec.is_tied(raw_cfg):
             raise LensworksError(f"{where}: the weights lack the output head {spec.head!r} and config.json does not tie it to the embedding")
         if spec.embedding not in sd:
             raise LensworksError(f"{where}: the weights lack the embedding {spec.embedding!r}")
-        sd = {**sd, spec.head: sd[spec.embedding]}
+        sd = sd.with_alias(spec.head, spec.embedding) if lazy else {**sd, spec.head: sd[spec.embedding]}
     try:
         out = spec.converter(_WeightTree(sd), cfg)
     except AttributeError as exc:
@@ -183,6 +186,31 @@ def convert_weights(spec: FamilySpec, raw_cfg: dict[str, Any], sd: dict[str, Ten
     except (RuntimeError, ValueError) as exc:  # einops / view shape errors
         raise LensworksError(f"{where}: the weights do not fit config.json's shapes: {str(exc).splitlines()[0][:300]}") from exc
     return {k: v for k, v in out.items() if isinstance(v, Tensor)}
+
+
+def read_converted(path: Path, spec: FamilySpec, raw: dict[str, Any], cfg: Any, *,
+                   dtype: torch.dtype | None) -> dict[str, Tensor]:
+    """A Hugging Face directory's weights in TransformerLens's layout, read tensor by tensor.
+
+    The files are the ones the shard index names (:func:`~lensworks.model._files.weight_files`);
+    each tensor is read with ``safe_open`` when the family's converter asks for it and cast to
+    ``dtype`` on its own, so the peak is about one copy of the weights in ``dtype`` (plus one
+    stored tensor), never the whole stored checkpoint beside its converted copy. Layer count and
+    dtypes are checked from the headers before anything is read.
+
+    Example:
+        >>> from lensworks.model._tlconfig import make_cfg
+        >>> path = zoo.path("bpe-llama")
+        >>> spec, raw = read_config(path)
+        >>> cfg = make_cfg({**config_fields(spec, raw, where="config.json"), "init_weights": False}, where=str(path))
+        >>> read_converted(path, spec, raw, cfg, dtype=torch.bfloat16)["blocks.0.attn.W_Q"].dtype
+        torch.bfloat16
+    """
+    where = str(path)
+    with LazyWeights(path, dtype=dtype) as weights:
+        check_layer_count(weights, int(cfg.n_layers), f"{path / 'config.json'}")
+        check_floating(weights.dtypes(), where)
+        return convert_weights(spec, raw, weights, cfg, where=where)
 
 
 def check_shapes(converted: dict[str, Tensor], expected: dict[str, tuple[int, ...]], *, where: str) -> None:

@@ -1,8 +1,9 @@
 """TransformerLens 3: checkpoints built as ``HookedTransformer`` objects.
 
-Hugging Face tensors are read from the files and converted with the family's converter (the
-``transformers`` model is never built); TransformerLens-format state dicts load as stored or
-through ``load_and_process_state_dict``. Only imported when TransformerLens 3 is installed
+Hugging Face tensors are read from the files tensor by tensor and converted with the family's
+converter (the ``transformers`` model is never built); TransformerLens-format state dicts load as
+stored or processed. Processing (``load_and_process_state_dict``'s steps) runs one block at a time
+(:mod:`._process`). Only imported when TransformerLens 3 is installed
 (:func:`lensworks.model._backend.backend`).
 """
 
@@ -18,6 +19,7 @@ from lensworks.model import _files, _hf
 from lensworks.model._compat import move, quiet
 from lensworks.model._core import HookedTransformer, LensworksError
 from lensworks.model._families import FamilySpec
+from lensworks.model._process import load_and_process
 from lensworks.model._tlconfig import make_cfg
 
 __all__ = ["HookedBackend"]
@@ -49,10 +51,8 @@ class HookedBackend:
         process = dict(processing)
         if cfg.output_logits_soft_cap and cfg.output_logits_soft_cap > 0:
             process["center_unembed"] = False  # a soft-cap is not invariant to a shift of the logits
-        handed = [converted]
-        del converted  # TransformerLens's dict is the only one left: what it replaces is freed
-        with quiet():
-            model.load_and_process_state_dict(handed.pop(), fold_value_biases=True, **process)
+        with quiet():  # one block at a time; converted is emptied as it is loaded
+            load_and_process(model, converted, fold_value_biases=True, **process)
         if tokenizer is not None:
             with quiet():
                 model.set_tokenizer(tokenizer)
@@ -80,7 +80,7 @@ class HookedBackend:
         _hf.check_shapes(state_dict, {k: tuple(v.shape) for k, v in expected.items()}, where=where)
         if process:
             with quiet():
-                model.load_and_process_state_dict(state_dict, fold_value_biases=False, **processing)
+                load_and_process(model, dict(state_dict), fold_value_biases=False, **processing)
         else:
             model.load_state_dict(state_dict, strict=False)
         if tokenizer is not None:

@@ -61,6 +61,7 @@ def load_model(
     center_unembed: bool | None = None,
     n_ctx: int | None = None,
     vocab: VocabSource | None = None,
+    revision: str | None = None,
 ) -> HookedTransformer:
     """Load a model for analysis, offline unless a pretrained name is asked for.
 
@@ -97,6 +98,11 @@ def load_model(
             token strings in id order (``sorted(set(text))`` for a character model), a
             training corpus (its sorted distinct characters), a nanoGPT ``meta.pkl``, a
             ``vocab.json``, or a directory of Hugging Face tokenizer files.
+        revision: Which of several checkpoints in the directory ``source`` to load: the
+            subfolder of that name (``load_model("pythia-70m", revision="step1000")`` loads
+            ``pythia-70m/step1000``), or, in a Hugging Face cache folder
+            (``models--org--name``), the snapshot that ``refs/<revision>`` points to. Anything
+            else is refused with the revisions the directory holds.
 
     Returns:
         The model, in eval mode, with a tokenizer when the checkpoint has one (a Hugging Face
@@ -120,9 +126,9 @@ def load_model(
     """
     flags = _Processing(fold_ln, center_writing_weights, center_unembed)
     if is_model(source):
-        if flags.any_given or dtype is not None or device is not None or vocab is not None:
+        if flags.any_given or dtype is not None or device is not None or vocab is not None or revision is not None:
             raise LensworksError(
-                "load_model got a model object together with processing, dtype, device or vocab options; "
+                "load_model got a model object together with processing, dtype, device, vocab or revision options; "
                 "it returns model objects as they are (process or move the model yourself)"
             )
         check_model(source)
@@ -140,6 +146,8 @@ def load_model(
         from lensworks._zoo_index import zoo_checkpoint
 
         path = zoo_checkpoint(source) or path  # a bundled demo model by name
+    if revision is not None:
+        path = resolve_revision(path, revision)
     if n_ctx is not None:
         n_ctx = check_size(n_ctx, "n_ctx", "load_model")
     user_vocab = vocab_from_source(vocab, where="vocab") if vocab is not None else None
@@ -162,6 +170,81 @@ def load_model(
             f"no checkpoint at {text!r}: expected a Hugging Face or save_model directory, or a .pt/.pth file"
         )
     return _load_pretrained(text, device=device, dtype=dtype, flags=flags)
+
+
+# --------------------------------------------------------------------------- revisions
+
+
+def _holds_checkpoint(path: Path) -> bool:
+    return path.is_dir() and ((path / _CFG_FILE).is_file() or (path / _NANOGPT_FILE).is_file())
+
+
+def _natural(name: str) -> list[Any]:
+    """Sort key that puts step2000 before step10000."""
+    import re
+
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def revisions(path: Path) -> list[str]:
+    """The checkpoints directory ``path`` holds, by the name ``revision=`` takes: its subfolders
+    holding a checkpoint (``config.json`` or ``ckpt.pt``) and, in a Hugging Face cache folder,
+    the names under ``refs/``; in natural order.
+
+    Example:
+        >>> revisions(zoo.path("bpe-llama").parent)
+        ['bpe-llama', 'char-mlp', 'induction-2l']
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return []
+    found = {p.name for p in path.iterdir() if _holds_checkpoint(p)}
+    refs = path / "refs"
+    if refs.is_dir() and (path / "snapshots").is_dir():
+        found |= {p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()}
+    return sorted(found, key=_natural)
+
+
+def resolve_revision(path: Path, revision: str) -> Path:
+    """The folder of checkpoint ``revision`` inside directory ``path``: ``path/revision`` when it
+    holds a checkpoint, else (a Hugging Face cache folder ``models--org--name``) the snapshot that
+    ``refs/revision`` names, or ``snapshots/revision`` (a commit hash).
+
+    Example:
+        >>> resolve_revision(zoo.path("char-mlp").parent, "char-mlp").name
+        'char-mlp'
+        >>> resolve_revision(zoo.path("char-mlp").parent, "step1")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        lensworks.errors.LensworksError: revision 'step1': .../checkpoints holds no checkpoint of that name; its revisions: ['bpe-llama', 'char-mlp', 'induction-2l']
+    """
+    if not isinstance(revision, str) or not revision.strip():
+        raise LensworksError(f"revision must be a non-empty string naming a checkpoint folder, got {revision!r}")
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise LensworksError(f"revision {revision!r}: {path} is not a local directory; revision= picks one of several "
+                             "checkpoints inside a directory (for a hub model's training checkpoints, download one with "
+                             "huggingface_hub.snapshot_download(repo, revision=...) and pass its folder)")
+    parts = Path(revision).parts
+    if Path(revision).is_absolute() or ".." in parts:
+        raise LensworksError(f"revision {revision!r}: expected the name of a folder inside {path}, not a path out of it")
+    candidates = [path / revision]
+    ref = path / "refs" / revision
+    if ref.is_file():
+        try:
+            commit = ref.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LensworksError(f"revision {revision!r}: {ref} could not be read ({exc})") from exc
+        if commit and "/" not in commit and commit not in (".", ".."):
+            candidates.append(path / "snapshots" / commit)
+    candidates.append(path / "snapshots" / revision)
+    for c in candidates:
+        if _holds_checkpoint(c):
+            return c
+    known = revisions(path)
+    shown = known[:20] + (["..."] if len(known) > 20 else [])
+    raise LensworksError(f"revision {revision!r}: {path} holds no checkpoint of that name; "
+                         + (f"its revisions: {shown}" if known else "it has no subfolder holding a checkpoint "
+                            "(config.json or ckpt.pt)"))
 
 
 # --------------------------------------------------------------------------- Hugging Face
