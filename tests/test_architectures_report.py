@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
-from archs import ARCHS, arch_checkpoint, arch_model, reads_any_text, refusal
+import crossline
+from archs import ARCHS, BRIDGE_ONLY_ARCHS, arch_checkpoint, arch_model, reads_any_text, refusal
+from crossline import DUMP
+from lensworks.model import TL_MAJOR
 from lensworks import report
 from lensworks.cli import main
 from lensworks.model import has_resid_mid
@@ -65,6 +69,45 @@ def test_every_cli_command(arch, tmp_path, capsys):
     assert (tmp_path / "r.html").stat().st_size > 10_000
     assert json.loads((tmp_path / "g.json").read_text())["effective_dimensionality"]
     assert "the prompts given (2)" in (tmp_path / "r.html").read_text()
+    if DUMP and arch not in BRIDGE_ONLY_ARCHS:  # the CLI's numbers equal on both TransformerLens lines
+        numbers = {name: dict(_leaves(json.loads((tmp_path / f"{name}.json").read_text())))
+                   for name in ("h", "g", "g2", "n", "p")}
+        if TL_MAJOR < 4:
+            crossline.store(f"cli/{arch}", numbers)
+            return
+        _same_numbers(numbers, crossline.load(f"cli/{arch}"), arch)
+
+
+#: JSON keys whose numbers differ between the lines by construction: the random-model and
+#: shuffled-label controls draw another random model / permutation on each line.
+_LINE_SPECIFIC = ("random", "control", "shuffled", "processing")
+#: Numbers fit by an iterative solver (the probes' losses) or thresholded (the neighbour
+#: approximation's matches) amplify the lines' ~1e-6 activation differences.
+_LOOSE = {"cross_entropy": 1e-2, "loss": 1e-2}
+
+
+def _leaves(obj, path=""):
+    """``(path, number)`` for every number in a JSON value, line-specific keys left out."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not any(w in str(k).lower() for w in _LINE_SPECIFIC):
+                yield from _leaves(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, f"{path}[{i}]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, float(obj)
+
+
+def _same_numbers(ours: dict, ref: dict, arch: str) -> None:
+    tol = 2e-2 if arch == "bf16" else 1e-4
+    for name, leaves in ours.items():
+        assert set(leaves) == set(ref[name]), (arch, name, sorted(set(leaves) ^ set(ref[name]))[:10])
+        for path, value in leaves.items():
+            want = ref[name][path]
+            t = max(tol, max((v for k, v in _LOOSE.items() if k in path.lower()), default=0.0))
+            ok = (math.isnan(value) and math.isnan(want)) or abs(value - want) <= t * max(1.0, abs(want))
+            assert ok, f"{arch} {name}.json{path}: {value!r} under TransformerLens 4, {want!r} under 3"
 
 
 @pytest.mark.parametrize("arch", ["attn-only", "char-nl", "neox"])
