@@ -19,6 +19,7 @@ def attention_explorer(
     max_prompts: int = 4,
     heads: Sequence[tuple[int, int]] | None = None,
     prepend_bos: bool | None = None,
+    cache: Any = None,
 ) -> Any:
     """The attention pattern of any head on any of the given prompts, chosen from a dropdown.
 
@@ -33,6 +34,9 @@ def attention_explorer(
         max_prompts: Prompts kept.
         heads: ``(layer, head)`` pairs to offer (default: every head).
         prepend_bos: Prepend BOS to strings (default: the model's setting).
+        cache: The attention patterns of ``data`` already computed (an ``ActivationCache`` from
+            ``model.run_with_cache(tokens)`` or a ``{hook name: pattern}`` dict): the model does not
+            run (see :func:`lensworks.circuits.attention_patterns`).
 
     Returns:
         A plotly Figure: :func:`lensworks.circuits.attention_patterns` computes the patterns (an
@@ -46,4 +50,4 @@ def attention_explorer(
     from lensworks.circuits.attention import attention_patterns
 
     return attention_patterns(model, data, max_tokens=max_tokens, max_prompts=max_prompts, heads=heads,
-                              prepend_bos=prepend_bos).figure()
+                              prepend_bos=prepend_bos, cache=cache).figure()

@@ -239,7 +239,7 @@ def test_planted_head_scores(planted):
 
 def test_head_scores_bad_input(attn_model, char_model):
     with pytest.raises(LensworksError, match="kind must be one of"):
-        head_scores(attn_model, "induction_head")
+        head_scores(attn_model, "induction_heads")  # "induction_head" is TransformerLens's name (test_detect_head.py)
     with pytest.raises(LensworksError, match="n_ctx"):
         head_scores(attn_model, "induction", seq_len=40)
     with pytest.raises(LensworksError, match="must repeat"):

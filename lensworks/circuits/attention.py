@@ -1,7 +1,8 @@
 """Attention patterns of chosen heads on a few prompts: what the attention explorer shows.
 
-:func:`attention_patterns` runs the model once and keeps, for every prompt and every chosen
-head, the attention weights from each destination token to each earlier source token. The
+:func:`attention_patterns` runs the model once (or reads an activation cache the user already
+has) and keeps, for every prompt and every chosen head, the attention weights from each
+destination token to each earlier source token. The
 result, :class:`AttentionPatterns`, only holds numbers and token strings; its ``figure()``
 draws the explorer (one heatmap and a dropdown over every (prompt, head), in
 ``circuits/_plots.py``), so the model runs once however often the figure is drawn.
@@ -121,8 +122,9 @@ def attention_patterns(
     max_prompts: int = 4,
     heads: Sequence[tuple[int, int]] | None = None,
     prepend_bos: bool | None = None,
+    cache: Any = None,
 ) -> AttentionPatterns:
-    """The attention pattern of every chosen head on each prompt (one forward pass).
+    """The attention pattern of every chosen head on each prompt (one forward pass, or none with ``cache``).
 
     Args:
         model: The model (not modified).
@@ -131,17 +133,27 @@ def attention_patterns(
         max_prompts: Prompts kept (the first ones).
         heads: ``(layer, head)`` pairs to keep (default: every head).
         prepend_bos: Prepend BOS to strings (default: the model's setting).
+        cache: The attention patterns of ``data``, already computed (an ``ActivationCache`` from
+            ``model.run_with_cache(tokens)`` on either TransformerLens line, or a ``{hook name:
+            pattern}`` dict): they are read from it and the model does not run. It must cover every
+            prompt of ``data`` at the length ``data`` encodes to (for strings: all of them, padded
+            to the longest, as ``model.to_tokens(strings)`` gives them).
 
     Returns:
         An :class:`AttentionPatterns`; its ``figure()`` is the attention explorer.
 
     Raises:
-        LensworksError: No prompt, no head, a head out of range, or more than 2048 (prompt,
-            head) views.
+        LensworksError: No prompt, no head, a head out of range, more than 2048 (prompt, head)
+            views, or a cache without a chosen layer's pattern or of other tokens.
 
     Example:
         >>> res = attention_patterns(zoo.load("char-mlp"), ["def f(x):", "import os"])
         >>> fig = res.figure()
+        >>> toks = torch.tensor([[0, 5, 6, 7, 5, 6, 7]])
+        >>> _, cache = model.run_with_cache(toks)
+        >>> torch.allclose(attention_patterns(model, toks, cache=cache).patterns, attention_patterns(model, toks).patterns,
+        ...                equal_nan=True)  # no forward pass with cache=; NaN marks the future
+        True
     """
     from lensworks.model import (check_head, check_int, check_token_tensor, encode_batch, hook_name, processing_state,
                                  token_strings, uses_bos)
@@ -154,7 +166,9 @@ def attention_patterns(
         lengths = torch.full((toks.shape[0],), toks.shape[1])
     else:
         texts = [data] if isinstance(data, str) else list(data)
-        toks, lengths = encode_batch(model, texts[:max_prompts], prepend_bos=uses_bos(model, prepend_bos), what="data")
+        kept = texts if cache is not None else texts[:max_prompts]  # a cache covers every prompt, padded to the longest
+        toks, lengths = encode_batch(model, kept, prepend_bos=uses_bos(model, prepend_bos), what="data")
+    full_shape = tuple(toks.shape)
     toks, lengths = toks[:max_prompts, :max_tokens], lengths[:max_prompts].clamp(max=max_tokens)
     if toks.shape[0] == 0:
         raise LensworksError("data: no prompts given; expected at least one string or a non-empty token tensor")
@@ -169,12 +183,19 @@ def attention_patterns(
     layers = sorted({l for l, _ in pairs})
     captured: dict[int, torch.Tensor] = {}
 
-    def keep(name: str, act: torch.Tensor) -> None:
-        captured[int(name.split(".")[1])] = act.detach().float().cpu()
+    if cache is not None:
+        from lensworks.circuits._cache import cached_patterns
 
-    with torch.inference_mode():
-        model.run_with_hooks(toks.to(model.cfg.device), return_type=None,
-                             fwd_hooks=capture_hooks([hook_name("pattern", l) for l in layers], keep))
+        found = cached_patterns(model, cache, layers, batch=full_shape[0], positions=full_shape[1])
+        n_p, n_t = toks.shape
+        captured.update({l: p[:n_p, :, :n_t, :n_t].detach().float().cpu() for l, p in found.items()})
+    else:
+        def keep(name: str, act: torch.Tensor) -> None:
+            captured[int(name.split(".")[1])] = act.detach().float().cpu()
+
+        with torch.inference_mode():
+            model.run_with_hooks(toks.to(model.cfg.device), return_type=None,
+                                 fwd_hooks=capture_hooks([hook_name("pattern", l) for l in layers], keep))
     n_pos = toks.shape[1]
     out = torch.full((toks.shape[0], len(pairs), n_pos, n_pos), float("nan"))
     future = torch.ones(n_pos, n_pos).triu(1).bool()

@@ -17,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxtyping import Int
+from torch import Tensor
 
 from lensworks._heads import HeadId
 from lensworks._results import Reference, Result, ResultMixin
 from lensworks.circuits.composition import CompositionScores, composition_scores
 from lensworks.circuits.eigen import CopyingScores, copying_scores
-from lensworks.circuits.heads import BehaviourScores, behaviour_scores, repeated_tokens
-from lensworks.model import HookedTransformer, check_float, default_seq_len, uses_bos
+from lensworks.circuits.heads import BehaviourScores, _check_repeated, behaviour_scores, repeated_tokens
+from lensworks.model import HookedTransformer, as_tokens, check_float, default_seq_len, uses_bos
 
 __all__ = ["find_induction_heads", "InductionReport", "HeadEvidence"]
 
@@ -131,6 +133,8 @@ def find_induction_heads(
     k_comp_z: float = 3.0,
     batch_size: int = 32,
     progress: bool | None = None,
+    tokens: Int[Tensor, "batch pos"] | None = None,
+    cache: Any = None,
 ) -> InductionReport:
     """Rank heads by induction behaviour and keep those whose mechanism agrees.
 
@@ -148,6 +152,14 @@ def find_induction_heads(
             an earlier previous-token head.
         batch_size: Sequences per forward pass.
         progress: Progress bar of the K-composition step (None: only when the work is large).
+        tokens: Optional repeated sequences ``[batch, o + 2*seq_len]`` to measure the behaviour on
+            (``o`` = 1 with BOS; ``seq_len`` and ``n_seqs`` are then read from them). Default:
+            :func:`~lensworks.circuits.repeated_tokens` with ``seq_len``, ``n_seqs``, ``seed``.
+        cache: The attention patterns of those tokens, already computed (an ``ActivationCache``
+            from ``model.run_with_cache(tokens)`` or a ``{hook name: pattern}`` dict): the
+            behavioural scores are read from it and the model does not run (the copying and
+            composition scores come from the weights anyway). Without ``tokens``, the cache must
+            be of the default repeated tokens (same ``seq_len``, ``n_seqs``, ``seed``).
 
     Returns:
         :class:`InductionReport`; ``.heads`` is empty for a model without induction heads.
@@ -160,16 +172,27 @@ def find_induction_heads(
           L1H0: induction 0.713, copying +1.000, K-comp with L0H0 0.200 (z=11.6) -> YES
           L1H1: induction 0.697, copying +1.000, K-comp with L0H1 0.207 (z=12.6) -> YES
           L1H2: induction 0.657, copying +1.000, K-comp with L0H0 0.197 (z=11.1) -> YES
+        >>> from lensworks.circuits import repeated_tokens
+        >>> toks = repeated_tokens(model, seq_len=20, n_seqs=8)
+        >>> _, cache = model.run_with_cache(toks)  # e.g. a cache you already have
+        >>> find_induction_heads(model, tokens=toks, cache=cache).heads == find_induction_heads(model, tokens=toks).heads
+        True
     """
     cfg = model.cfg
     induction_threshold = check_float(induction_threshold, "induction_threshold", low=0, high=1)
     previous_threshold = check_float(previous_threshold, "previous_threshold", low=0, high=1)
     k_comp_z = check_float(k_comp_z, "k_comp_z")
-    bos = uses_bos(model, prepend_bos)
-    if seq_len is None:
-        seq_len = default_seq_len(model, bos=bos)
-    tokens = repeated_tokens(model, seq_len=seq_len, n_seqs=n_seqs, seed=seed, prepend_bos=bos)
-    beh = behaviour_scores(model, tokens, offset=int(bos), kinds=("previous_token", "induction"), batch_size=batch_size)
+    if tokens is None:
+        bos = uses_bos(model, prepend_bos)
+        if seq_len is None:
+            seq_len = default_seq_len(model, bos=bos)
+        tokens = repeated_tokens(model, seq_len=seq_len, n_seqs=n_seqs, seed=seed, prepend_bos=bos)
+    else:
+        tokens = as_tokens(model, tokens, what="tokens")
+        bos = bool(_check_repeated(model, tokens, prepend_bos))
+        seq_len, n_seqs = (tokens.shape[1] - int(bos)) // 2, tokens.shape[0]
+    beh = behaviour_scores(model, tokens, offset=int(bos), kinds=("previous_token", "induction"), batch_size=batch_size,
+                           cache=cache)
     ind, prev = beh["induction"], beh["previous_token"]
     copy = copying_scores(model)
     kcomp = composition_scores(model, "K", baseline=True, progress=progress)
@@ -219,6 +242,7 @@ def find_induction_heads(
             "n_seqs": n_seqs,
             "seed": seed,
             "prepend_bos": bos,
+            "from_cache": cache is not None,
         },
         processing=ind.processing,
     )

@@ -21,7 +21,8 @@ class HeadScores(Result):
 
     Attributes:
         scores: ``[n_layers, n_heads]``.
-        kind: Which score ("copying", "previous_token", "duplicate_token", "induction").
+        kind: Which score ("copying", "previous_token", "duplicate_token", "induction", a
+            TransformerLens detection name such as "induction_head", or "custom").
         labels: Head labels ``L{layer}H{head}``, layer-major.
         options: The options the score was computed with.
         processing: The model's weight-processing state.
@@ -70,7 +71,10 @@ class HeadScores(Result):
 
         n_layers, n_heads = self.scores.shape
         pretty = self.kind.replace("_", "-")
-        diverging = self.kind == "copying"
+        measure = self.options.get("error_measure")  # set for detection patterns (detect_head's scores)
+        diverging = self.kind == "copying" or measure == "abs"
+        colorbar = {"abs": "1 - mean |A - D| per row", "mul": "attention on the pattern (0..1)"}.get(
+            measure, "score (-1..1)" if diverging else "mean attention (0..1)")
         return head_heatmap(
             self.scores.detach().cpu(),
             title=reference_title(f"{pretty} score per head", self.references().values()),
@@ -78,7 +82,7 @@ class HeadScores(Result):
             y_labels=[f"L{l}" for l in range(n_layers)],
             x_title="head",
             y_title="layer",
-            colorbar_title="score (-1..1)" if diverging else "mean attention (0..1)",
+            colorbar_title=colorbar,
             zmin=-1.0 if diverging else 0.0,
             zmax=1.0,
             colorscale="RdBu" if diverging else "Viridis",
