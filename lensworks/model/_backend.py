@@ -18,6 +18,7 @@ from torch import Tensor
 
 from lensworks.model._compat import TL_MAJOR
 from lensworks.model._families import FamilySpec
+from lensworks.model._placement import Placement
 
 __all__ = ["Backend", "backend"]
 
@@ -37,12 +38,14 @@ class Backend(Protocol):
     reads_unregistered: bool
 
     def build_from_hf(self, path: Path, spec: FamilySpec | None, raw: dict[str, Any], fields: dict[str, Any], *,
-                      tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool]) -> Any:
+                      tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool],
+                      placement: Placement = Placement()) -> Any:
         """A model from a local Hugging Face directory whose config.json (``raw``, of family
         ``spec``) lensworks mapped to HookedTransformerConfig ``fields``; ``tokenizer`` is the
         directory's (already checked against the vocabulary) or None. ``spec`` is None for an
         unregistered architecture (only when :attr:`reads_unregistered`); ``fields`` then holds
-        only ``n_layers``, ``d_vocab`` and ``n_ctx``."""
+        only ``n_layers``, ``d_vocab`` and ``n_ctx``. ``placement`` splits the layers over devices
+        (checked for this line by :func:`~lensworks.model._placement.check_placement`)."""
         ...
 
     def build_from_tl(self, cfg: dict[str, Any], state_dict: dict[str, Tensor], *, tokenizer: Any, dtype: torch.dtype,
@@ -52,7 +55,8 @@ class Backend(Protocol):
         processing was asked for (else the weights load exactly as stored)."""
         ...
 
-    def pretrained(self, name: str, *, dtype: torch.dtype | None, device: Any, processing: dict[str, bool]) -> Any:
+    def pretrained(self, name: str, *, dtype: torch.dtype | None, device: Any, processing: dict[str, bool],
+                   placement: Placement = Placement()) -> Any:
         """A model by TransformerLens pretrained name (needs a network)."""
         ...
 

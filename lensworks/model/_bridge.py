@@ -19,6 +19,7 @@ from torch import Tensor
 from lensworks.model._compat import is_bridge, quiet
 from lensworks.model._core import LensworksError
 from lensworks.model._families import FamilySpec
+from lensworks.model._placement import Placement
 
 
 def compat(bridge: Any, *, fold_ln: bool, center_writing_weights: bool, center_unembed: bool,
@@ -43,7 +44,7 @@ def compat(bridge: Any, *, fold_ln: bool, center_writing_weights: bool, center_u
 
 def boot_hf_dir(path: Any, *, dtype: torch.dtype = torch.float32, device: Any = "cpu", fold_ln: bool = True,
                 center_writing_weights: bool = True, center_unembed: bool = True, fold_value_biases: bool = True,
-                n_ctx: int | None = None) -> Any:
+                n_ctx: int | None = None, placement: Placement = Placement()) -> Any:
     """A local Hugging Face checkpoint directory as a bridge in compatibility mode.
 
     ``fold_value_biases=True`` matches lensworks' TL3 loader (it always folds value biases, even
@@ -52,8 +53,10 @@ def boot_hf_dir(path: Any, *, dtype: torch.dtype = torch.float32, device: Any = 
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    with quiet():
-        bridge = TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype, n_ctx=n_ctx)
+    options = placement.bridge_options()
+    with quiet():  # a device map places every layer itself: no device then
+        bridge = TransformerBridge.boot_transformers(str(path), device=None if placement.device_map else device,
+                                                     dtype=dtype, n_ctx=n_ctx, **options)
     return compat(bridge, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                    center_unembed=center_unembed, fold_value_biases=fold_value_biases)
 
@@ -239,15 +242,17 @@ class BridgeBackend:
     reads_unregistered = True
 
     def build_from_hf(self, path: Path, spec: FamilySpec | None, raw: dict[str, Any], fields: dict[str, Any], *,
-                      tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool]) -> Any:
+                      tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool],
+                      placement: Placement = Placement()) -> Any:
         """See :meth:`lensworks.model._backend.Backend.build_from_hf` (the bridge reads the
-        directory's tokenizer itself)."""
+        directory's tokenizer itself; ``placement`` goes to ``boot_transformers``)."""
         from lensworks.model import _hf
 
         if spec is not None:
             _hf.check_hf_shapes(path, spec, raw)
         try:
-            return boot_hf_dir(path, dtype=dtype, device=device or "cpu", n_ctx=fields["n_ctx"], **processing)
+            return boot_hf_dir(path, dtype=dtype, device=device or "cpu", n_ctx=fields["n_ctx"], placement=placement,
+                               **processing)
         except Exception as exc:
             what = "" if spec is not None else (
                 f" (architecture {(raw.get('architectures') or [raw.get('model_type')])[0]}: not one of lensworks' "
@@ -262,10 +267,12 @@ class BridgeBackend:
         return boot_tl_state_dict(cfg, state_dict, tokenizer=tokenizer, dtype=dtype, device=device or "cpu",
                                   where=where, **processing)
 
-    def pretrained(self, name: str, *, dtype: torch.dtype | None, device: Any, processing: dict[str, bool]) -> Any:
+    def pretrained(self, name: str, *, dtype: torch.dtype | None, device: Any, processing: dict[str, bool],
+                   placement: Placement = Placement()) -> Any:
         """See :meth:`lensworks.model._backend.Backend.pretrained`."""
         try:
-            return boot_hf_dir(name, dtype=dtype or torch.float32, device=device or "cpu", **processing)
+            return boot_hf_dir(name, dtype=dtype or torch.float32, device=device or "cpu", placement=placement,
+                               **processing)
         except Exception as exc:
             from lensworks._zoo_index import ZOO_NAMES, name_hint
 

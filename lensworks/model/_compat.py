@@ -169,9 +169,8 @@ def require_finite_activation(tensor: Tensor, name: str) -> Tensor:
 
 def stacked(model: Any, name: str, layers: Sequence[int]) -> Tensor:
     """``blocks[l].attn.<name>`` for the given layers, stacked and detached, GQA expanded."""
-    w = torch.stack([
-        require_finite_weight(getattr(model.blocks[i].attn, name).detach(), f"{name} of block {i}") for i in layers
-    ])
+    mats = [require_finite_weight(getattr(model.blocks[i].attn, name).detach(), f"{name} of block {i}") for i in layers]
+    w = torch.stack([m.to(mats[0].device) for m in mats])  # blocks of a split model sit on several devices
     n_heads = model.cfg.n_heads
     if w.ndim >= 3 and w.shape[1] != n_heads:  # key/value heads stored once per group
         w = torch.repeat_interleave(w, n_heads // w.shape[1], dim=1)

@@ -19,6 +19,7 @@ from lensworks.model import _files, _hf
 from lensworks.model._compat import move, quiet
 from lensworks.model._core import HookedTransformer, LensworksError
 from lensworks.model._families import FamilySpec
+from lensworks.model._placement import Placement
 from lensworks.model._process import load_and_process
 from lensworks.model._tlconfig import make_cfg
 
@@ -38,8 +39,10 @@ class HookedBackend:
     reads_unregistered = False
 
     def build_from_hf(self, path: Path, spec: FamilySpec, raw: dict[str, Any], fields: dict[str, Any], *,
-                      tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool]) -> Any:
-        """See :meth:`lensworks.model._backend.Backend.build_from_hf`."""
+                      tokenizer: Any, dtype: torch.dtype, device: Any, processing: dict[str, bool],
+                      placement: Placement = Placement()) -> Any:
+        """See :meth:`lensworks.model._backend.Backend.build_from_hf` (``placement.n_devices``
+        spreads the blocks over that many CUDA devices, as TransformerLens 3 does)."""
         where = str(path)
         cfg = make_cfg({**fields, "dtype": dtype, "device": "cpu", "init_weights": False}, where=where)
         if tokenizer is not None:
@@ -56,6 +59,8 @@ class HookedBackend:
         if tokenizer is not None:
             with quiet():
                 model.set_tokenizer(tokenizer)
+        if (placement.n_devices or 1) > 1:
+            return _spread(model, placement.n_devices, device)
         return finish(model, device)
 
     def build_from_tl(self, cfg: dict[str, Any], state_dict: dict[str, Tensor], *, tokenizer: Any, dtype: torch.dtype,
@@ -89,10 +94,13 @@ class HookedBackend:
             model.cfg.default_prepend_bos = cfg.get("default_prepend_bos", model.cfg.default_prepend_bos)
         return finish(model, device)
 
-    def pretrained(self, name: str, *, dtype: torch.dtype | None, device: Any, processing: dict[str, bool]) -> Any:
+    def pretrained(self, name: str, *, dtype: torch.dtype | None, device: Any, processing: dict[str, bool],
+                   placement: Placement = Placement()) -> Any:
         """See :meth:`lensworks.model._backend.Backend.pretrained`."""
         check_pretrained_name(name)
         kwargs: dict[str, Any] = dict(processing)
+        if placement.n_devices is not None:
+            kwargs["n_devices"] = placement.n_devices
         if device is not None:
             kwargs["device"] = device
         if dtype is not None:
@@ -106,6 +114,19 @@ class HookedBackend:
                 f"could not load {name!r}: it is not a local checkpoint (directory or .pt/.pth file), "
                 f"and loading it as a TransformerLens pretrained name failed: {type(exc).__name__}: {first}"
             ) from exc
+
+
+def _spread(model: Any, n_devices: int, device: Any) -> Any:
+    """Blocks spread evenly over ``n_devices`` CUDA devices from ``device`` (default cuda:0), as
+    ``HookedTransformer.from_pretrained(n_devices=...)`` places them."""
+    model.cfg.n_devices = n_devices
+    model.cfg.device = str(device) if device is not None else "cuda"
+    try:
+        model.move_model_modules_to_device()
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise LensworksError(f"cannot spread the model over {n_devices} CUDA devices: {str(exc).splitlines()[0][:200]}") from exc
+    model.eval()
+    return model
 
 
 def finish(model: Any, device: Any) -> Any:

@@ -21,6 +21,7 @@ from lensworks.model._backend import backend
 from lensworks.model._compat import check_model, is_model, quiet
 from lensworks.model._core import HookedTransformer, LensworksError, Model
 from lensworks.model._families import UnsupportedArchitecture
+from lensworks.model._placement import Placement, check_placement
 from lensworks.model._tlconfig import cfg_from_dict, check_declared_shapes
 from lensworks.model._foreign import check_size
 from lensworks.model._tokens import BOS_NAMES, vocab_tokenizer
@@ -62,6 +63,9 @@ def load_model(
     n_ctx: int | None = None,
     vocab: VocabSource | None = None,
     revision: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    n_devices: int | None = None,
 ) -> HookedTransformer:
     """Load a model for analysis, offline unless a pretrained name is asked for.
 
@@ -103,6 +107,16 @@ def load_model(
             ``pythia-70m/step1000``), or, in a Hugging Face cache folder
             (``models--org--name``), the snapshot that ``refs/<revision>`` points to. Anything
             else is refused with the revisions the directory holds.
+        device_map: Split a model too big for one device by layers (TransformerLens 4, Hugging
+            Face directories and pretrained names): ``"auto"``, ``"balanced"``,
+            ``"balanced_low_0"``, ``"sequential"`` or a dict of module name -> device, passed to
+            ``TransformerBridge.boot_transformers`` (Hugging Face's dispatcher places the layers).
+            Not together with ``device``.
+        max_memory: Device -> memory budget for ``device_map``'s strategies
+            (``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``).
+        n_devices: Split over this many CUDA devices: TransformerLens 3's ``n_devices`` (its
+            blocks spread evenly), or under TransformerLens 4 the bridge's own translation into a
+            device map. See docs/distributed.md for which mode fits which model size.
 
     Returns:
         The model, in eval mode, with a tokenizer when the checkpoint has one (a Hugging Face
@@ -126,7 +140,8 @@ def load_model(
     """
     flags = _Processing(fold_ln, center_writing_weights, center_unembed)
     if is_model(source):
-        if flags.any_given or dtype is not None or device is not None or vocab is not None or revision is not None:
+        if (flags.any_given or dtype is not None or device is not None or vocab is not None or revision is not None
+                or device_map is not None or max_memory is not None or n_devices is not None):
             raise LensworksError(
                 "load_model got a model object together with processing, dtype, device, vocab or revision options; "
                 "it returns model objects as they are (process or move the model yourself)"
@@ -141,6 +156,7 @@ def load_model(
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise LensworksError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
     _check_device(device)
+    placement = check_placement(device, device_map, max_memory, n_devices, line=backend().line)
     path = Path(source).expanduser()
     if isinstance(source, str) and not path.exists():
         from lensworks._zoo_index import zoo_checkpoint
@@ -151,12 +167,17 @@ def load_model(
     if n_ctx is not None:
         n_ctx = check_size(n_ctx, "n_ctx", "load_model")
     user_vocab = vocab_from_source(vocab, where="vocab") if vocab is not None else None
+    if placement.split and path.exists() and not (path.is_dir() and _hf.is_hf_dir(path)):
+        raise LensworksError(f"{path}: device_map / max_memory / n_devices split Hugging Face checkpoint directories "
+                             "and pretrained names; this is a TransformerLens-format or nanoGPT checkpoint (load it on "
+                             "one device with device=, or save it as a Hugging Face directory)")
     if path.is_dir():
         if _hf.is_hf_dir(path):
             if user_vocab is not None:
                 raise LensworksError(f"{path}: a Hugging Face directory carries its own tokenizer; vocab= is for "
                                      "checkpoints that store none")
-            return _zoo_named(_load_hf_dir(path, device=device, dtype=dtype, flags=flags, n_ctx=n_ctx), path)
+            return _zoo_named(_load_hf_dir(path, device=device, dtype=dtype, flags=flags, n_ctx=n_ctx,
+                                           placement=placement), path)
         if not (path / _CFG_FILE).exists() and (path / _NANOGPT_FILE).is_file():
             path = path / _NANOGPT_FILE  # nanoGPT's out_dir
         else:
@@ -169,7 +190,7 @@ def load_model(
         raise LensworksError(
             f"no checkpoint at {text!r}: expected a Hugging Face or save_model directory, or a .pt/.pth file"
         )
-    return _load_pretrained(text, device=device, dtype=dtype, flags=flags)
+    return _load_pretrained(text, device=device, dtype=dtype, flags=flags, placement=placement)
 
 
 # --------------------------------------------------------------------------- revisions
@@ -250,7 +271,8 @@ def resolve_revision(path: Path, revision: str) -> Path:
 # --------------------------------------------------------------------------- Hugging Face
 
 
-def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_ctx: int | None) -> Model:
+def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_ctx: int | None,
+                 placement: Placement = Placement()) -> Model:
     where = str(path)
     try:
         spec, raw = _hf.read_config(path)
@@ -272,7 +294,7 @@ def _load_hf_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, n_c
                 f"{fields['d_vocab']} rows"
             )
     return backend().build_from_hf(path, spec, raw, fields, tokenizer=tokenizer, dtype=dtype or torch.float32,
-                                   device=device, processing=flags.resolved(True))
+                                   device=device, processing=flags.resolved(True), placement=placement)
 
 
 def _unregistered_fields(path: Path, raw: dict[str, Any], *, n_ctx: int | None) -> dict[str, Any]:
@@ -383,8 +405,9 @@ def _check_device(device: Any) -> None:
         raise LensworksError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
 
 
-def _load_pretrained(name: str, *, device: Any, dtype: Any, flags: _Processing) -> Model:
-    return backend().pretrained(name, dtype=dtype, device=device, processing=flags.resolved(True))
+def _load_pretrained(name: str, *, device: Any, dtype: Any, flags: _Processing,
+                     placement: Placement = Placement()) -> Model:
+    return backend().pretrained(name, dtype=dtype, device=device, processing=flags.resolved(True), placement=placement)
 
 
 def _load_tl_dir(path: Path, *, device: Any, dtype: Any, flags: _Processing, vocab: Any = None) -> Model:

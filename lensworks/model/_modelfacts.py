@@ -50,6 +50,7 @@ class ModelFacts:
         working_dtype: The dtype analyses accumulate in: float64 for a float64 model, else float32.
         attn_scores_soft_cap, output_logits_soft_cap: Gemma-2-style soft-caps (None when absent).
         identity: A short fingerprint of the weights, recorded in every result's ``processing``.
+        devices: Every device the weights sit on (several for a split model).
         pattern_editable: Whether editing ``hook_pattern`` changes the output (False where
             TransformerLens 4's bridge runs attention whole in the Hugging Face module, as for
             GPT-J): analyses that edit patterns refuse otherwise.
@@ -88,6 +89,9 @@ class ModelFacts:
     #: Whether an edit of ``hook_pattern`` changes the output (see
     #: :func:`lensworks.model._compat.pattern_edits_apply`); analyses that edit patterns refuse otherwise.
     pattern_editable: bool = True
+    #: Every device the weights sit on, in module order (more than one when the model is split
+    #: with ``device_map`` / ``n_devices``); :attr:`device` is the first, where tokens go.
+    devices: tuple[str, ...] = ()
 
     @property
     def has_resid_mid(self) -> bool:
@@ -244,6 +248,14 @@ def model_facts(model: Any) -> ModelFacts:
     return facts
 
 
+def _devices(model: Any) -> tuple[str, ...]:
+    """The distinct devices of the model's parameters, in module order."""
+    seen: dict[str, None] = {}
+    for p in model.parameters():
+        seen.setdefault(str(p.device), None)
+    return tuple(seen)
+
+
 def _read_facts(model: Any, sig: tuple[Any, ...]) -> ModelFacts:
     from lensworks.model import _compat
     from lensworks.model._compat import TL_MAJOR, architecture
@@ -284,6 +296,7 @@ def _read_facts(model: Any, sig: tuple[Any, ...]) -> ModelFacts:
         output_logits_soft_cap=caps["output_logits_soft_cap"] if caps["output_logits_soft_cap"] > 0 else None,
         identity=_identity(model),
         pattern_editable=_compat.pattern_edits_apply(model),
+        devices=_devices(model),
     )
 
 
