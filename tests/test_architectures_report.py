@@ -57,6 +57,7 @@ def test_every_cli_command(arch, tmp_path, capsys):
         ["neighbours", ckpt, "--json", str(tmp_path / "n.json")],
         ["geometry", ckpt, "--positive", str(pos), "--negative", str(neg), "--json", str(tmp_path / "g2.json")],
         ["probes", ckpt, "--text", str(text), "--max-tokens", "300", "--offsets", "0,-1", "--json", str(tmp_path / "p.json")],
+        ["patch", ckpt, "--json", str(tmp_path / "pa.json")],  # the built-in pair: token ids, any vocabulary
         ["report", ckpt, "--text", str(text), "--prompts", str(prompts), "--n-prompts", "2", "--prompt-len", "16",
          "--no-progress", "-o", str(tmp_path / "r.html")],
     ]
@@ -64,14 +65,14 @@ def test_every_cli_command(arch, tmp_path, capsys):
         code = main(argv + flags)
         captured = capsys.readouterr()
         assert code == 0, (argv[0], captured.err[-2000:])
-    for name in ("h", "g", "g2", "n", "p"):
+    for name in ("h", "g", "g2", "n", "p", "pa"):
         assert json.loads((tmp_path / f"{name}.json").read_text())
     assert (tmp_path / "r.html").stat().st_size > 10_000
     assert json.loads((tmp_path / "g.json").read_text())["effective_dimensionality"]
     assert "the prompts given (2)" in (tmp_path / "r.html").read_text()
     if DUMP and arch not in BRIDGE_ONLY_ARCHS:  # the CLI's numbers equal on both TransformerLens lines
         numbers = {name: dict(_leaves(json.loads((tmp_path / f"{name}.json").read_text())))
-                   for name in ("h", "g", "g2", "n", "p")}
+                   for name in ("h", "g", "g2", "n", "p", "pa")}
         if TL_MAJOR < 4:
             crossline.store(f"cli/{arch}", numbers)
             return

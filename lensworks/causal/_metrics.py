@@ -70,9 +70,14 @@ def paired_tokens(
     clean_t, clean_n = encode(clean, "clean")
     corr_t, corr_n = encode(corrupted, "corrupted")
     if clean_t.shape != corr_t.shape or not torch.equal(clean_n.cpu(), corr_n.cpu()):
+        first = ""
+        differ = (clean_n.cpu() != corr_n.cpu()).nonzero() if clean_n.shape == corr_n.shape else []
+        if len(differ):
+            i = int(differ[0])
+            first = f"; prompt {i} is {int(clean_n[i])} tokens clean and {int(corr_n[i])} corrupted"
         raise LensworksError(
             f"clean and corrupted inputs must line up token for token: clean has shape {tuple(clean_t.shape)} "
-            f"(lengths {clean_n.tolist()}), corrupted {tuple(corr_t.shape)} (lengths {corr_n.tolist()})")
+            f"(lengths {clean_n.tolist()}), corrupted {tuple(corr_t.shape)} (lengths {corr_n.tolist()}){first}")
     device = model_facts(model).device
     return clean_t.to(device), corr_t.to(device), clean_n.to(device)
 

@@ -1,6 +1,6 @@
 """The ``lensworks`` command: argument parsing only; every number comes from the library.
 
-One module per subcommand (``heads``, ``geometry``, ``neighbours``, ``probes``, ``report``), each
+One module per subcommand (``heads``, ``geometry``, ``neighbours``, ``probes``, ``patch``, ``report``), each
 with a ``register(subparsers)`` and a ``run(args)``; the options they share and their default
 models live in :mod:`lensworks.cli._common`. This module assembles them and runs one:
 ``lensworks COMMAND ...`` or ``python -m lensworks.cli COMMAND ...``. The library never imports it.
@@ -18,7 +18,7 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 #: The subcommand modules, in the order ``--help`` lists them.
-_COMMANDS = ("heads", "geometry", "neighbours", "probes", "report")
+_COMMANDS = ("heads", "geometry", "neighbours", "probes", "patch", "report")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="lensworks",
-        description="Head scores, probes and residual-stream geometry for TransformerLens models.",
+        description="Head scores, probes, residual-stream geometry and activation patching for TransformerLens models.",
     )
     parser.add_argument("--version", action="version", version=f"lensworks {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks (accepted anywhere on the line)")

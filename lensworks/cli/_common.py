@@ -33,6 +33,7 @@ DEFAULT_MODEL: dict[str, str] = {
     "geometry": "char-mlp",
     "neighbours": "char-mlp",
     "probes": "char-mlp",
+    "patch": "induction-2l",
     "report": "char-mlp",
 }
 
