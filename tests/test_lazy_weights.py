@@ -16,7 +16,8 @@ from hf_families import build_hf_checkpoint
 from lensworks import load_model
 from lensworks.model import TL_MAJOR, LensworksError
 from lensworks.model import _files
-from lensworks.model._load import resolve_revision, revisions
+from lensworks.model import revisions
+from lensworks.model._load import resolve_revision
 
 _INDEX = "model.safetensors.index.json"
 

@@ -48,7 +48,7 @@ from lensworks.model._families import SUPPORTED_ARCHITECTURES, FamilySpec, famil
 from lensworks.model import _specs  # noqa: F401,E402  (registers the built-in families)
 from lensworks.model._modelfacts import ModelFacts, model_facts
 from lensworks.model._compat import capture_hooks, logits_from_block
-from lensworks.model._load import load_model
+from lensworks.model._load import load_model, revisions
 from lensworks.model._save import save_model
 from lensworks.model._tokens import (
     BOS_NAMES,
@@ -72,6 +72,7 @@ __all__ = [
     "LensworksError",
     "NonFiniteError",
     "load_model",
+    "revisions",
     "ModelFacts",
     "model_facts",
     "capture_hooks",
