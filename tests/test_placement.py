@@ -92,3 +92,17 @@ def test_a_model_object_with_split_options_is_refused():
     model = load_model(hf_dir("llama"))
     with pytest.raises(LensworksError, match="returns model objects as they are"):
         load_model(model, n_devices=1)
+
+
+def test_the_command_line_passes_the_split_options(tmp_path, capsys):
+    from lensworks.cli import main
+
+    argv = ["heads", str(hf_dir("llama")), "--device-map", "auto", "--json", str(tmp_path / "h.json")]
+    code = main(argv)
+    err = capsys.readouterr().err
+    if TL_MAJOR < 4:
+        assert code != 0 and "device_map needs TransformerLens 4" in err
+    else:
+        assert code == 0 and (tmp_path / "h.json").is_file(), err[-500:]
+    assert main(["heads", str(hf_dir("llama")), "--n-devices", "64"]) != 0
+    assert "64 CUDA devices" in capsys.readouterr().err

@@ -189,6 +189,11 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", default=None, metavar="NAME",
                         help="one of several checkpoints in the CHECKPOINT directory: its subfolder NAME "
                              "(e.g. step1000), or a Hugging Face cache folder's refs/NAME")
+    parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "balanced_low_0", "sequential"],
+                        help="split a model too big for one GPU over the visible devices (TransformerLens 4, Hugging "
+                             "Face directories; see docs/distributed.md)")
+    parser.add_argument("--n-devices", type=int, default=None, metavar="N",
+                        help="split the model's layers over N CUDA devices")
 
 
 def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
@@ -222,6 +227,9 @@ def model_from_args(args: argparse.Namespace) -> tuple[Any, str]:
         kwargs["vocab"] = args.vocab
     if getattr(args, "revision", None):
         kwargs["revision"] = args.revision
+    for option in ("device_map", "n_devices"):
+        if getattr(args, option, None) is not None:
+            kwargs[option] = getattr(args, option)
     model = load_model(source, device=args.device, **kwargs)
     from lensworks._dist import is_main
 
