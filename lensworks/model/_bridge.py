@@ -254,9 +254,12 @@ class BridgeBackend:
             return boot_hf_dir(path, dtype=dtype, device=device or "cpu", n_ctx=fields["n_ctx"], placement=placement,
                                **processing)
         except Exception as exc:
+            from lensworks.model._families import supported_text
+
             what = "" if spec is not None else (
-                f" (architecture {(raw.get('architectures') or [raw.get('model_type')])[0]}: not one of lensworks' "
-                "registered families, and TransformerLens 4's bridge could not boot it either)")
+                f" ({path / 'config.json'}: architecture {(raw.get('architectures') or [raw.get('model_type')])[0]} "
+                f"is not one lensworks registers ({supported_text()}), and TransformerLens 4's bridge could not "
+                "boot it either)")
             raise LensworksError(f"{path}: TransformerBridge.boot_transformers failed{what}: {type(exc).__name__}: "
                                  f"{str(exc)[:300]}") from exc
 
