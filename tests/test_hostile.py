@@ -280,7 +280,7 @@ def test_cli_closed_pipe_exits_quietly():
 
 def test_report_states_the_fallback_text(attn_model, mlp_model, tmp_path):
     results = report.analyse(mlp_model, n_prompts=4, prompt_len=24, progress=False)
-    assert list(results) == ["circuits", "geometry", "probes"]
+    assert list(results) == ["circuits", "geometry", "probes", "causal"]
     reads = results.data
     assert [d.analyses.split(":")[0] for d in reads][:2] == ["circuits", "geometry"]
     assert any(d.fallback for d in reads)

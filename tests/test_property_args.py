@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from archs import arch_model
 from lensworks import LensworksError
+from lensworks import causal as X
 from lensworks import circuits as C
 from lensworks import geometry as G
 from lensworks import probes as P
@@ -69,6 +70,17 @@ def _finite(value: Any, path: str = "result") -> None:
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value[:200]):
             _finite(v, f"{path}[{i}]")
+
+
+def _pair(model):
+    """A small clean/corrupted pair and its answers (token ids, so both architectures read it)."""
+    p = X.induction_pair(model, seq_len=4, n_seqs=2)
+    return p.clean, p.corrupted, dict(answer_tokens=p.answer, wrong_tokens=p.wrong)
+
+
+def _patch(model, fn, **kwargs):
+    clean, corrupted, answers = _pair(model)
+    return fn(model, clean, corrupted, "logit_diff", what=("resid_pre", "head_z"), **answers, **kwargs)
 
 
 def _fitted(model):
@@ -170,6 +182,23 @@ CALLS: list[tuple[str, str, Callable[[Any, Any], Any]]] = [
                                                                                progress=False)),
     ("attention_explorer", "max_tokens", lambda m, v: attention_explorer(m, TEXTS, max_tokens=v)),
     ("attention_explorer", "max_prompts", lambda m, v: attention_explorer(m, TEXTS, max_prompts=v)),
+    ("induction_pair", "seq_len", lambda m, v: X.induction_pair(m, seq_len=v, n_seqs=2)),
+    ("induction_pair", "n_seqs", lambda m, v: X.induction_pair(m, seq_len=3, n_seqs=v)),
+    ("induction_pair", "seed", lambda m, v: X.induction_pair(m, seq_len=3, n_seqs=2, seed=v)),
+    ("activation_patching", "batch_size", lambda m, v: _patch(m, X.activation_patching, batch_size=v)),
+    ("activation_patching", "position", lambda m, v: _patch(m, X.activation_patching, position=v)),
+    ("activation_patching", "positions", lambda m, v: _patch(m, X.activation_patching, positions=[v])),
+    ("attribution_patching", "position", lambda m, v: _patch(m, X.attribution_patching, position=v)),
+    ("attribution_patching", "positions", lambda m, v: _patch(m, X.attribution_patching, positions=[v])),
+    ("direct_logit_attribution", "position",
+     lambda m, v: X.direct_logit_attribution(m, _pair(m)[0], _pair(m)[2]["answer_tokens"], position=v)),
+    ("direct_logit_attribution", "batch_size",
+     lambda m, v: X.direct_logit_attribution(m, _pair(m)[0], _pair(m)[2]["answer_tokens"], batch_size=v)),
+    ("direct_logit_attribution", "answer_tokens", lambda m, v: X.direct_logit_attribution(m, _pair(m)[0], v)),
+    ("path_patching", "batch_size", lambda m, v: X.path_patching(m, _pair(m)[0], _pair(m)[1], "each", "logits",
+                                                                 batch_size=v, **_pair(m)[2])),
+    ("path_patching", "position", lambda m, v: X.path_patching(m, _pair(m)[0], _pair(m)[1], (0, 0), "logits",
+                                                               position=v, **_pair(m)[2])),
 ]
 
 #: Empty sequences where a sequence is expected.
@@ -190,9 +219,19 @@ EMPTY: list[tuple[str, Callable[[Any], Any]]] = [
     ("neighbours evaluate empty prompt", lambda m: _fitted(m).evaluate(["", TEXTS[0]], progress=False)),
     ("neighbours fit empty corpus", lambda m: G.NeighbourApproximation(window=4).fit(m, "", progress=False)),
     ("attention_explorer data", lambda m: attention_explorer(m, [])),
+    ("activation_patching data", lambda m: X.activation_patching(m, [], [], "logit_diff", answer_tokens=1, wrong_tokens=2)),
+    ("activation_patching what", lambda m: _patch_what(m, X.activation_patching)),
+    ("activation_patching positions", lambda m: _patch(m, X.activation_patching, positions=[])),
+    ("attribution_patching what", lambda m: _patch_what(m, X.attribution_patching)),
+    ("direct_logit_attribution data", lambda m: X.direct_logit_attribution(m, [], 1)),
     ("compare_to_embedding weights", lambda m: P.compare_to_embedding(m, torch.zeros(0, m.cfg.d_model))),
     ("token_subspaces tokens", lambda m: G.token_subspaces(m, tokens=[], n_samples=8, steps=5, progress=False)),
 ]
+
+
+def _patch_what(model, fn):
+    clean, corrupted, answers = _pair(model)
+    return fn(model, clean, corrupted, "logit_diff", what=(), **answers)
 
 
 def _outcome(call: Callable[[], Any]) -> None:

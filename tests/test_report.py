@@ -61,7 +61,7 @@ def page(hostile, tmp_path_factory):
 
 def test_analyse_runs_every_section(hostile):
     _, results = hostile
-    assert list(results) == ["circuits", "geometry", "probes"]
+    assert list(results) == ["circuits", "geometry", "probes", "causal"]
     names = {s: [type(r[0] if isinstance(r, tuple) else r).__name__ for r in v] for s, v in results.items()}
     assert names["circuits"].count("CompositionScores") == 3
     assert sorted(r.mode for r in results["circuits"] if type(r).__name__ == "CompositionScores") == ["K", "Q", "V"]
@@ -71,6 +71,7 @@ def test_analyse_runs_every_section(hostile):
     assert names["geometry"] == ["ResidualStats", "AblationTable", "BlockDecomposition", "LogitLens",
                                  "EffectiveDimensionality"]
     assert names["probes"] == ["ProbeResults", "Comparison", "Basis"]
+    assert names["causal"] == ["ActivationPatching", "AttributionPatching", "DirectLogitAttribution"]
 
 
 def test_effective_dimensionality_reads_the_geometry_windows(hostile):
@@ -116,6 +117,44 @@ def test_term_importance_and_trigrams_in_the_report(hostile):
     torch.testing.assert_close(tri.ov, skip_trigrams(model, *want, k=15).ov)
 
 
+def test_causal_sections_are_the_library_calls_on_the_pair(hostile, page):
+    """The report patches the induction pair drawn with its seed (Data read says so): the numbers
+    are activation_patching / attribution_patching / direct_logit_attribution's on that pair, and
+    each result's note names the prompts."""
+    from lensworks.causal import (activation_patching, attribution_patching, direct_logit_attribution,
+                                  induction_pair)
+
+    model, results = hostile
+    exact, approx, dla = results["causal"]
+    pair = induction_pair(model, n_seqs=4, seed=0)
+    args = dict(answer_tokens=pair.answer, wrong_tokens=pair.wrong, what=("resid_pre", "attn_out", "mlp_out", "head_z"))
+    want = activation_patching(model, pair.clean, pair.corrupted, "logit_diff", **args)
+    assert set(exact.scores) == set(args["what"])
+    for target in exact.scores:
+        assert torch.equal(exact[target], want[target]), target
+    ref = attribution_patching(model, pair.clean, pair.corrupted, "logit_diff", exact=want, **args)
+    assert approx.correlation == pytest.approx(ref.correlation) and set(approx.correlation) == set(args["what"])
+    torch.testing.assert_close(dla.attributions, direct_logit_attribution(model, pair.clean, pair.answer,
+                                                                          wrong_tokens=pair.wrong).attributions)
+    for res in (exact, approx, dla):
+        assert pair.describe() in res.note and res.note in page
+    read = next(d for d in results.data if d.analyses.startswith("causal:"))
+    assert (read.n_windows, read.tokens_per_window) == tuple(pair.clean.shape)
+    assert "seed 0" in read.source and not read.fallback
+
+
+def test_causal_sections_say_why_they_do_not_apply():
+    model = tiny_model(seed=3, n_ctx=5)  # no room for two tokens and a wrong one, repeated
+    run = report.run_sections(report.Context.of(model), report.registry("causal"))
+    assert not run.entries
+    assert [s.section for s in run.skipped] == ["activation patching", "attribution patching", "direct logit attribution"]
+    assert all(s.reason.startswith("no clean/corrupted pair of repeated tokens fits this model: ") and "n_ctx=5" in s.reason
+               for s in run.skipped), run.skipped
+    attn = tiny_model(seed=1)  # attention only: no MLP to patch, the other targets are there
+    patched = report.run_sections(report.Context.of(attn), report.registry(names=["activation patching"]))
+    assert list(patched.result("activation patching").scores) == ["resid_pre", "attn_out", "head_z"]
+
+
 def test_page_is_self_contained(page):
     assert page.startswith("<!DOCTYPE html>")
     scripts = re.findall(r"<script[^>]*>", page)
@@ -127,7 +166,7 @@ def test_page_is_self_contained(page):
 
 def test_page_has_every_section_and_toc(page, hostile):
     _, results = hostile
-    for sid in ("highlights", "model", "section-circuits", "section-geometry", "section-probes"):
+    for sid in ("highlights", "model", "section-circuits", "section-geometry", "section-probes", "section-causal"):
         assert f"id='{sid}'" in page
         assert f"href='#{sid}'" in page
     n = sum(len(v) for v in results.values())
@@ -265,7 +304,7 @@ def test_bad_input(tmp_path, attn_model):
 def test_attention_only_model_without_tokenizer(attn_model, tmp_path):
     before = {k: v.clone() for k, v in attn_model.state_dict().items()}
     results = report.analyse(attn_model, n_prompts=4, prompt_len=24, progress=False)
-    assert set(results) == {"circuits", "geometry", "probes"}
+    assert set(results) == {"circuits", "geometry", "probes", "causal"}
     path = report.build(results, tmp_path / "a.html", model=attn_model)
     assert "section-geometry" in path.read_text()
     after = attn_model.state_dict()

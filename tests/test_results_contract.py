@@ -15,10 +15,10 @@ import plotly.graph_objects as go
 import pytest
 
 import lensworks
-from lensworks import circuits, geometry, probes
+from lensworks import causal, circuits, geometry, probes
 from lensworks._results import Result
 
-AREAS = (circuits, geometry, probes)
+AREAS = (circuits, geometry, probes, causal)
 
 
 def _public_results():
@@ -95,6 +95,13 @@ def _instances(model, text):
                                       tokens=res.classes, n_random=5)
     yield probes.embedding_basis(model, "pca", k=4)
     yield probes.unlikely_token_usage(model, w, progress=False)
+    pair = causal.induction_pair(model, seq_len=4, n_seqs=2)
+    args = dict(answer_tokens=pair.answer, wrong_tokens=pair.wrong)
+    exact = causal.activation_patching(model, pair.clean, pair.corrupted, "logit_diff", **args)
+    yield exact
+    yield causal.attribution_patching(model, pair.clean, pair.corrupted, "logit_diff", exact=exact, **args)
+    yield causal.direct_logit_attribution(model, pair.clean, pair.answer, wrong_tokens=pair.wrong)
+    yield causal.path_patching(model, pair.clean, pair.corrupted, "each", "logits", "logit_diff", **args)
 
 
 def test_every_result_answers_the_contract(mlp_model):

@@ -45,6 +45,7 @@ class AttributionPatching(SweepMixin, Result):
         metric, direction, positions, tokens, n_prompts: As in :class:`ActivationPatching`.
         correlation: target -> Pearson correlation with the exact sweep, when one was given
             (``exact=``); empty otherwise.
+        note: How the result was made (the report names its prompts); shown under the caption.
     """
 
     scores: dict[str, Tensor]
@@ -57,6 +58,8 @@ class AttributionPatching(SweepMixin, Result):
     n_prompts: int
     correlation: dict[str, float] = dataclasses.field(default_factory=dict)
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: How the result was made, for the reader (the report says which prompts); shown under the caption.
+    note: str = ""
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in self.scores.items())

@@ -204,6 +204,7 @@ class DirectLogitAttribution(Result):
         position: The read position (negative: from each prompt's end).
         n_layers, n_heads: The model's shape (for :meth:`head_attributions`).
         decomposition_error: Largest relative error of the components' sum against the final residual.
+        note: How the result was made (the report names its prompts); shown under the caption.
     """
 
     attributions: Float[Tensor, "n_components n_prompts"]
@@ -217,6 +218,8 @@ class DirectLogitAttribution(Result):
     n_heads: int
     decomposition_error: float
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: How the result was made, for the reader (the report says which prompts); shown under the caption.
+    note: str = ""
 
     @property
     def n_prompts(self) -> int:

@@ -203,6 +203,7 @@ class ActivationPatching(SweepMixin, Result):
         positions: The positions of the per-position axes (None: heads over all positions).
         tokens: ``[n_pos]`` labels of the first clean prompt's tokens.
         n_prompts: Prompts averaged over.
+        note: How the result was made (the report names its prompts); shown under the caption.
     """
 
     scores: dict[str, Tensor]
@@ -214,6 +215,8 @@ class ActivationPatching(SweepMixin, Result):
     tokens: tuple[str, ...]
     n_prompts: int
     processing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: How the result was made, for the reader (the report says which prompts); shown under the caption.
+    note: str = ""
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in self.scores.items())

@@ -26,9 +26,9 @@ def register(subparsers: Any) -> None:
     """
     p = subparsers.add_parser(
         "report",
-        help="one self-contained HTML report (circuits, geometry, probes) for a checkpoint",
+        help="one self-contained HTML report (circuits, geometry, probes, causal) for a checkpoint",
         description=(
-            "Run the circuits, geometry and probe analyses that apply to one checkpoint and write them "
+            "Run the circuits, geometry, probe and causal analyses that apply to one checkpoint and write them "
             "to a single HTML file that opens offline (plotly.js is inlined). Without a checkpoint: "
             "the bundled char-mlp demo model on held-out Python standard-library source text."
         ),

@@ -1,7 +1,7 @@
 """One self-contained, offline HTML page from many lensworks results.
 
 :func:`build` writes a single file: plotly.js inlined once, every figure as escaped JSON, a
-table of contents, one section per area (circuits, geometry, probes), a caption and a data
+table of contents, one section per area (circuits, geometry, probes, causal), a caption and a data
 table under each figure, and a head picker that outlines one head's row and column in the
 composition heatmaps. :func:`analyse` runs the analyses that apply to a model and returns
 results ready for :func:`build`.

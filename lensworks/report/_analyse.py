@@ -136,6 +136,9 @@ def analyse(
     ``prompt_len`` tokens: from ``text``, else ``corpus``, else the held-out part of
     :func:`lensworks.zoo.corpus` for a model with a tokenizer, else repeated random token
     sequences. The attention explorer shows ``prompts`` when given, else the first two windows.
+    Causal (activation patching of the residual stream, attention and MLP outputs and head
+    outputs, attribution patching beside it, direct logit attribution) runs on a clean/corrupted
+    pair of repeated random tokens (:func:`lensworks.causal.induction_pair`, 4 short prompts).
 
     Args:
         model: The model (not modified).
@@ -159,7 +162,7 @@ def analyse(
             prompt with characters the vocabulary lacks or more than ``n_ctx`` tokens raises.
 
     Returns:
-        An :class:`Analyses` dict ``{"circuits": [...], "geometry": [...], "probes": [...]}``
+        An :class:`Analyses` dict ``{"circuits": [...], "geometry": [...], "probes": [...], "causal": [...]}``
         whose ``.data`` lists which text each group of analyses read (:class:`DataRead`;
         :func:`build` shows it under "Data read", with a plain warning for fallback text).
 
@@ -167,7 +170,7 @@ def analyse(
         >>> from lensworks.report import build
         >>> results = analyse(model, n_prompts=2, prompt_len=8, progress=False)  # small, for speed
         >>> list(results)
-        ['circuits', 'geometry', 'probes']
+        ['circuits', 'geometry', 'probes', 'causal']
         >>> build(results, "report.html", model=model)
         PosixPath('report.html')
     """

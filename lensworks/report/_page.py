@@ -18,7 +18,7 @@ from lensworks.report._markup import esc as _esc, plain as _plain, sanitize as _
 __all__ = ["build", "SECTIONS"]
 
 #: Known sections, in page order (others follow in the order they first appear).
-SECTIONS = ("circuits", "geometry", "probes")
+SECTIONS = ("circuits", "geometry", "probes", "causal")
 
 _SECTION_INTRO = {
     "circuits": (
@@ -33,6 +33,12 @@ _SECTION_INTRO = {
     "probes": (
         "What information each layer still carries: held-out accuracy of linear probes that recover the "
         "input tokens, beside chance and two controls, and how the probe's directions relate to the embedding."
+    ),
+    "causal": (
+        "What the output depends on, found by changing activations: a clean and a corrupted prompt that differ in "
+        "one token, the clean run with one activation at a time taken from the corrupted run (activation patching: "
+        "1 = no effect, 0 = as corrupted), its gradient estimate (attribution patching), and what each head and MLP "
+        "writes directly to the logit difference (direct logit attribution)."
     ),
 }
 
@@ -274,7 +280,7 @@ def build(
 
     Args:
         results: A list of lensworks results (anything with ``.figure()``), plotly Figures or
-            ``(item, caption)`` pairs, placed in the circuits / geometry / probes section by the
+            ``(item, caption)`` pairs, placed in the circuits / geometry / probes / causal section by the
             module they come from (plain figures go to "figures"); or a dict ``section -> list``
             (an :class:`Analyses` from :func:`analyse` also brings its "Data read" table).
         path: The ``.html`` file to write (parent folders are created).

@@ -1,7 +1,7 @@
 """The report's sections, in page order: one list, written out (no import side effects).
 
 Adding a section is one :class:`~lensworks.report.Section` in the group's module
-(``_circuit_sections``, ``_geometry_sections``, ``_probe_sections``) and, to show it in the
+(``_circuit_sections``, ``_geometry_sections``, ``_probe_sections``, ``_causal_sections``) and, to show it in the
 report, its place in that module's ``SECTIONS`` tuple; :func:`analyse` and :func:`build` need
 no edit. Sections only a CLI command runs go in the module's ``EXTRA`` tuple.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Sequence
 
 from lensworks.model import LensworksError
-from lensworks.report import _circuit_sections, _geometry_sections, _probe_sections
+from lensworks.report import _causal_sections, _circuit_sections, _geometry_sections, _probe_sections
 from lensworks.report._sections import Section
 
 __all__ = ["registry", "section"]
 
 #: Every section the report shows, in page order.
-REPORT: tuple[Section, ...] = _circuit_sections.SECTIONS + _geometry_sections.SECTIONS + _probe_sections.SECTIONS
+REPORT: tuple[Section, ...] = (_circuit_sections.SECTIONS + _geometry_sections.SECTIONS + _probe_sections.SECTIONS
+                               + _causal_sections.SECTIONS)
 #: Sections only CLI commands run.
 EXTRA: tuple[Section, ...] = _geometry_sections.EXTRA
 
@@ -36,7 +37,7 @@ def registry(group: str | None = None, *, names: Sequence[str] | None = None) ->
     """The sections the report shows, in page order: all, one group's, or the named ones.
 
     Args:
-        group: Only this group's (``"circuits"``, ``"geometry"``, ``"probes"``).
+        group: Only this group's (``"circuits"``, ``"geometry"``, ``"probes"``, ``"causal"``).
         names: Only these sections (any registered name, also those only a CLI command runs),
             in registry order.
 

@@ -1,7 +1,7 @@
 """Sections: one named place on the report page, the analysis that fills it, and when it applies.
 
 A :class:`Section` has a ``name`` (its place on the page), a ``group`` (circuits, geometry,
-probes), ``applies(model)`` (True, or False / a string saying why it does not apply) and
+probes, causal), ``applies(model)`` (True, or False / a string saying why it does not apply) and
 ``run(ctx)``, which returns one result or a list of results. :func:`run_sections` runs the
 sections that apply, in registry order, and records the others with their reason; the report
 (:func:`lensworks.report.analyse`) and the CLI commands both run sections this way.
@@ -29,7 +29,7 @@ class Section:
 
     Attributes:
         name: The place on the page (e.g. ``"Q composition"``); unique in the registry.
-        group: The page section it belongs to: ``"circuits"``, ``"geometry"`` or ``"probes"``.
+        group: The page section it belongs to: ``"circuits"``, ``"geometry"``, ``"probes"`` or ``"causal"``.
         run: ``run(ctx) -> Result | list[Result]``; a note for the reader goes in the result's
             ``note`` field (shown by the page under the caption).
         applies: ``applies(model) -> True``, or ``False`` / a string saying why the section does
