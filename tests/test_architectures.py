@@ -356,6 +356,32 @@ def test_attention_explorer_shows_the_model_patterns(arch):
     assert torch.isnan(z[~lower]).all()  # the future is masked, never shown as 0
 
 
+def test_attention_grid_shows_the_model_patterns(arch):
+    """The grid view: one heatmap per head of the layer, each the cached pattern of that head,
+    hover text naming the query and key tokens."""
+    from lensworks.model import token_strings
+    from lensworks.plotting import attention_explorer
+
+    model = arch_model(arch)
+    toks = _tokens(model, n=2, pos=7)
+    L, H = model.cfg.n_layers - 1, model.cfg.n_heads
+    fig = attention_explorer(model, toks, view="grid", layer=L, prompt=1)
+    assert [t.name for t in fig.data] == [f"L{L}H{h}" for h in range(H)] and not fig.layout.updatemenus
+    _, cache = model.run_with_cache(toks)
+    lower = torch.ones(7, 7).tril().bool()
+    for h, trace in enumerate(fig.data):
+        z = torch.tensor(trace.z, dtype=torch.float64)
+        ref = cache[f"blocks.{L}.attn.hook_pattern"][1, h].double()
+        torch.testing.assert_close(z[lower], ref[lower], atol=float_tol(model, 1e-6), rtol=0)
+        assert torch.isnan(z[~lower]).all()
+    words = token_strings(model, toks[1])
+    hover = fig.data[0].text
+    assert repr(words[4]) in hover[4][2] and repr(words[2]) in hover[4][2]  # query 4, key 2
+    assert hover[4][2].startswith("query 4") and "key 2" in hover[4][2] and hover[2][4] == ""
+    every = attention_explorer(model, toks, view="grid")  # every layer, a menu over them
+    assert len(every.data) == model.cfg.n_layers * H and len(every.layout.updatemenus[0].buttons) == model.cfg.n_layers
+
+
 # --------------------------------------------------------------------------- term importance
 
 

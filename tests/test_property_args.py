@@ -182,6 +182,8 @@ CALLS: list[tuple[str, str, Callable[[Any, Any], Any]]] = [
                                                                                progress=False)),
     ("attention_explorer", "max_tokens", lambda m, v: attention_explorer(m, TEXTS, max_tokens=v)),
     ("attention_explorer", "max_prompts", lambda m, v: attention_explorer(m, TEXTS, max_prompts=v)),
+    ("attention_explorer", "layer", lambda m, v: attention_explorer(m, TEXTS[:1], max_tokens=6, view="grid", layer=v)),
+    ("attention_explorer", "prompt", lambda m, v: attention_explorer(m, TEXTS[:2], max_tokens=6, view="grid", prompt=v)),
     ("induction_pair", "seq_len", lambda m, v: X.induction_pair(m, seq_len=v, n_seqs=2)),
     ("induction_pair", "n_seqs", lambda m, v: X.induction_pair(m, seq_len=3, n_seqs=v)),
     ("induction_pair", "seed", lambda m, v: X.induction_pair(m, seq_len=3, n_seqs=2, seed=v)),

@@ -376,6 +376,38 @@ def test_attention_explorer_on_strings_and_bad_input(mlp_model):
         attention_explorer(mlp_model, ["x"], heads=[(0, 99)])
 
 
+def test_attention_grid_names_the_tokens_and_refuses_bad_input(hostile, mlp_model):
+    """The grid's hover names both tokens, escaped (a hostile token is text, never markup); every
+    head of the layer is one trace; a layer without heads, a prompt out of range or a grid option
+    without the grid is refused by name."""
+    from lensworks.circuits import attention_patterns
+    from lensworks.plotting import attention_explorer
+
+    model, _ = hostile
+    prompt = "the " + HOSTILE[0] + " x"
+    res = attention_patterns(model, ["a cat", prompt])
+    fig = res.grid_figure(prompt=1, layer=0)
+    assert [t.name for t in fig.data] == [f"L0H{h}" for h in range(model.cfg.n_heads)]
+    hover = [cell for row in fig.data[0].text for cell in row]
+    assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in cell for cell in hover)
+    assert not any("<script>" in cell for cell in hover)
+    torch.testing.assert_close(torch.tensor(fig.data[2].z), res.pattern(1, 0, 2), equal_nan=True)
+    assert "layer 0 on prompt 1" in fig.layout.title.text
+    sub = attention_patterns(mlp_model, ["the cat"], heads=[(0, 1), (2, 3), (2, 0)])
+    grid = sub.grid_figure()  # layers 0 and 2: a menu; the head titles follow the layer shown
+    assert [t.name for t in grid.data] == ["L0H1", "L2H3", "L2H0"] and [t.visible for t in grid.data] == [True, False, False]
+    layer2 = grid.layout.updatemenus[0].buttons[1].args
+    assert layer2[0]["visible"] == [False, True, True] and [a["text"] for a in layer2[1]["annotations"]] == ["L2H3", "L2H0"]
+    with pytest.raises(LensworksError, match=r"layer 1 has no head among the heads shown; expected one of \[0, 2\]"):
+        sub.grid_figure(layer=1)
+    with pytest.raises(LensworksError, match="prompt"):
+        sub.grid_figure(prompt=1)
+    with pytest.raises(LensworksError, match="view must be 'menu' or 'grid'"):
+        attention_explorer(mlp_model, ["x"], view="heads")
+    with pytest.raises(LensworksError, match="pass view='grid'"):
+        attention_explorer(mlp_model, ["x"], layer=1)
+
+
 # --------------------------------------------------------------------------- the explorer on the user's prompts
 
 PROMPTS = ["the cat sat on the mat.", HOSTILE[0] + " x " + HOSTILE[1], "one more line, 12 3"]

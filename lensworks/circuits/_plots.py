@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 from lensworks._heads import HeadId
 from lensworks._figures import escape_label, reference_title
 
-__all__ = ["induction_scatter", "attention_figure", "circuit_graph_figure", "skip_trigrams_figure",
-           "term_importance_figure"]
+__all__ = ["induction_scatter", "attention_figure", "attention_grid_figure", "circuit_graph_figure",
+           "skip_trigrams_figure", "term_importance_figure"]
 
 #: Edge colour of each composition mode in the circuit graph.
 _MODE_COLOURS = {"Q": "#1f77b4", "K": "#d62728", "V": "#2ca02c"}
@@ -79,6 +79,72 @@ def attention_figure(patterns) -> go.Figure:
                       yaxis=dict(title="destination (query) token", autorange="reversed"),
                       updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")],
                       height=620)
+    return fig
+
+
+def _grid_hover(tokens) -> list[list[str]]:
+    """``[query][key]`` hover lines naming both tokens (escaped); empty above the diagonal."""
+    labels = [escape_label(repr(t)) for t in tokens]
+    return [[f"query {q} {labels[q]}<br>key {k} {labels[k]}" if k <= q else "" for k in range(len(tokens))]
+            for q in range(len(tokens))]
+
+
+def attention_grid_figure(patterns, prompt: int = 0, layer: int | None = None, columns: int = 4) -> go.Figure:
+    """Small multiples of an :class:`~lensworks.circuits.attention.AttentionPatterns`: one heatmap
+    per head of a layer on one prompt (queries down, keys across, 0-1 on one colour scale), as
+    CircuitsVis's ``attention_heads`` lays them out; hover names the query and key tokens and the
+    weight. ``layer=None`` draws every layer that has heads, the first shown and a menu to switch
+    (each trace is one head: ``len(fig.data) == len(patterns.heads)``). No token labels on the
+    small axes; the hover carries them.
+    """
+    import math
+
+    from plotly.subplots import make_subplots
+
+    tokens = patterns.tokens[prompt]
+    n = len(tokens)
+    by_layer: dict[int, list[tuple[int, int]]] = {}  # layer -> [(view, head)]
+    for v, (l, h) in enumerate(patterns.heads):
+        if layer is None or l == layer:
+            by_layer.setdefault(l, []).append((v, h))
+    layers = sorted(by_layer)
+    order = [(l, i) for l in layers for i in range(len(by_layer[l]))]  # the traces, in order
+    cells = max(len(v) for v in by_layer.values())
+    cols = min(columns, cells)
+    rows = math.ceil(cells / cols)
+
+    def labels(l: int) -> list[str]:
+        return [HeadId(l, h).label for _, h in by_layer[l]] + [" "] * (rows * cols - len(by_layer[l]))  # one title each
+
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=labels(layers[0]), horizontal_spacing=0.04,
+                        vertical_spacing=min(0.08, 0.3 / rows) if rows > 1 else 0.0)
+    hover = _grid_hover(tokens)
+    for l, i in order:
+        v, h = by_layer[l][i]
+        fig.add_trace(go.Heatmap(
+            z=patterns.patterns[prompt, v, :n, :n].tolist(), text=hover, zmin=0, zmax=1, colorscale="Blues",
+            showscale=l == layers[0] and i == 0, colorbar=dict(title="attention"), visible=l == layers[0],
+            name=HeadId(l, h).label, hovertemplate=f"{HeadId(l, h).label}<br>%{{text}}<br>weight %{{z:.3f}}<extra></extra>"),
+            row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed", constrain="domain")
+    for k in range(rows * cols):  # square cells: each y axis keeps its own x axis's scale
+        fig.update_yaxes(scaleanchor=f"x{k + 1 if k else ''}", row=k // cols + 1, col=k % cols + 1)
+    titles = [a.to_plotly_json() for a in fig.layout.annotations]
+
+    def title(l: int) -> str:
+        return (f"Attention of every head of layer {l} on prompt {prompt} ({n} tokens): query (destination) down, "
+                "key (source) across")
+
+    buttons = [dict(label=f"layer {l}", method="update",
+                    args=[{"visible": [tl == l for tl, _ in order], "showscale": [tl == l and i == 0 for tl, i in order]},
+                          {"title.text": title(l), "annotations": [dict(a, text=t) for a, t in zip(titles, labels(l))]}])
+               for l in layers]
+    height, top, bottom = 130 + 230 * rows, 100, 30
+    menu_y = 1 + 55 / (height - top - bottom)  # between the title and the heads' titles, in paper units
+    fig.update_layout(title=title(layers[0]), template="plotly_white", height=height, margin=dict(t=top, b=bottom),
+                      updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=menu_y,
+                                        yanchor="middle")] if len(layers) > 1 else [])
     return fig
 
 

@@ -5,7 +5,8 @@ has) and keeps, for every prompt and every chosen head, the attention weights fr
 destination token to each earlier source token. The
 result, :class:`AttentionPatterns`, only holds numbers and token strings; its ``figure()``
 draws the explorer (one heatmap and a dropdown over every (prompt, head), in
-``circuits/_plots.py``), so the model runs once however often the figure is drawn.
+``circuits/_plots.py``) and its ``grid_figure()`` every head of a layer at once (small multiples,
+as CircuitsVis's ``attention_heads``), so the model runs once however often a figure is drawn.
 """
 
 from __future__ import annotations
@@ -90,6 +91,34 @@ class AttentionPatterns(Result):
         from lensworks.circuits._plots import attention_figure
 
         return attention_figure(self)
+
+    def grid_figure(self, prompt: int = 0, layer: int | None = None) -> Any:
+        """Every head of a layer at once on one prompt: small multiples, one heatmap per head (as
+        CircuitsVis's ``attention_heads``), hover naming the query and key tokens and the weight.
+
+        Args:
+            prompt: Which prompt (an index into :attr:`tokens`).
+            layer: Which layer (one of the layers of :attr:`heads`); None: every layer, the first
+                shown and a menu to switch. Either way the figure holds one trace per head drawn.
+
+        Example:
+            >>> res = attention_patterns(model, torch.tensor([[0, 5, 6, 7, 5, 6]]))
+            >>> fig = res.grid_figure(layer=1)
+            >>> len(fig.data), fig.data[0].name  # the 4 heads of layer 1
+            (4, 'L1H0')
+            >>> len(res.grid_figure().data)  # every head, a menu over the layers
+            8
+        """
+        from lensworks.circuits._plots import attention_grid_figure
+        from lensworks.model import check_int
+
+        prompt = check_int(prompt, "prompt", low=0, high=len(self.tokens))
+        if layer is not None:
+            have = sorted({l for l, _ in self.heads})
+            layer = check_int(layer, "layer", low=0)
+            if layer not in have:
+                raise LensworksError(f"layer {layer} has no head among the heads shown; expected one of {have}")
+        return attention_grid_figure(self, prompt, layer)
 
     def to_frame(self) -> Any:
         """One row per (prompt, head, destination, source) with source <= destination."""
