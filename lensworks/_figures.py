@@ -10,7 +10,32 @@ from typing import Any, Iterable, Sequence
 import plotly.graph_objects as go
 import plotly.io as pio
 
-__all__ = ["head_heatmap", "figures_to_html", "escape_label", "add_reference", "reference_title"]
+__all__ = ["head_heatmap", "figures_to_html", "escape_label", "add_reference", "reference_title", "sentence_case",
+           "method_name"]
+
+#: How method names read in titles (acronyms in capitals).
+_METHOD_NAMES = {"pca": "PCA", "nmf": "NMF", "svd": "SVD", "lda": "LDA"}
+
+
+def sentence_case(text: str) -> str:
+    """``text`` with its first letter in capitals and the rest as it is: every figure and panel
+    title of lensworks reads in sentence case.
+
+    Example:
+        >>> sentence_case("previous-token score per head"), sentence_case("W_E rows")
+        ('Previous-token score per head', 'W_E rows')
+    """
+    return text[:1].upper() + text[1:]
+
+
+def method_name(method: str) -> str:
+    """A method's name as a title shows it: acronyms in capitals (``"pca"`` -> ``"PCA"``).
+
+    Example:
+        >>> method_name("pca"), method_name("frequency")
+        ('PCA', 'frequency')
+    """
+    return _METHOD_NAMES.get(method, method)
 
 
 def escape_label(text: str) -> str:
@@ -28,14 +53,15 @@ def escape_label(text: str) -> str:
 
 
 def reference_title(title: str, references: Iterable[Any]) -> str:
-    """A figure title followed by the references it is read against, each as ``describe()`` says.
+    """A figure title followed by the references it is read against, each as ``describe()`` says
+    (a reference several parts share, such as one baseline for Q, K and V, once).
 
     Example:
         >>> from lensworks._results import Reference
-        >>> reference_title("induction score per head", [Reference.exact(0.05)])
-        'induction score per head (chance 0.050)'
+        >>> reference_title("Induction score per head", [Reference.exact(0.05), Reference.exact(0.05)])
+        'Induction score per head (chance 0.050)'
     """
-    notes = [escape_label(ref.describe()) for ref in references]
+    notes = list(dict.fromkeys(escape_label(ref.describe()) for ref in references))
     return f"{title} ({'; '.join(notes)})" if notes else title
 
 

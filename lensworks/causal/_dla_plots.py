@@ -17,7 +17,7 @@ def dla_figure(res: Any) -> go.Figure:
     grid = res.head_attributions()
     lim = float(res.mean().abs().max()) or 1.0
     fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.15,
-                        subplot_titles=("heads", "MLPs, embeddings, biases"))
+                        subplot_titles=("Heads", "MLPs, embeddings, biases"))
     fig.add_trace(go.Heatmap(
         z=grid.tolist(), x=[f"H{h}" for h in range(res.n_heads)], y=[f"L{l}" for l in range(res.n_layers)],
         zmin=-lim, zmax=lim, colorscale="RdBu", reversescale=True, colorbar=dict(title=res.target, x=0.45),

@@ -8,10 +8,28 @@ from lensworks._heads import HeadId
 from lensworks._figures import escape_label, reference_title
 
 __all__ = ["induction_scatter", "attention_figure", "attention_grid_figure", "circuit_graph_figure",
-           "skip_trigrams_figure", "term_importance_figure"]
+           "skip_trigrams_figure", "term_importance_figure", "mark_cells"]
 
 #: Edge colour of each composition mode in the circuit graph.
 _MODE_COLOURS = {"Q": "#1f77b4", "K": "#d62728", "V": "#2ca02c"}
+
+
+def mark_cells(fig: go.Figure, x: list[str], y: list[str], customdata: list[list[float]], *, name: str,
+               hover: str) -> go.Figure:
+    """Draw a white star on the heatmap cells ``(x[i], y[i])`` of ``fig`` (labels unescaped), in place.
+
+    One scatter trace after the heatmap (the report's head picker reads the heatmap as trace 0),
+    named ``name``, out of the legend (the colour bar's title says what a star means), with
+    ``hover`` as its hover template over ``customdata``. Nothing is added when there is no cell.
+    """
+    if not x:
+        return fig
+    fig.add_trace(go.Scatter(
+        x=[escape_label(v) for v in x], y=[escape_label(v) for v in y], mode="markers", name=escape_label(name),
+        marker=dict(symbol="star", size=13, color="white", line=dict(color="black", width=1)),
+        customdata=customdata, hovertemplate=hover + "<extra></extra>", showlegend=False,
+    ))
+    return fig
 
 
 def induction_scatter(report) -> go.Figure:
@@ -46,7 +64,7 @@ def induction_scatter(report) -> go.Figure:
     fig.add_vline(x=t["induction"], line_dash="dash", line_color="gray")
     fig.add_hline(y=0.0, line_dash="dot", line_color="gray")
     fig.update_layout(
-        title="Induction heads: behaviour (x) vs OV copying (y); size = K-composition z with a previous-token head",
+        title="Induction heads: behaviour vs OV copying (marker size: K-composition z)",
         xaxis_title="induction score (mean attention to token after previous copy, 0-1)",
         yaxis_title="copying score (sum Re λ / sum |λ|, -1..1)",
         xaxis_range=[-0.02, 1.02],

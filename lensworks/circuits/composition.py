@@ -34,13 +34,19 @@ from lensworks._heads import HeadId
 from lensworks._results import Reference, Result, require_finite
 from lensworks.model._core import check_int
 from lensworks.model import (
-    HookedTransformer, LensworksError, attention_weights, check_int, head_labels, processing_state,
+    HookedTransformer, LensworksError, attention_weights, check_float, check_int, head_labels, processing_state,
 )
 
-__all__ = ["composition_scores", "CompositionScores", "Baseline", "HeadPair", "random_composition_baseline"]
+__all__ = ["composition_scores", "CompositionScores", "Baseline", "HeadPair", "random_composition_baseline",
+           "SIGNIFICANT_Z"]
 
 Mode = Literal["Q", "K", "V"]
 _MODES = ("Q", "K", "V")
+
+#: A pair composes clearly above chance when its score is at least this many standard deviations
+#: of the random-factor baseline above the baseline's mean: the circuit graph's default edge
+#: threshold (``z_min``) and where the composition heatmap marks its cells.
+SIGNIFICANT_Z: float = 3.0
 
 
 class HeadPair(NamedTuple):
@@ -110,6 +116,8 @@ class CompositionScores(Result):
         labels: Head labels ``L{layer}H{head}``, layer-major.
         baseline: Random-factor baseline (None when not asked for).
         processing: The model's weight-processing state when scored.
+        z_min: The figure marks the pairs whose z-score against the baseline is at least this
+            (:data:`SIGNIFICANT_Z`, the circuit graph's edge threshold, unless replaced).
     """
 
     scores: Float[Tensor, "n_layers n_heads n_layers n_heads"]
@@ -117,11 +125,13 @@ class CompositionScores(Result):
     labels: list[str]
     baseline: Baseline | None
     processing: dict[str, Any]
+    z_min: float = SIGNIFICANT_Z
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scores.ndim != 4:
             raise LensworksError(f"scores must be [n_layers, n_heads, n_layers, n_heads], got {tuple(self.scores.shape)}")
+        object.__setattr__(self, "z_min", check_float(self.z_min, "z_min"))
 
     @property
     def n_layers(self) -> int:
@@ -168,6 +178,23 @@ class CompositionScores(Result):
         z = (self.scores - self.baseline.mean) / max(self.baseline.std, 1e-12)
         return torch.where(self.mask(), z, torch.zeros_like(z))
 
+    def significant(self) -> list[HeadPair]:
+        """The pairs whose z-score is at least :attr:`z_min`, strongest first (the heatmap's marks).
+
+        Raises:
+            LensworksError: The result was computed with ``baseline=False``.
+
+        Example:
+            >>> [pair.label for pair in composition_scores(model, "K").significant()][:2]
+            ['L0H1 -> L1H3', 'L0H1 -> L1H1']
+        """
+        z = self.z()  # raises without a baseline
+        if self.n_layers < 2:
+            return []
+        hits = self.mask() & (z >= self.z_min)
+        return [p for p in self.top(int(self.mask().sum()))
+                if bool(hits[p.src_layer, p.src_head, p.dst_layer, p.dst_head])]
+
     def top(self, k: int = 10) -> list[HeadPair]:
         """The ``k`` highest-scoring pairs (layer_a < layer_b), strongest first.
 
@@ -198,7 +225,9 @@ class CompositionScores(Result):
         )
         if self.baseline is not None:
             text += (f" Baseline from random factors of the same shapes: {self.baseline.describe()}; read a cell "
-                     "relative to that.")
+                     f"relative to that. A white star marks a pair at least {self.z_min:g} standard deviations above "
+                     f"the baseline (z ≥ {self.z_min:g}, the circuit graph's edge threshold): "
+                     f"{len(self.significant())} of {int(self.mask().sum())} pairs.")
         return text
 
     def headline(self) -> str | None:
@@ -234,17 +263,29 @@ class CompositionScores(Result):
         z = self.scores.reshape(n, n).detach().cpu()
         z = torch.where(self.mask().reshape(n, n).cpu(), z, torch.full_like(z, float("nan")))
         title = reference_title(f"{self.mode}-composition scores", self.references().values())
-        return head_heatmap(
+        marked = self.baseline is not None
+        fig = head_heatmap(
             z,
             title=title,
             x_labels=self.labels,
             y_labels=self.labels,
             x_title="later head (reads)",
             y_title="earlier head (writes)",
-            colorbar_title="score (unitless, 0-1)",
+            colorbar_title="score (unitless, 0-1)" + (f"<br>★: z ≥ {self.z_min:g}<br>vs random" if marked else ""),
             zmin=0.0,
             hover_name=f"{self.mode}-composition",
         )
+        if marked:
+            from lensworks.circuits._plots import mark_cells
+
+            z_all = self.z()
+            pairs = self.significant()
+            mark_cells(fig, [p.dst.label for p in pairs], [p.src.label for p in pairs],
+                       [[p.score, float(z_all[p.src_layer, p.src_head, p.dst_layer, p.dst_head])] for p in pairs],
+                       name=f"z ≥ {self.z_min:g} vs random factors",
+                       hover=f"%{{y}} → %{{x}}<br>{self.mode}-composition: %{{customdata[0]:.4f}}"
+                             f"<br>z = %{{customdata[1]:.1f}} (≥ {self.z_min:g})")
+        return fig
 
 
 # --------------------------------------------------------------------------- factor maths

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from lensworks._heads import HeadId
 from lensworks._results import Reference, Result
-from lensworks.circuits.composition import composition_scores
+from lensworks.circuits.composition import SIGNIFICANT_Z, composition_scores
 from lensworks.circuits.eigen import copying_scores
 from lensworks.circuits.heads import behaviour_scores, repeated_tokens
 from lensworks.model import (HookedTransformer, LensworksError, check_float, check_int, default_seq_len, processing_state,
@@ -88,7 +88,7 @@ def circuit_graph(
     model: HookedTransformer,
     *,
     modes: Sequence[str] = ("Q", "K", "V"),
-    z_min: float = 3.0,
+    z_min: float = SIGNIFICANT_Z,
     behaviour_threshold: float = 0.3,
     copying_threshold: float = 0.5,
     seed: int = 0,
@@ -100,7 +100,8 @@ def circuit_graph(
     Args:
         model: The model (two layers or more for any edge).
         modes: Composition modes to search.
-        z_min: An edge needs a score at least this many baseline standard deviations above the mean.
+        z_min: An edge needs a score at least this many baseline standard deviations above the mean
+            (default ``SIGNIFICANT_Z`` = 3, where the composition heatmaps mark their cells too).
         behaviour_threshold: A behavioural score at least this gives the head that role.
         copying_threshold: A copying score at least this gives the role "copying".
         seed: Seed of the repeated random tokens.

@@ -67,6 +67,7 @@ class HeadScores(Result):
 
     def figure(self):
         """Heatmap of the score, layers by heads."""
+        from lensworks._figures import sentence_case
         from lensworks.plotting import head_heatmap, reference_title
 
         n_layers, n_heads = self.scores.shape
@@ -77,7 +78,7 @@ class HeadScores(Result):
             measure, "score (-1..1)" if diverging else "mean attention (0..1)")
         return head_heatmap(
             self.scores.detach().cpu(),
-            title=reference_title(f"{pretty} score per head", self.references().values()),
+            title=reference_title(sentence_case(f"{pretty} score per head"), self.references().values()),
             x_labels=[f"H{h}" for h in range(n_heads)],
             y_labels=[f"L{l}" for l in range(n_layers)],
             x_title="head",

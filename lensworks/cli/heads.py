@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from lensworks.cli._common import at_least_two, finite_float, positive_int, text_file
@@ -31,7 +32,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seq-len", type=at_least_two, default=None, help="length of the repeated random sequence")
     p.add_argument("--n-seqs", type=positive_int, default=32, help="number of repeated sequences (default 32)")
     p.add_argument("--graph", action="store_true", help="also print the circuit graph (composition edges above z)")
-    p.add_argument("--z-min", type=finite_float, default=3.0, help="z threshold of a circuit-graph edge (default 3)")
+    p.add_argument("--z-min", type=finite_float, default=3.0,
+                   help="z threshold of a circuit-graph edge and of the marked composition cells (default 3)")
     p.add_argument("--trigrams", default=None, metavar="LxHy",
                    help="also print the skip-trigrams of one head, e.g. L1H2")
     p.add_argument("--terms", action="store_true",
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             rows.append((kind, label, score))
     print("\nstrongest heads per score")
     print(format_table(rows, ["score", "head", "value"]))
-    comps = {"K": report.k_composition}
+    # every heatmap marks its pairs at the graph's --z-min (Q and V come marked from their sections)
+    comps = {"K": dataclasses.replace(report.k_composition, z_min=args.z_min)}
     if cfg.n_layers > 1:
         comps["Q"] = run.result("Q composition")
         comps["V"] = run.result("V composition")

@@ -34,8 +34,8 @@ def residual_stats_figure(stats: Any, a: str | None, b: str | None) -> go.Figure
     layers = list(range(stats.n_layers))
     fig = make_subplots(
         rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
-        subplot_titles=("cosine of the data sets' mean vectors", "mean over features of the variance",
-                        "max over features of the variance"),
+        subplot_titles=("Cosine of the data sets' mean vectors", "Mean over features of the variance",
+                        "Max over features of the variance"),
     )
     if len(names) >= 2 or (a and b):
         a = a or names[0]
@@ -196,7 +196,7 @@ def subspaces_figure(subs: Any) -> go.Figure:
 
 def tune_figure(res: Any) -> go.Figure:
     """Tuned threshold and weight per block."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("cosine threshold", "weight"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Cosine threshold", "Weight"))
     blocks = [f"block {b}" for b in res.blocks]
     fig.add_trace(go.Bar(x=blocks, y=list(res.thresholds), name="threshold",
                          hovertemplate="%{x}<br>threshold %{y:.3f}<extra></extra>"), row=1, col=1)
@@ -250,7 +250,7 @@ def dimensionality_figure(dim: Any) -> go.Figure:
     for 90% of the variance against depth, one line per stream, one colour per stream in both panels."""
     import plotly.colors
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("participation ratio", "components for 90% of variance"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Participation ratio", "Components for 90% of variance"))
     palette = plotly.colors.qualitative.Plotly
     for si, s in enumerate(dim.streams):
         colour = palette[si % len(palette)]  # one colour per stream in both panels, as the legend says

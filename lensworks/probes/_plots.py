@@ -9,7 +9,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from lensworks._results import Reference
-from lensworks._figures import add_reference, escape_label
+from lensworks._figures import add_reference, escape_label, method_name, sentence_case
 from lensworks.probes._streams import STREAM_DEPTH
 
 __all__ = ["probe_accuracy_figure", "comparison_figure", "basis_figure", "unlikely_usage_figure"]
@@ -78,14 +78,20 @@ def probe_accuracy_figure(res: Any) -> go.Figure:
     return fig
 
 
+def _method_of(text: str) -> str:
+    """``"pca of W_E"`` -> ``"PCA of W_E"``: the method's name as titles write it."""
+    head, _, rest = text.partition(" ")
+    return method_name(head) + (f" {rest}" if rest else "")
+
+
 def comparison_figure(cmp: Any) -> go.Figure:
     """Weight-mass share per basis component and principal-angle cosines, each against the null."""
     fig = make_subplots(
         rows=1,
         cols=2,
         subplot_titles=(
-            f"probe weight mass per {escape_label(cmp.basis_method)} component",
-            "principal-angle cosines with W_E / W_U",
+            f"Probe weight mass per component ({escape_label(_method_of(cmp.basis_method))})",
+            "Principal-angle cosines with W_E / W_U",
         ),
     )
     k = len(cmp.basis_labels)
@@ -164,7 +170,7 @@ def basis_figure(basis: Any) -> go.Figure:
         )
     )
     fig.update_layout(
-        title=f"{escape_label(basis.method)} basis of {escape_label(basis.source)}",
+        title=f"{escape_label(sentence_case(method_name(basis.method)))} basis of {escape_label(basis.source)}",
         xaxis_title="component (index, most important first)",
         yaxis_title=f"importance ({escape_label(basis.importance_name)})",
     )

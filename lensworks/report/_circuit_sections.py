@@ -4,9 +4,9 @@ Several sections read one computation (the induction verdict carries the inducti
 token and copying scores and the K-composition); :meth:`Context.shared` runs it once.
 
 Options read (``ctx.options``): ``seq_len``, ``n_seqs`` (the repeated random sequences),
-``z_min`` (circuit-graph edges), ``trigram_head`` / ``trigram_k`` (skip-trigrams),
-``explorer_max_prompts`` / ``explorer_max_tokens`` / ``explorer_max_views`` (attention explorer)
-and ``terms_*`` (term importance; see :func:`_terms`).
+``z_min`` (circuit-graph edges, and the cells the composition heatmaps mark), ``trigram_head`` /
+``trigram_k`` (skip-trigrams), ``explorer_max_prompts`` / ``explorer_max_tokens`` /
+``explorer_max_views`` (attention explorer) and ``terms_*`` (term importance; see :func:`_terms`).
 """
 
 from __future__ import annotations
@@ -66,12 +66,15 @@ def duplicate(ctx: Context) -> Any:
 
 
 def composition(ctx: Context, mode: str) -> Any:
-    """Q/K/V composition scores (K comes with the verdict)."""
+    """Q/K/V composition scores (K comes with the verdict), marking the pairs at the graph's ``z_min``."""
     from lensworks.circuits import composition_scores
 
     if mode == "K":
-        return induction(ctx).k_composition
-    return ctx.shared(f"composition:{mode}", lambda: composition_scores(ctx.model, mode, progress=False))
+        res = induction(ctx).k_composition
+    else:
+        res = ctx.shared(f"composition:{mode}", lambda: composition_scores(ctx.model, mode, progress=False))
+    z_min = ctx.options.get("z_min")
+    return res if z_min is None or z_min == res.z_min else dataclasses.replace(res, z_min=z_min)
 
 
 def _graph(ctx: Context) -> Any:
