@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lensworks._threads import adaptive_threads
+from lensworks.circuits._factors import _default_cache_bytes, _left_factors, _pair_norms, _right_factors
 from lensworks._dist import rank0_only
 from lensworks._heads import HeadId
 from lensworks._results import Reference, Result, require_finite
@@ -286,59 +287,6 @@ class CompositionScores(Result):
                        hover=f"%{{y}} → %{{x}}<br>{self.mode}-composition: %{{customdata[0]:.4f}}"
                              f"<br>z = %{{customdata[1]:.1f}} (≥ {self.z_min:g})")
         return fig
-
-
-# --------------------------------------------------------------------------- factor maths
-
-
-def _r_factor(x: Tensor) -> Tensor:
-    """R of the thin QR of ``x`` ([..., m, k] -> [..., min(m,k), k]); ||x A|| == ||R A||."""
-    return torch.linalg.qr(x, mode="r")[1]
-
-
-def _left_factors(w: dict[str, Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``L = R(W_V) W_O`` per head ([layers, heads, r, d_model]) and ``||W_OV||_F``."""
-    left = _r_factor(w["W_V"].to(dtype)) @ w["W_O"].to(dtype)
-    return left, left.flatten(-2).norm(dim=-1)
-
-
-def _right_factors(w: dict[str, Tensor], mode: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``P = X R(Y)^T`` per head ([layers, heads, d_model, r]) and ``||M||_F``."""
-    if mode == "Q":  # W_QK = W_Q W_K^T
-        x, y = w["W_Q"], w["W_K"]
-    elif mode == "K":  # W_QK^T = W_K W_Q^T
-        x, y = w["W_K"], w["W_Q"]
-    else:  # W_OV = W_V W_O = W_V (W_O^T)^T
-        x, y = w["W_V"], w["W_O"].transpose(-1, -2)
-    right = x.to(dtype) @ _r_factor(y.to(dtype)).transpose(-1, -2)
-    return right, right.flatten(-2).norm(dim=-1)
-
-
-def _pair_norms(left: Tensor, right: Tensor, chunk_heads: int) -> Tensor:
-    """``||L_a P_b||_F`` for every a in ``left`` [A, r, d] and b in ``right`` [B, d, r2]."""
-    A, r, d = left.shape
-    B, _, r2 = right.shape
-    rhs = right.permute(1, 0, 2).reshape(d, B * r2)
-    out = torch.empty(A, B, dtype=left.dtype, device=left.device)
-    # one product buffer, reused and squared in place: a fresh 10-100 MB tensor per chunk would be
-    # mapped and page-faulted anew by the allocator every time
-    buf = torch.empty(min(A, chunk_heads) * r, B * r2, dtype=left.dtype, device=left.device)
-    for start in range(0, A, chunk_heads):
-        stop = min(A, start + chunk_heads)
-        prod = buf[: (stop - start) * r]
-        torch.matmul(left[start:stop].reshape(-1, d), rhs, out=prod)  # [(a r), (B r2)]
-        out[start:stop] = prod.square_().reshape(stop - start, r, B, r2).sum(dim=(1, 3)).sqrt()
-    return out
-
-
-def _default_cache_bytes(device: torch.device) -> int:
-    """A quarter of the free GPU memory on CUDA, 1 GiB elsewhere."""
-    if torch.device(device).type == "cuda":
-        try:
-            return int(torch.cuda.mem_get_info(device)[0] // 4)
-        except Exception:  # pragma: no cover - a CUDA build without the query
-            return 2**30
-    return 2**30
 
 
 def _check_mode(mode: str) -> str:
